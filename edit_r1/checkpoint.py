@@ -1,0 +1,361 @@
+"""Atomic, complete training checkpoints for exact resume.
+
+Layout of one checkpoint (``run_dir/checkpoints/checkpoint-<epoch>/``)::
+
+    tensors/<group>.safetensors   named groups of tensors (trained/old adapters, EMA, ...)
+    states/<name>.pt              torch-native state dicts (optimizer, grad scaler, lr scheduler)
+    rng/rank<r>.safetensors       RNG state of every rank (python, numpy, torch CPU/CUDA)
+    metadata.json                 epoch, global step, sampler state, banned groups, ...
+    config.json                   the run's config
+    ...                           whatever the ``exporters`` write (e.g. the EMA LoRA, diffusers format)
+    COMPLETE                      manifest (JSON), written last
+
+Atomicity: everything is written into ``checkpoints/.tmp-checkpoint-<epoch>/``, every file and
+directory is fsync'ed, the ``COMPLETE`` manifest is written last, and only then the directory is
+renamed to ``checkpoint-<epoch>`` (a single ``rename`` on one filesystem). A crash at any point
+leaves either the previous checkpoints untouched plus a hidden temp directory (ignored and
+cleaned up by the next save) or the new complete checkpoint. Readers only accept directories named
+``checkpoint-<int>`` that hold a parseable ``COMPLETE`` manifest.
+
+No arbitrary unpickling: tensors use safetensors; the ``states/*.pt`` files are written with
+``torch.save`` and read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
+plain containers/numbers/strings (an optimizer's state dict) and refuses any other object.
+
+Distributed protocol (works unchanged in a single process): rank 0 creates the temp directory;
+barrier; every rank writes its own RNG file and rank 0 writes all shared files; barrier; rank 0
+fsyncs, writes the manifest, renames and prunes; barrier. ``run_dir`` must be on a filesystem every
+rank can see (as for any multi-node run that saves from rank 0 and resumes on all ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from edit_r1 import distributed
+
+__all__ = [
+    "CheckpointState",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "checkpoint_epoch",
+    "CHECKPOINTS_DIRNAME",
+    "COMPLETE_MARKER",
+]
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+FORMAT_VERSION = 1
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+
+
+@dataclass
+class CheckpointState:
+    """Everything a checkpoint holds; the trainer fills the dicts and gets the same back on load.
+
+    - ``tensors``: group name -> state dict of tensors (e.g. ``{"default_adapter": ..., "old_adapter":
+      ..., "ema": ...}``), saved with safetensors (moved to CPU; tensors sharing storage are copied).
+    - ``states``: name -> torch-native state dict (``optimizer.state_dict()``, ``scaler.state_dict()``),
+      restricted to what ``torch.load(weights_only=True)`` accepts.
+    - ``metadata``: JSON-able dict (epoch, global_step, sampler state, bans as lists, ...).
+    - ``config``: JSON-able dict of the run's config (``config.to_dict()``), or ``None``.
+    - ``rng``: this rank's RNG state from :func:`edit_r1.distributed.get_rng_state`, or ``None``.
+    - ``path``/``epoch``/``world_size``: filled by :func:`load_checkpoint`.
+    """
+
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    rng: dict[str, torch.Tensor] | None = None
+    path: Path | None = None
+    epoch: int | None = None
+    world_size: int | None = None
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def checkpoint_epoch(path: str | os.PathLike) -> int:
+    """The epoch encoded in a ``checkpoint-<epoch>`` directory name."""
+    match = _CKPT_RE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named checkpoint-<epoch>")
+    return int(match.group(1))
+
+
+def _read_manifest(ckpt: Path) -> dict[str, Any] | None:
+    marker = ckpt / COMPLETE_MARKER
+    try:
+        manifest = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else None
+
+
+def _is_complete(ckpt: Path) -> bool:
+    return ckpt.is_dir() and _CKPT_RE.match(ckpt.name) is not None and _read_manifest(ckpt) is not None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run (``run_dir`` or its ``checkpoints/`` folder), oldest first."""
+    root = Path(run_dir)
+    folder = root / CHECKPOINTS_DIRNAME if (root / CHECKPOINTS_DIRNAME).is_dir() else root
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _is_complete(p)]
+    return sorted(found, key=checkpoint_epoch)
+
+
+def latest_checkpoint(path: str | os.PathLike) -> Path | None:
+    """Resolve ``resume_from``: a checkpoint directory, a run directory or its ``checkpoints/``.
+
+    A checkpoint directory must be complete (else ``ValueError``); for a run directory the newest
+    complete checkpoint is returned, or ``None`` if it has none. Temp and incomplete directories
+    are never returned. A missing path raises ``FileNotFoundError``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"resume path {p} does not exist")
+    if _CKPT_RE.match(p.name) and p.is_dir():
+        if not _is_complete(p):
+            raise ValueError(f"checkpoint {p} is incomplete (no valid {COMPLETE_MARKER} manifest)")
+        return p
+    if not p.is_dir():
+        raise ValueError(f"resume path {p} is neither a checkpoint directory nor a run directory")
+    complete = list_checkpoints(p)
+    return complete[-1] if complete else None
+
+
+# ----------------------------------------------------------------------------- writing helpers
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"{kind} name {name!r} must match {_NAME_RE.pattern} (it becomes a file name)")
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory so the data (or the directory entries) reach the disk."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def _cpu_unshared(tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared storage)."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        t = value.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"cannot write {path.name}: content is not JSON-serialisable ({err})") from err
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a directory by first renaming it to a hidden trash name, so a half-deleted
+    checkpoint can never look complete."""
+    if not path.exists():
+        return
+    trash = path.parent / f"{_TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_stale(folder: Path) -> None:
+    """Remove leftovers of crashed saves/prunes (only one save is ever in flight)."""
+    for p in folder.iterdir():
+        if p.name.startswith((_TRASH_PREFIX, _TMP_PREFIX)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_shared(tmp: Path, state: CheckpointState, exporters: Iterable[Callable[[Path], None]]) -> None:
+    (tmp / "tensors").mkdir()
+    for name, group in state.tensors.items():
+        _check_name("tensor group", name)
+        save_file(
+            _cpu_unshared(group, f"tensor group {name!r}"), str(tmp / "tensors" / f"{name}.safetensors")
+        )
+    (tmp / "states").mkdir()
+    for name, sd in state.states.items():
+        _check_name("state", name)
+        torch.save(sd, tmp / "states" / f"{name}.pt")
+    _write_json(tmp / "metadata.json", state.metadata)
+    if state.config is not None:
+        _write_json(tmp / "config.json", state.config)
+    for export in exporters:
+        export(tmp)
+
+
+def _write_rng(tmp: Path, rank: int, rng: Mapping[str, torch.Tensor] | None) -> None:
+    if rng is None:
+        return
+    path = tmp / "rng" / f"rank{rank}.safetensors"
+    save_file(_cpu_unshared(rng, f"rng state of rank {rank}"), str(path))
+    _fsync_path(path)
+
+
+def _finalize(tmp: Path, final: Path, epoch: int, world_size: int) -> None:
+    _fsync_tree(tmp)
+    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "epoch": epoch,
+        "world_size": world_size,
+        "created_unix": time.time(),
+        "files": files,
+    }
+    _write_json(tmp / COMPLETE_MARKER, manifest)
+    _fsync_path(tmp / COMPLETE_MARKER)
+    _fsync_path(tmp)
+    _remove_dir(final)  # re-saving the same epoch (e.g. after a resume) replaces the old one
+    os.replace(tmp, final)
+    _fsync_path(final.parent)
+
+
+def _prune(folder: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    complete = list_checkpoints(folder)
+    for old in complete[: max(len(complete) - keep_last, 0)]:
+        _remove_dir(old)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    epoch: int,
+    state: CheckpointState,
+    *,
+    keep_last: int | None = None,
+    dist_info: distributed.DistInfo | None = None,
+    exporters: Iterable[Callable[[Path], None]] = (),
+) -> Path:
+    """Write ``run_dir/checkpoints/checkpoint-<epoch>/`` atomically; returns its path on every rank.
+
+    Call on every rank with that rank's ``state.rng``; only rank 0's tensors/states/metadata/config
+    are written (under DDP they are identical on all ranks). ``exporters`` are called on rank 0 with
+    the temp directory, so their output (e.g. a diffusers-format LoRA) is part of the atomic
+    checkpoint. ``keep_last`` keeps only the newest N complete checkpoints (``None`` keeps all).
+    """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    info = dist_info or distributed.current_dist_info()
+    folder = Path(run_dir) / CHECKPOINTS_DIRNAME
+    final = folder / f"checkpoint-{epoch}"
+    tmp = folder / f"{_TMP_PREFIX}{final.name}"
+    if info.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clean_stale(folder)
+        (tmp / "rng").mkdir(parents=True)
+    distributed.barrier()
+    try:
+        _write_rng(tmp, info.rank, state.rng)
+        if info.is_main:
+            _write_shared(tmp, state, exporters)
+    except BaseException:
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    distributed.barrier()
+    if info.is_main:
+        _finalize(tmp, final, epoch, info.world_size)
+        _prune(folder, keep_last)
+    distributed.barrier()
+    return final
+
+
+def _verify_files(ckpt: Path, manifest: Mapping[str, Any]) -> None:
+    for rel, size in manifest.get("files", {}).items():
+        p = ckpt / rel
+        if not p.is_file() or p.stat().st_size != size:
+            raise ValueError(f"checkpoint {ckpt} is damaged: {rel} is missing or has the wrong size")
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, rank: int | None = None, map_location: str | torch.device = "cpu"
+) -> CheckpointState:
+    """Load a checkpoint (or the latest complete one of a run directory).
+
+    ``rank`` selects the RNG file (default: this process's rank). If the checkpoint was written with
+    a different world size and has no file for this rank, ``rng`` is ``None`` and a warning says the
+    resume will not be bit-exact. Files are checked against the manifest's sizes.
+    """
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"no complete checkpoint under {path}")
+    manifest = _read_manifest(ckpt)
+    assert manifest is not None  # latest_checkpoint only returns complete checkpoints
+    _verify_files(ckpt, manifest)
+    if rank is None:
+        rank = distributed.current_dist_info().rank
+    state = CheckpointState(path=ckpt, epoch=int(manifest["epoch"]), world_size=int(manifest["world_size"]))
+    for f in sorted((ckpt / "tensors").glob("*.safetensors")):
+        state.tensors[f.stem] = load_file(str(f), device=str(map_location))
+    for f in sorted((ckpt / "states").glob("*.pt")):
+        state.states[f.stem] = torch.load(f, map_location=map_location, weights_only=True)
+    state.metadata = _load_json(ckpt / "metadata.json")
+    if (ckpt / "config.json").is_file():
+        state.config = _load_json(ckpt / "config.json")
+    rng_file = ckpt / "rng" / f"rank{rank}.safetensors"
+    if rng_file.is_file():
+        state.rng = load_file(str(rng_file))
+    else:
+        warnings.warn(
+            f"{ckpt} has no RNG state for rank {rank} (saved with world size {state.world_size}); "
+            "resuming without it is not bit-exact",
+            stacklevel=2,
+        )
+    return state

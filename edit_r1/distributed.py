@@ -1,0 +1,423 @@
+"""Distributed glue: process-group setup, tensor collectives, seeding and RNG state.
+
+Everything that knows about ``torch.distributed`` lives here (and in the trainer), so the algorithm
+modules stay pure tensor code.
+
+Launch modes, all handled by :func:`init_distributed`:
+
+* plain ``python script.py`` — one process, no process group, every collective is the identity;
+* ``torchrun --nproc_per_node=N script.py`` — reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+  NCCL when CUDA is available, gloo on CPU;
+* multi-node — torchrun's usual ``--nnodes/--node_rank/--rdzv_endpoint`` (or ``--master_addr``)
+  flags; nothing extra is needed here.
+
+Object collectives (:func:`broadcast_object`, :func:`all_gather_json`) move JSON encoded as a byte
+tensor, never pickle, so a rank can only ever receive data, never code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "current_dist_info",
+    "shutdown",
+    "barrier",
+    "is_dist_active",
+    "all_gather_tensor",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "broadcast_object",
+    "all_gather_json",
+    "rank0_print",
+    "seed_everything",
+    "get_rng_state",
+    "set_rng_state",
+    "gradient_sync",
+    "sharded_frozen_module",
+]
+
+_MAX_NDIM = 8  # shapes are exchanged as fixed-size int64 descriptors of this many dims
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job.
+
+    ``is_main`` is true on global rank 0, the only rank that prints, logs and writes shared files.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Synchronise all ranks (no-op in a single process)."""
+        barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from err
+
+
+def init_distributed(backend: str | None = None, device: str | None = None) -> DistInfo:
+    """Initialise the process group from torchrun's environment, or fall back to one process.
+
+    ``backend`` defaults to ``"nccl"`` when CUDA is available and ``"gloo"`` otherwise.
+    ``device`` (``"cpu"``/``"cuda"``) forces the device type; by default CUDA is used when present,
+    with ``cuda:LOCAL_RANK`` made the current device. Calling it again after the group exists just
+    returns the current ``DistInfo``.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})")
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    launched_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if launched_by_torchrun and not is_dist_active():
+        chosen = backend or ("nccl" if use_cuda else "gloo")
+        kwargs: dict[str, Any] = {"backend": chosen, "rank": rank, "world_size": world_size}
+        if chosen == "nccl":
+            kwargs["device_id"] = dev  # binds the communicator to this rank's GPU up front
+        dist.init_process_group(**kwargs)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def current_dist_info() -> DistInfo:
+    """The ``DistInfo`` of the existing process group (or of a single process), without initialising
+    anything. The device is the current CUDA device when CUDA is initialised, else the CPU."""
+    if is_dist_active():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    local_rank = _env_int("LOCAL_RANK", 0)
+    on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def is_dist_active() -> bool:
+    """True when a process group exists (torchrun launch), even with world size 1."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def shutdown() -> None:
+    """Destroy the process group if one exists."""
+    if is_dist_active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Block until every rank arrives (no-op without a process group)."""
+    if not is_dist_active():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if is_dist_active() else 1
+
+
+def _comm_device() -> torch.device:
+    """Device the backend communicates on: the current GPU for NCCL, the CPU for gloo."""
+    if is_dist_active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _shape_descriptor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if t.dim() == 0 or t.dim() > _MAX_NDIM:
+        raise ValueError(f"all_gather_tensor needs 1 to {_MAX_NDIM} dims, got shape {tuple(t.shape)}")
+    desc = torch.full((_MAX_NDIM + 1,), -1, dtype=torch.int64, device=device)
+    desc[0] = t.dim()
+    desc[1 : t.dim() + 1] = torch.tensor(t.shape, dtype=torch.int64)
+    return desc
+
+
+def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` from every rank along dim 0, in rank order.
+
+    The first dimension may differ between ranks (including 0); the trailing dims and dtype must
+    agree. Sizes are exchanged first, then every rank pads to the largest size, gathers, and trims.
+    The result is on ``t``'s device. Without a process group it returns ``t`` itself.
+    """
+    if _world_size() == 1:
+        return t
+    comm = _comm_device()
+    descs = [torch.empty(_MAX_NDIM + 1, dtype=torch.int64, device=comm) for _ in range(_world_size())]
+    dist.all_gather(descs, _shape_descriptor(t, comm))
+    shapes = [tuple(d[1 : int(d[0]) + 1].tolist()) for d in descs]
+    if any(s[1:] != tuple(t.shape[1:]) for s in shapes):
+        raise ValueError(f"all_gather_tensor: trailing shapes differ between ranks: {shapes}")
+    max_rows = max(s[0] for s in shapes)
+    # gloo has no bool collectives; uint8 carries the same bits.
+    send = t.detach().to(device=comm, dtype=torch.uint8 if t.dtype == torch.bool else t.dtype)
+    padded = torch.zeros((max_rows, *t.shape[1:]), dtype=send.dtype, device=comm)
+    padded[: t.shape[0]] = send
+    chunks = [torch.empty_like(padded) for _ in shapes]
+    dist.all_gather(chunks, padded.contiguous())
+    out = torch.cat([c[: s[0]] for c, s in zip(chunks, shapes, strict=True)], dim=0)
+    return out.to(device=t.device, dtype=t.dtype)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``t`` over ranks (a new tensor on ``t``'s device)."""
+    if _world_size() == 1:
+        return t.detach().clone()
+    buf = t.detach().to(_comm_device()).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean of ``t`` over ranks (floating point; a new tensor)."""
+    return all_reduce_sum(t) / _world_size()
+
+
+def _json_bytes(obj: Any) -> torch.Tensor:
+    try:
+        payload = json.dumps(obj).encode("utf-8")
+    except TypeError as err:
+        raise TypeError(f"object to exchange between ranks is not JSON-serialisable: {err}") from err
+    return (
+        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        if payload
+        else torch.empty(0, dtype=torch.uint8)
+    )
+
+
+def _from_json_bytes(t: torch.Tensor) -> Any:
+    return json.loads(bytes(t.cpu().tolist()).decode("utf-8"))
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a small JSON-able object from rank ``src`` to every rank; returns it on all ranks.
+
+    Goes through JSON, so tuples come back as lists and dict keys as strings (callers convert, e.g.
+    ban sets are sent as sorted lists of ``[instruction, image]`` pairs). Other ranks' ``obj`` is
+    ignored. Without a process group it returns a JSON round-trip of ``obj``.
+    """
+    if _world_size() == 1:
+        return json.loads(json.dumps(obj))
+    comm = _comm_device()
+    is_src = dist.get_rank() == src
+    payload = _json_bytes(obj).to(comm) if is_src else torch.empty(0, dtype=torch.uint8, device=comm)
+    length = torch.tensor([payload.numel()], dtype=torch.int64, device=comm)
+    dist.broadcast(length, src=src)
+    if not is_src:
+        payload = torch.empty(int(length.item()), dtype=torch.uint8, device=comm)
+    dist.broadcast(payload, src=src)
+    return _from_json_bytes(payload)
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Gather one JSON-able object per rank; returns the list in rank order on every rank."""
+    payload = _json_bytes(obj)
+    if _world_size() == 1:
+        return [_from_json_bytes(payload)]
+    comm = _comm_device()
+    lengths = all_gather_tensor(torch.tensor([payload.numel()], dtype=torch.int64, device=comm))
+    flat = all_gather_tensor(payload.to(comm)).cpu()
+    out, start = [], 0
+    for n in lengths.tolist():
+        out.append(_from_json_bytes(flat[start : start + n]))
+        start += n
+    return out
+
+
+def rank0_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` on global rank 0 only (rank taken from the process group, else ``$RANK``)."""
+    rank = dist.get_rank() if is_dist_active() else _env_int("RANK", 0)
+    if rank == 0:
+        print(*args, **kwargs)
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python, numpy and torch (CPU and every GPU) with ``seed + rank``; returns that seed.
+
+    The rank offset gives each rank different initial noise (the source of diversity within a
+    prompt group); the group sampler keeps its own generator seeded identically on all ranks.
+    """
+    effective = int(seed) + int(rank)
+    random.seed(effective)
+    np.random.seed(effective % 2**32)
+    torch.manual_seed(effective)  # also seeds every CUDA device
+    return effective
+
+
+def get_rng_state() -> dict[str, torch.Tensor]:
+    """Snapshot the python, numpy, torch CPU and CUDA generators as a flat dict of CPU tensors.
+
+    Flat tensors (no tuples, no pickle) so the state goes straight into a safetensors file.
+    """
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    if np_name != "MT19937":
+        raise ValueError(f"unsupported numpy global generator {np_name!r}")
+    state = {
+        "python.version": torch.tensor([py_version], dtype=torch.int64),
+        "python.state": torch.tensor(py_state, dtype=torch.int64),
+        "python.gauss_next": torch.tensor(
+            [float("nan") if py_gauss is None else py_gauss], dtype=torch.float64
+        ),
+        "numpy.keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy.pos_has_gauss": torch.tensor([np_pos, np_has_gauss], dtype=torch.int64),
+        "numpy.cached_gaussian": torch.tensor([np_gauss], dtype=torch.float64),
+        "torch.cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch.cuda.{i}"] = s
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore generators from :func:`get_rng_state`; the next random draw equals the saved one's."""
+    missing = {
+        "python.version",
+        "python.state",
+        "python.gauss_next",
+        "numpy.keys",
+        "torch.cpu",
+    } - state.keys()
+    if missing:
+        raise KeyError(f"RNG state lacks {sorted(missing)}")
+    gauss = float(state["python.gauss_next"][0])
+    random.setstate(
+        (
+            int(state["python.version"][0]),
+            tuple(int(x) for x in state["python.state"].tolist()),
+            None if gauss != gauss else gauss,  # NaN encodes "no cached gaussian"
+        )
+    )
+    pos, has_gauss = (int(x) for x in state["numpy.pos_has_gauss"].tolist())
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy.keys"].numpy().astype(np.uint32),
+            pos,
+            has_gauss,
+            float(state["numpy.cached_gaussian"][0]),
+        )
+    )
+    torch.set_rng_state(state["torch.cpu"].to(torch.uint8).cpu())
+    cuda_keys = sorted(
+        (k for k in state if k.startswith("torch.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1])
+    )
+    if cuda_keys and torch.cuda.is_available():
+        if len(cuda_keys) != torch.cuda.device_count():
+            raise ValueError(
+                f"RNG state holds {len(cuda_keys)} CUDA generators but {torch.cuda.device_count()} "
+                "devices are visible; resume on the same hardware layout"
+            )
+        torch.cuda.set_rng_state_all([state[k].to(torch.uint8).cpu() for k in cuda_keys])
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on accumulation micro-steps (``sync=False``).
+
+    Works with DDP (``no_sync()``) and FSDP2 (``set_requires_gradient_sync``); a no-op for an
+    unwrapped module or when ``sync`` is true.
+    """
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def _default_shard_units(module: nn.Module) -> list[nn.Module]:
+    """Every element of every ``nn.ModuleList`` (transformer blocks), outermost lists only."""
+    units: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            if isinstance(child, nn.ModuleList):
+                units.extend(child)
+            else:
+                visit(child)
+
+    visit(module)
+    return units
+
+
+def sharded_frozen_module(
+    module: nn.Module,
+    dist_info: DistInfo,
+    shard_unit: Callable[[nn.Module], bool] | None = None,
+) -> nn.Module:
+    """Shard a frozen module (e.g. a text encoder) with FSDP2 ``fully_shard`` across all ranks.
+
+    Each rank keeps ``1/world_size`` of the weights and gathers one unit at a time during forward,
+    so a large encoder no longer needs a full copy per GPU. Units are the modules selected by
+    ``shard_unit`` (default: the blocks inside ``nn.ModuleList``s), then the root. Parameters are
+    set to ``requires_grad=False``. Returns ``module`` unchanged (moved to ``dist_info.device``)
+    when ``world_size == 1`` or no process group exists. The module must already be in the dtype
+    it will run in; call forwards under ``torch.no_grad()`` on every rank with the same number of
+    calls (each forward is a collective).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    module.requires_grad_(False)
+    module.to(dist_info.device)
+    if dist_info.world_size == 1 or not is_dist_active():
+        return module
+    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
+    units = (
+        [m for m in module.modules() if m is not module and shard_unit(m)]
+        if shard_unit
+        else _default_shard_units(module)
+    )
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
