@@ -1,0 +1,57 @@
+"""The backend interface: score a batch of decoded items with the judge.
+
+A backend returns one entry per item, in order: the score in [0, 1] (SPEC section 3), or an
+exception describing why that one item could not be scored. Raising instead means the whole batch
+failed; the batcher then retries the items one by one so that a single bad item cannot take its
+batch-mates down with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from reward_server.images import JudgeItem
+from reward_server.prompt_template import DEFAULT_TEMPLATE
+
+ItemResult = float | BaseException
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Everything a backend may need, from the command line.
+
+    ``model`` is a local path or a hub id (vLLM/transformers) or the served model name (openai);
+    ``base_url``/``api_key`` address an OpenAI-compatible server; ``device``/``dtype`` apply to
+    transformers ("auto": bf16 on GPU, float32 on CPU).
+    """
+
+    model: str
+    template: str = DEFAULT_TEMPLATE
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    max_batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    base_url: str = ""
+    upstream_api_key: str = ""
+    request_timeout_s: float = 120.0
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+
+
+class Backend(Protocol):
+    """What the server needs from a judge backend."""
+
+    name: str
+    model: str
+    template: str
+
+    def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
+        """One score in [0, 1] or one exception per item, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release engines, processes and connections."""
+        ...

@@ -1,0 +1,87 @@
+"""The transformers backend: any Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint on one device.
+
+One forward pass per batch with left padding (so the last position of every row is its first
+generated position), logits at that position restricted to the digit tokens, softmax, expected
+rating / 5 (SPEC section 3). bf16 on GPU, float32 on CPU unless ``--dtype`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import torch
+
+from reward_server.backends.base import BackendOptions, ItemResult
+from reward_server.images import JudgeItem
+from reward_server.prompt_template import chat_messages, render_prompt
+from reward_server.scoring import MAX_RATING, digit_token_ids
+
+_IMAGE_PLACEHOLDER = {"type": "image"}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """ "auto" picks CUDA when available; bf16 on GPU and float32 on CPU unless named explicitly."""
+    resolved = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+    if dtype == "auto":
+        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; choose auto or one of {sorted(_DTYPES)}")
+    return resolved, _DTYPES[dtype]
+
+
+def load_processor(model: str):
+    """The checkpoint's processor; without torchvision, the image-only Qwen-VL processor."""
+    if importlib.util.find_spec("torchvision") is None:
+        from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+
+        return load_qwen_vl_processor(model)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model)
+
+
+class TransformersBackend:
+    """Judge = ``AutoModelForImageTextToText`` + its processor, scored from next-token logits."""
+
+    name = "transformers"
+
+    def __init__(self, options: BackendOptions) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        self.model, self.template = options.model, options.template
+        self.device, self.dtype = resolve_device_and_dtype(options.device, options.dtype)
+        self.processor = load_processor(options.model)
+        # Left padding puts every row's last prompt token at position -1, the position we read.
+        self.processor.tokenizer.padding_side = "left"
+        self.digit_ids = digit_token_ids(self.processor.tokenizer)
+        self.judge = AutoModelForImageTextToText.from_pretrained(options.model, dtype=self.dtype)
+        self.judge.to(self.device).eval()
+        self._ratings = torch.arange(len(self.digit_ids), dtype=torch.float32)
+
+    def _prompt(self, item: JudgeItem) -> str:
+        text = render_prompt(item.instruction, item.requirement, self.template)
+        messages = chat_messages(text, _IMAGE_PLACEHOLDER, _IMAGE_PLACEHOLDER)
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def digit_logits(self, items: Sequence[JudgeItem]) -> torch.Tensor:
+        """Logits of "0".."5" at the first generated position, shape (len(items), 6), float32."""
+        images = [image for item in items for image in (item.source_image, item.image)]
+        inputs = self.processor(
+            text=[self._prompt(item) for item in items], images=images, padding=True, return_tensors="pt"
+        ).to(self.device)
+        logits = self.judge(**inputs, logits_to_keep=1).logits[:, -1, :]
+        return logits[:, self.digit_ids].float().cpu()
+
+    def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
+        """sum_k k softmax(logits_digits)_k / 5 for each item."""
+        probabilities = torch.softmax(self.digit_logits(items), dim=-1)
+        scores = (probabilities * self._ratings).sum(dim=-1) / MAX_RATING
+        return [float(score) for score in scores]
+
+    def close(self) -> None:
+        self.judge = None

@@ -1,0 +1,45 @@
+"""The judge's prompt (SPEC section 3), versioned by name so a score can be traced to its prompt.
+
+The judge sees one user turn: [source image, edited image, text]. The text states the instruction
+and the item's requirement, asks for a 0-5 rating and for the number only. Changing the wording
+changes the reward, so a new wording gets a new name instead of silently replacing an old one;
+the server reports the name it uses in ``/health``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+DEFAULT_TEMPLATE = "edit_r1_v1"
+NO_REQUIREMENT = "none beyond the instruction"
+
+_EDIT_R1_V1 = (
+    "You are evaluating an image edit. The first image is the original image and the second image "
+    "is the edited result.\n"
+    "Editing instruction: {instruction}\n"
+    "Requirements: {requirement}\n"
+    "Rate the edit on a scale from 0 to 5, where 0 means the wrong object was edited or the edit "
+    "fails the requirements, and 5 means the correct object was edited, the requirements are met "
+    "and the visual quality is high.\n"
+    "Answer with the number only."
+)
+
+TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_V1})
+
+
+def render_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+    """The judge's text for one item; an empty requirement is stated as such rather than left blank."""
+    if template not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
+    requirement = requirement.strip() or NO_REQUIREMENT
+    return TEMPLATES[template].format(instruction=instruction.strip(), requirement=requirement)
+
+
+def chat_messages(text: str, source_part: dict, edited_part: dict) -> list[dict]:
+    """One user turn in the OpenAI/transformers chat format: source image, edited image, then text.
+
+    ``source_part`` / ``edited_part`` are the backend's image content entries (a bare
+    ``{"type": "image"}`` placeholder for transformers, ``image_url`` data URIs for vLLM/OpenAI).
+    """
+    return [{"role": "user", "content": [source_part, edited_part, {"type": "text", "text": text}]}]

@@ -1,0 +1,181 @@
+"""The reward server's wire protocol: JSON over HTTP, shared by the server and the trainer's client.
+
+Standard library only, so the client can import it without pulling in the server's dependencies.
+The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``:
+
+- ``GET /health`` -> ``{"status": "ok", "backend", "model", "template"}`` once the judge is loaded.
+- ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?}, ...]}``
+  (images are base64-encoded PNG or JPEG files) -> ``{"scores": [float | null], "errors": [str | null]}``
+  in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the
+  judge could not score has ``null`` and an error message, never a made-up number.
+
+Nothing here ever unpickles or evaluates data: the request is parsed with ``json`` and every field's
+type and size is checked against :class:`Limits` before anything else touches it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+ITEM_FIELDS = ("image", "source_image", "instruction", "requirement")
+REQUIRED_ITEM_FIELDS = ("image", "source_image", "instruction")
+IMAGE_FIELDS = ("image", "source_image")
+TEXT_FIELDS = ("instruction", "requirement")
+# File signatures of the two accepted image formats; anything else is rejected before decoding.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds a request must respect; every one is enforced before any decoding work.
+
+    ``max_image_pixels`` is the decompression-bomb guard: a tiny compressed file can declare a
+    gigantic canvas, so the declared width x height is checked before the pixels are decoded.
+    """
+
+    max_items: int = 256
+    max_body_bytes: int = 256 * 1024 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_text_chars: int = 8192
+
+
+class ProtocolError(ValueError):
+    """A client error: carries the HTTP status (4xx) and a message naming the offending field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One validated request item; the images are still encoded file bytes (PNG or JPEG)."""
+
+    image: bytes
+    source_image: bytes
+    instruction: str
+    requirement: str = ""
+
+
+def image_format(data: bytes) -> str | None:
+    """Return ``"png"`` or ``"jpeg"`` from the file signature, or None for anything else."""
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    return None
+
+
+def encode_image_bytes(data: bytes) -> str:
+    """Base64-encode an image file (PNG or JPEG bytes) for the ``image``/``source_image`` fields."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def _decode_base64_image(value: object, where: str, limits: Limits) -> bytes:
+    if not isinstance(value, str):
+        raise ProtocolError(400, f"{where}: expected a base64 string, got {type(value).__name__}")
+    # Base64 inflates by 4/3; reject before decoding so a huge string costs no memory twice.
+    if len(value) > (limits.max_image_bytes * 4) // 3 + 4:
+        raise ProtocolError(413, f"{where}: image larger than {limits.max_image_bytes} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ProtocolError(400, f"{where}: not valid base64 ({error})") from None
+    if image_format(data) is None:
+        raise ProtocolError(400, f"{where}: not a PNG or JPEG file")
+    return data
+
+
+def _check_text(value: object, where: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(400, f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > limits.max_text_chars:
+        raise ProtocolError(400, f"{where}: {len(value)} characters, at most {limits.max_text_chars} allowed")
+    return value
+
+
+def parse_item(raw: object, index: int, limits: Limits) -> RawItem:
+    """Validate one entry of ``items``; errors name ``items[index].field``."""
+    where = f"items[{index}]"
+    if not isinstance(raw, dict):
+        raise ProtocolError(400, f"{where}: expected an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(ITEM_FIELDS))
+    if unknown:
+        raise ProtocolError(400, f"{where}: unknown field(s) {unknown}; allowed: {list(ITEM_FIELDS)}")
+    for field in REQUIRED_ITEM_FIELDS:
+        if field not in raw:
+            raise ProtocolError(400, f"{where}.{field}: missing")
+    images = {field: _decode_base64_image(raw[field], f"{where}.{field}", limits) for field in IMAGE_FIELDS}
+    instruction = _check_text(raw["instruction"], f"{where}.instruction", limits)
+    requirement = _check_text(raw.get("requirement", ""), f"{where}.requirement", limits)
+    if not instruction.strip():
+        raise ProtocolError(400, f"{where}.instruction: empty")
+    return RawItem(images["image"], images["source_image"], instruction, requirement)
+
+
+def parse_score_request(body: bytes, limits: Limits) -> list[RawItem]:
+    """Parse and validate a ``POST /score`` body; raises :class:`ProtocolError` with a 4xx status."""
+    if len(body) > limits.max_body_bytes:
+        raise ProtocolError(413, f"request body of {len(body)} bytes exceeds {limits.max_body_bytes}")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(400, f"request body: expected a JSON object, got {type(payload).__name__}")
+    if "items" not in payload:
+        raise ProtocolError(400, "items: missing")
+    items = payload["items"]
+    if not isinstance(items, list):
+        raise ProtocolError(400, f"items: expected a list, got {type(items).__name__}")
+    if not items:
+        raise ProtocolError(400, "items: empty list")
+    if len(items) > limits.max_items:
+        raise ProtocolError(413, f"items: {len(items)} items, at most {limits.max_items} per request")
+    return [parse_item(raw, index, limits) for index, raw in enumerate(items)]
+
+
+def build_score_request(items: Sequence[Mapping[str, object]]) -> dict:
+    """The request object for ``POST /score`` from items holding image bytes and texts."""
+    encoded = []
+    for item in items:
+        entry = {
+            "image": encode_image_bytes(item["image"]),
+            "source_image": encode_image_bytes(item["source_image"]),
+            "instruction": item["instruction"],
+        }
+        if item.get("requirement"):
+            entry["requirement"] = item["requirement"]
+        encoded.append(entry)
+    return {"items": encoded}
+
+
+def build_score_response(scores: Sequence[float | None], errors: Sequence[str | None]) -> dict:
+    """The response object for ``POST /score``; scores and errors are aligned with the request."""
+    return {"scores": list(scores), "errors": list(errors)}
+
+
+def parse_score_response(payload: object, expected: int) -> tuple[list[float | None], list[str | None]]:
+    """Check a ``/score`` response: two lists of ``expected`` entries, finite scores in [0, 1] or null."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"response: expected a JSON object, got {type(payload).__name__}")
+    scores, errors = payload.get("scores"), payload.get("errors")
+    if not isinstance(scores, list) or not isinstance(errors, list):
+        raise ValueError("response: 'scores' and 'errors' must both be lists")
+    if len(scores) != expected or len(errors) != expected:
+        raise ValueError(f"response: {len(scores)} scores / {len(errors)} errors for {expected} items")
+    for index, score in enumerate(scores):
+        if score is None:
+            continue
+        if not isinstance(score, (int, float)) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            raise ValueError(f"response: scores[{index}] = {score!r} is not a number in [0, 1]")
+    return [None if s is None else float(s) for s in scores], [None if e is None else str(e) for e in errors]
