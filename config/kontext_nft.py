@@ -1,0 +1,87 @@
+"""Edit-R1 on FLUX.1-Kontext-dev (FluxKontextPipeline) with DiffusionNFT.
+
+Named configs (``--config config/kontext_nft.py:NAME``; without ``:NAME`` the first one):
+
+* ``kontext_mllm_reward`` -- MLLM judge reward, embedded guidance 2.5, no group filtering::
+
+      REWARD_SERVER=judge-host:12341 torchrun --nproc_per_node=8 \\
+          scripts/train_nft_kontext.py --config config/kontext_nft.py:kontext_mllm_reward \\
+          --config.dataset=/path/to/edit_data
+
+* ``kontext_mllm_reward_ban_prompt`` -- the same with low-variance group filtering and bans.
+* ``tiny`` / ``tiny_mllm`` -- CPU smoke runs on ``.tiny/kit/flux_kontext`` and ``.tiny/toy_data``
+  (see ``config/qwen_image_edit_nft.py`` for how ``make demo`` builds them).
+
+The original release's Kontext configs crashed (an unexpected ``dataset=`` argument and a missing
+``ban_mean_thres``); here they share ``config/base.py`` with the Qwen configs, so every key exists.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from edit_r1.config import import_config_file, select_named_config
+
+base = import_config_file(Path(__file__).with_name("base.py"))
+tiny_common = import_config_file(Path(__file__).with_name("tiny_common.py"))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def kontext_mllm_reward() -> ml_collections.ConfigDict:
+    """FLUX.1-Kontext-dev with the MLLM judge reward.
+
+    Launch: ``torchrun --nproc_per_node=8 scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:kontext_mllm_reward`` (with ``REWARD_SERVER=host:12341``).
+    """
+    config = base.get_config()
+    config.model_family = "kontext"
+    config.pretrained.model = "black-forest-labs/FLUX.1-Kontext-dev"
+    config.dataset = str(REPO_ROOT / "data" / "edit_r1")  # override with --config.dataset
+    config.sample.guidance_scale = 2.5  # distilled guidance embedding used in training (upstream)
+    config.sample.num_image_per_prompt = 12
+    config.sample.num_groups_per_epoch = 24
+    config.sample.ban_prompt = False
+    config.fsdp_text_encoder = True  # T5-XXL is frozen: shard it instead of replicating it on every GPU
+    return config
+
+
+def kontext_mllm_reward_ban_prompt() -> ml_collections.ConfigDict:
+    """``kontext_mllm_reward`` with low-variance group filtering (std <= 0.05 or mean >= 0.9 masked).
+
+    Launch: ``torchrun --nproc_per_node=8 scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:kontext_mllm_reward_ban_prompt``.
+    """
+    config = kontext_mllm_reward()
+    config.sample.ban_prompt = True
+    return config
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """CPU smoke run: tiny random FLUX-Kontext pipeline, toy dataset, ``toy_color`` reward.
+
+    Launch: ``python scripts/train_nft_kontext.py --config config/kontext_nft.py:tiny``.
+    """
+    config = kontext_mllm_reward()
+    tiny_common.make_tiny(config, model_dir=REPO_ROOT / ".tiny" / "kit" / "flux_kontext")
+    return config
+
+
+def tiny_mllm() -> ml_collections.ConfigDict:
+    """``tiny`` scored by the MLLM judge through the reward server (set ``REWARD_SERVER``)."""
+    config = tiny()
+    tiny_common.use_mllm_reward(config)
+    return config
+
+
+NAMED_CONFIGS = {
+    "kontext_mllm_reward": kontext_mllm_reward,
+    "kontext_mllm_reward_ban_prompt": kontext_mllm_reward_ban_prompt,
+    "tiny": tiny,
+    "tiny_mllm": tiny_mllm,
+}
+
+
+def get_config(name: str = "kontext_mllm_reward") -> ml_collections.ConfigDict:
+    """Select a named config (absl ``config_flags`` passes the text after ``:``)."""
+    return select_named_config(name, NAMED_CONFIGS, __file__)

@@ -1,0 +1,49 @@
+"""Shared overrides of the ``tiny`` configs: CPU, 64 px, toy data, a few seconds per epoch.
+
+Not a config by itself; ``config/qwen_image_edit_nft.py`` and ``config/kontext_nft.py`` apply it.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_DATA_DIR = REPO_ROOT / ".tiny" / "toy_data"  # where `make demo` writes the toy dataset
+
+
+def make_tiny(config: ml_collections.ConfigDict, model_dir: Path) -> None:
+    """Shrink a full config in place so it trains on a CPU against the tiny kit and toy data."""
+    config.pretrained.model = str(model_dir)  # tiny random pipeline built by edit_r1.models.tiny
+    config.dataset = str(TOY_DATA_DIR)  # toy shapes dataset built by edit_r1.data.toy
+    config.resolution = 64  # the tiny VAE/transformer run a 64 px rollout in ~0.1 s
+    config.condition_area = 64 * 64  # keep the vision encoder input tiny too (384^2 takes a minute on CPU)
+    config.max_sequence_length = 64  # toy instructions are a handful of tokens
+    config.mixed_precision = "no"  # CPU: full fp32
+    config.allow_tf32 = False  # no CUDA
+    config.fsdp_text_encoder = False  # single process or gloo: nothing worth sharding
+    config.num_epochs = 4  # enough to see rewards, checkpoints and evaluation in a demo
+    config.save_freq = 2  # exercise checkpointing within the run
+    config.eval_freq = 1  # evaluate every epoch
+    config.num_checkpoint_limit = 2  # exercise checkpoint rotation
+    config.sample.num_steps = 3  # first Euler, one dpm2 middle step, last Euler
+    config.sample.eval_num_steps = 3  # fast evaluation
+    config.sample.num_image_per_prompt = 4  # k = 4: smallest group with a meaningful std
+    config.sample.num_groups_per_epoch = 2  # 8 rollouts per epoch
+    config.sample.max_train_batch_size = 4  # one whole group per batch on 1 process, split over 2 with gloo
+    config.sample.test_batch_size = 2  # small eval batches
+    config.sample.ban_prompt = False  # toy rewards of a random model vary little; filtering would mask all
+    config.train.learning_rate = 1e-3  # few steps on a random tiny model: a larger lr makes change visible
+    config.train.lora_rank = 8  # tiny transformers have 32-48 hidden units
+    config.train.lora_alpha = 16  # keeps alpha / rank = 2 as in the full recipe
+    config.train.gradient_checkpointing = False  # nothing to save at 64 px; faster on CPU
+    config.reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})  # local rule reward, no server
+    config.eval_reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})
+    config.reward_client.timeout_s = 60.0  # a tiny judge answers in well under a second
+    config.reward_client.deadline_s = 120.0
+    config.wandb.mode = "disabled"  # offline demo: metrics.jsonl only
+
+
+def use_mllm_reward(config: ml_collections.ConfigDict) -> None:
+    """Score the tiny run with the MLLM judge through the reward server instead of ``toy_color``."""
+    config.reward_fn = ml_collections.ConfigDict({"mllm_score_continue": 1.0})
+    config.eval_reward_fn = ml_collections.ConfigDict({"mllm_score_continue": 1.0})
