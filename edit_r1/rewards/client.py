@@ -1,0 +1,189 @@
+"""The trainer's client for the reward server (protocol: ``docs/reward-protocol.md``).
+
+``REWARD_SERVER`` names one server (``host:port``) or several (``host1:12341,host2:12341``).
+A batch is split into chunks of ``chunk_size`` items that are spread round-robin over the servers
+and posted concurrently; each chunk carries its own images and texts, and the scores are put back
+in the caller's order (the original sent every prompt with every 64-image chunk and misaligned them).
+
+Failures, by kind:
+- connection errors, time-outs and ``503`` are retried with exponential backoff
+  (``initial_backoff_s`` doubling up to ``max_backoff_s``), moving to the next server on each
+  retry, until ``deadline_s`` has passed; then :class:`RewardServerUnavailable` stops the trainer
+  with a message naming the servers and the last error;
+- any other HTTP error (4xx: a bug in what we sent; 500: a bug in the server) raises
+  :class:`RewardRequestRejected` at once, never retried;
+- an item the judge could not score comes back as ``NaN`` (masked by the algorithm, never 0).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+from PIL import Image
+
+from edit_r1.rewards.base import RewardSample
+from reward_server.protocol import build_score_request, parse_score_response
+
+SERVER_ENV = "REWARD_SERVER"
+API_KEY_ENV = "REWARD_SERVER_API_KEY"
+DEFAULT_SERVER = "127.0.0.1:12341"
+RETRYABLE_STATUS = frozenset({503})
+
+
+class RewardServerUnavailable(RuntimeError):
+    """No reward server answered within the deadline."""
+
+
+class RewardRequestRejected(RuntimeError):
+    """A server refused a request (4xx) or failed on it (5xx other than 503); not retried."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries: backoff ``min(initial * 2**attempt, max)``, all attempts within ``deadline_s``."""
+
+    deadline_s: float = 900.0
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    request_timeout_s: float = 300.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.initial_backoff_s * 2**attempt, self.max_backoff_s)
+
+
+def parse_server_list(spec: str) -> list[str]:
+    """``"h1:p1,h2:p2"`` (optionally with ``http://``/``https://``) -> base URLs without trailing slash."""
+    urls = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if not entry:
+            continue
+        url = entry if entry.startswith(("http://", "https://")) else f"http://{entry}"
+        host_port = url.split("://", 1)[1]
+        if not host_port or host_port.startswith(":"):
+            raise ValueError(f"{SERVER_ENV}: {entry!r} is not host:port")
+        urls.append(url.rstrip("/"))
+    if not urls:
+        raise ValueError(f"{SERVER_ENV}: no server in {spec!r}; expected host:port[,host:port...]")
+    return urls
+
+
+def image_to_png(image) -> bytes:
+    """PNG bytes of a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4); lossless."""
+    if not isinstance(image, Image.Image):
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise TypeError(
+                f"expected a PIL image or a uint8 (H, W[, C]) array, got {array.dtype} {array.shape}"
+            )
+        image = Image.fromarray(array)
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class RewardClient:
+    """Scores samples with one or more reward servers; returns float64 scores with NaN for failures."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        chunk_size: int = 32,
+        retry: RetryPolicy = RetryPolicy(),
+        api_key: str | None = None,
+        max_parallel_chunks: int | None = None,
+    ) -> None:
+        self.servers = parse_server_list(servers if isinstance(servers, str) else ",".join(servers))
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.retry = retry
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_chunks or 2 * len(self.servers))
+
+    @classmethod
+    def from_env(cls, default: str | None = None, **kwargs) -> RewardClient:
+        """Servers from ``REWARD_SERVER`` (else ``default``, else 127.0.0.1:12341)."""
+        return cls(os.environ.get(SERVER_ENV) or default or DEFAULT_SERVER, **kwargs)
+
+    def score(self, samples: Sequence[RewardSample]) -> np.ndarray:
+        """Scores in [0, 1] in the order of ``samples``; NaN where the judge failed on an item."""
+        chunks = [
+            samples[start : start + self.chunk_size] for start in range(0, len(samples), self.chunk_size)
+        ]
+        futures = [self._pool.submit(self._score_chunk, chunk, index) for index, chunk in enumerate(chunks)]
+        scores = [score for future in futures for score in future.result()]
+        return np.asarray(scores, dtype=np.float64).reshape(len(samples))
+
+    def health(self, server: str | None = None, timeout_s: float = 5.0) -> dict:
+        """``GET /health`` of one server (the first by default)."""
+        response = requests.get(
+            f"{server or self.servers[0]}/health", headers=self.headers, timeout=timeout_s
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def _encode(self, chunk: Sequence[RewardSample]) -> dict:
+        return build_score_request(
+            [
+                {
+                    "image": image_to_png(sample.edited_image),
+                    "source_image": image_to_png(sample.source_image),
+                    "instruction": sample.instruction,
+                    "requirement": sample.requirement,
+                }
+                for sample in chunk
+            ]
+        )
+
+    def _score_chunk(self, chunk: Sequence[RewardSample], chunk_index: int) -> list[float]:
+        payload = self._encode(chunk)
+        scores, _errors = self._post_with_retries(
+            payload, len(chunk), first_server=chunk_index % len(self.servers)
+        )
+        return [np.nan if score is None else score for score in scores]
+
+    def _post_with_retries(self, payload: dict, expected: int, first_server: int):
+        started = time.monotonic()
+        attempt, last_error, tried = 0, "", []
+        while True:
+            server = self.servers[(first_server + attempt) % len(self.servers)]
+            tried.append(server)
+            remaining = self.retry.deadline_s - (time.monotonic() - started)
+            try:
+                response = requests.post(
+                    f"{server}/score",
+                    json=payload,
+                    headers=self.headers,
+                    timeout=max(0.1, min(self.retry.request_timeout_s, remaining)),
+                )
+                if response.status_code == 200:
+                    return parse_score_response(response.json(), expected)
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise RewardRequestRejected(
+                        f"reward server {server} answered HTTP {response.status_code}: {response.text[:500]}"
+                    )
+                last_error = f"HTTP {response.status_code} from {server}: {response.text[:200]}"
+            except (requests.ConnectionError, requests.Timeout) as error:
+                last_error = f"{type(error).__name__} from {server}: {error}"
+            remaining = self.retry.deadline_s - (time.monotonic() - started)
+            if remaining <= 0:
+                raise RewardServerUnavailable(
+                    f"no reward server answered within {self.retry.deadline_s:.0f}s "
+                    f"(tried {sorted(set(tried))}, {len(tried)} attempts); last error: {last_error}. "
+                    f"Start one with `python reward_server/reward_server.py ...` and set {SERVER_ENV}=host:port."
+                )
+            time.sleep(min(self.retry.backoff(attempt), remaining))
+            attempt += 1
