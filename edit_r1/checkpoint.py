@@ -329,9 +329,9 @@ def load_checkpoint(
 ) -> CheckpointState:
     """Load a checkpoint (or the latest complete one of a run directory).
 
-    ``rank`` selects the RNG file (default: this process's rank). If the checkpoint was written with
-    a different world size and has no file for this rank, ``rng`` is ``None`` and a warning says the
-    resume will not be bit-exact. Files are checked against the manifest's sizes.
+    ``rank`` selects the RNG file (default: this process's rank). If the checkpoint holds RNG states
+    but none for this rank (written with a different world size), ``rng`` is ``None`` and a warning
+    says the resume will not be bit-exact. Files are checked against the manifest's sizes.
     """
     ckpt = latest_checkpoint(path)
     if ckpt is None:
@@ -352,7 +352,7 @@ def load_checkpoint(
     rng_file = ckpt / "rng" / f"rank{rank}.safetensors"
     if rng_file.is_file():
         state.rng = load_file(str(rng_file))
-    else:
+    elif any((ckpt / "rng").glob("rank*.safetensors")):
         warnings.warn(
             f"{ckpt} has no RNG state for rank {rank} (saved with world size {state.world_size}); "
             "resuming without it is not bit-exact",
