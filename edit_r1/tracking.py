@@ -27,6 +27,7 @@ import numbers
 import os
 import textwrap
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class Tracker:
         import wandb  # lazy: importing wandb costs seconds and is not needed when disabled
 
         id_file = self.run_dir / _WANDB_ID_FILENAME
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")  # a resumed run continues the same wandb run
         return wandb.init(
             project=self.wandb_settings.project,
