@@ -79,12 +79,14 @@ def _train_config() -> ml_collections.ConfigDict:
 
 
 def _reward_client_config() -> ml_collections.ConfigDict:
+    # Passed as the options of edit_r1.rewards.registry.build_combined_reward (keys match RetryPolicy).
     client = ml_collections.ConfigDict()
-    client.server = ""  # host:port of the judge; "" = read REWARD_SERVER from the environment (SPEC 4)
-    client.timeout_s = 300.0  # per HTTP request: a 32B judge scoring a full chunk under load takes minutes
-    client.deadline_s = 1800.0  # total for one batch incl. retries; then its samples are masked, not 0
-    client.max_retries = 3  # retries on connection errors / 5xx (the original retried 1000 times)
-    client.chunk_size = 64  # images per request; each chunk carries only its own prompts (SPEC defect 3)
+    client.server = ""  # host:port[,host:port...] of the judge(s); "" = read REWARD_SERVER (SPEC 4)
+    client.request_timeout_s = 300.0  # per HTTP request: a 32B judge scoring a full chunk under load is slow
+    client.deadline_s = 900.0  # total per chunk incl. retries; then its samples are masked (NaN), never 0
+    client.initial_backoff_s = 1.0  # first retry delay; doubles per attempt (the original retried 1000x)
+    client.max_backoff_s = 30.0  # cap of the retry delay
+    client.chunk_size = 32  # images per request; each chunk carries only its own prompts (SPEC defect 3)
     return client
 
 

@@ -38,8 +38,8 @@ def make_tiny(config: ml_collections.ConfigDict, model_dir: Path) -> None:
     config.train.gradient_checkpointing = False  # nothing to save at 64 px; faster on CPU
     config.reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})  # local rule reward, no server
     config.eval_reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})
-    config.reward_client.timeout_s = 60.0  # a tiny judge answers in well under a second
-    config.reward_client.deadline_s = 120.0
+    config.reward_client.request_timeout_s = 60.0  # a tiny judge answers in well under a second
+    config.reward_client.deadline_s = 120.0  # fail fast in a demo
     config.wandb.mode = "disabled"  # offline demo: metrics.jsonl only
 
 

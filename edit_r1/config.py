@@ -23,6 +23,8 @@ from types import ModuleType
 
 import ml_collections
 
+from edit_r1.rewards.registry import REWARD_FACTORIES
+
 VALID_SOLVERS = ("flow", "ddim", "dance", "dpm1", "dpm2")
 DETERMINISTIC_ONLY_SOLVERS = ("dpm1", "dpm2")
 VALID_ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
@@ -339,14 +341,19 @@ def _check_top_level(config, problems: list[str]) -> None:
         bad = {name: w for name, w in weights.items() if not isinstance(w, int | float)}
         if bad:
             problems.append(f"{key} weights must be numbers, got {bad}")
+        unknown = sorted(set(weights) - set(REWARD_FACTORIES))
+        if unknown:
+            problems.append(
+                f"{key} names unknown reward function(s) {unknown}; known: {sorted(REWARD_FACTORIES)}"
+            )
     client = config.reward_client
-    for key in ("timeout_s", "deadline_s"):
+    for key in ("request_timeout_s", "deadline_s", "initial_backoff_s", "max_backoff_s"):
         if not client[key] > 0:
             problems.append(f"reward_client.{key}={client[key]!r} must be > 0")
-    if client.deadline_s < client.timeout_s:
-        problems.append("reward_client.deadline_s must be >= reward_client.timeout_s")
-    if client.max_retries < 0 or client.chunk_size < 1:
-        problems.append("reward_client.max_retries must be >= 0 and reward_client.chunk_size >= 1")
+    if client.deadline_s < client.request_timeout_s:
+        problems.append("reward_client.deadline_s must be >= reward_client.request_timeout_s")
+    if not isinstance(client.chunk_size, int) or client.chunk_size < 1:
+        problems.append(f"reward_client.chunk_size={client.chunk_size!r} must be a positive integer")
 
 
 def _check_dataset(config, problems: list[str]) -> None:

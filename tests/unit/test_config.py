@@ -1,0 +1,299 @@
+"""Named configs, shipped defaults (SPEC section 4), batch arithmetic and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from edit_r1.config import (
+    ConfigError,
+    apply_batch_plan,
+    load_config,
+    plan_batches,
+    plan_batches_for,
+    valid_world_sizes,
+    validate_config,
+)
+from edit_r1.data.toy import write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+QWEN = REPO / "config" / "qwen_image_edit_nft.py"
+KONTEXT = REPO / "config" / "kontext_nft.py"
+NAMED = {
+    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm"),
+    KONTEXT: ("kontext_mllm_reward", "kontext_mllm_reward_ban_prompt", "tiny", "tiny_mllm"),
+}
+ALL_SPECS = [f"{path}:{name}" for path, names in NAMED.items() for name in names]
+
+
+def _parse_with_config_flags(argv: list[str]) -> ml_collections.ConfigDict:
+    """Parse like a training script would: ``--config file.py:name --config.key=value``."""
+    argv = ["train.py", *argv]
+    flag_values = flags.FlagValues()
+    # sys_argv: config_flags discovers the --config.key overrides from it (default: sys.argv).
+    config_flags.DEFINE_config_file("config", default=None, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=8, num_test=2, size=32)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_every_named_config_loads_by_path_and_through_config_flags(spec: str) -> None:
+    direct = load_config(spec)
+    parsed = _parse_with_config_flags([f"--config={spec}"])
+    assert direct.to_dict() == parsed.to_dict()
+    assert direct.model_family == ("kontext" if "kontext_nft" in spec else "qwen_image_edit")
+
+
+def test_config_file_without_name_gives_the_shipped_recipe() -> None:
+    assert load_config(str(QWEN)).to_dict() == load_config(f"{QWEN}:qwen_mllm_reward").to_dict()
+    assert load_config(str(KONTEXT)).to_dict() == load_config(f"{KONTEXT}:kontext_mllm_reward").to_dict()
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="valid names: qwen_mllm_reward, tiny, tiny_mllm"):
+        load_config(f"{QWEN}:qwen_typo")
+
+
+def test_command_line_overrides_reach_nested_keys() -> None:
+    config = _parse_with_config_flags(
+        [
+            f"--config={QWEN}:qwen_mllm_reward",
+            "--config.train.learning_rate=1e-4",
+            "--config.sample.solver=flow",
+        ]
+    )
+    assert config.train.learning_rate == 1e-4
+    assert config.sample.solver == "flow"
+
+
+def test_shipped_qwen_defaults_equal_the_spec() -> None:
+    c = load_config(f"{QWEN}:qwen_mllm_reward")
+    expected = {
+        "resolution": 512,
+        "seed": 42,
+        "save_freq": 30,
+        "eval_freq": 10,
+        "beta": 1.0,
+        "decay_type": 1,
+        "use_lora": True,
+        "model_family": "qwen_image_edit",
+        "condition_area": 384 * 384,
+        "reward_fn": {"mllm_score_continue": 1.0},
+        "pretrained": {"model": "Qwen/Qwen-Image-Edit-2509"},
+    }
+    sample = {
+        "num_steps": 6,
+        "eval_num_steps": 15,
+        "noise_level": 0.7,
+        "solver": "dpm2",
+        "deterministic": True,
+        "eval_solver": "flow",
+        "num_image_per_prompt": 12,
+        "num_groups_per_epoch": 24,
+        "max_train_batch_size": 3,
+        "global_std": True,
+        "ban_prompt": True,
+        "ban_std_thres": 0.05,
+        "ban_mean_thres": 0.9,
+        "true_cfg_scale": 1.0,
+    }
+    train = {
+        "learning_rate": 3e-4,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "adam_weight_decay": 1e-4,
+        "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0,
+        "adv_clip_max": 5.0,
+        "timestep_fraction": 0.99,
+        "beta": 1e-4,
+        "ema": True,
+        "lora_rank": 32,
+        "lora_alpha": 64,
+        "lora_init": "gaussian",
+        "adv_mode": "all",
+        "gradient_step_per_epoch": 1,
+    }
+    as_dict = c.to_dict()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                assert as_dict[key][sub] == sub_value, f"{key}.{sub}"
+        else:
+            assert as_dict[key] == value, key
+    for key, value in sample.items():
+        assert c.sample[key] == value, f"sample.{key}"
+    for key, value in train.items():
+        assert c.train[key] == value, f"train.{key}"
+    assert set(c.train.lora_target_modules) == {
+        f"attn.{m}"
+        for m in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    }
+
+
+def test_kontext_configs_differ_only_where_the_spec_says() -> None:
+    plain = load_config(f"{KONTEXT}:kontext_mllm_reward")
+    banned = load_config(f"{KONTEXT}:kontext_mllm_reward_ban_prompt")
+    assert plain.sample.guidance_scale == banned.sample.guidance_scale == 2.5
+    assert plain.pretrained.model == "black-forest-labs/FLUX.1-Kontext-dev"
+    assert (plain.sample.ban_prompt, banned.sample.ban_prompt) == (False, True)
+    assert banned.sample.ban_mean_thres == 0.9  # the original Kontext config lacked this key
+    banned.sample.ban_prompt = False
+    assert banned.to_dict() == plain.to_dict()
+
+
+@pytest.mark.parametrize("path", [QWEN, KONTEXT])
+def test_tiny_configs_point_at_the_demo_layout(path: Path) -> None:
+    config = load_config(f"{path}:tiny")
+    kit = "qwen_image_edit_plus" if path == QWEN else "flux_kontext"
+    assert Path(config.pretrained.model) == REPO / ".tiny" / "kit" / kit
+    assert Path(config.dataset) == REPO / ".tiny" / "toy_data"
+    assert (
+        config.resolution == 64 and config.sample.num_steps == 3 and config.sample.num_image_per_prompt == 4
+    )
+    assert dict(config.reward_fn) == {"toy_color": 1.0}
+    assert dict(load_config(f"{path}:tiny_mllm").reward_fn) == {"mllm_score_continue": 1.0}
+
+
+# ---------------------------------------------------------------------------- batch arithmetic
+
+
+@pytest.mark.parametrize(
+    ("world_size", "bsz", "batches", "accum"),
+    [(4, 3, 24, 24), (6, 2, 24, 24), (8, 3, 12, 12), (12, 3, 8, 8), (16, 3, 6, 6)],
+)
+def test_shipped_batch_plan(world_size: int, bsz: int, batches: int, accum: int) -> None:
+    plan = plan_batches(num_groups=24, k=12, world_size=world_size)
+    assert (plan.per_gpu_batch, plan.batches_per_epoch, plan.gradient_accumulation_steps) == (
+        bsz,
+        batches,
+        accum,
+    )
+    assert plan.groups_per_batch * 12 == world_size * bsz
+    assert plan.batches_per_epoch * world_size * plan.per_gpu_batch == plan.samples_per_epoch == 288
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 5])
+def test_impossible_world_size_names_the_numbers_and_the_valid_sizes(world_size: int) -> None:
+    with pytest.raises(ConfigError) as error:
+        plan_batches(num_groups=24, k=12, world_size=world_size)
+    message = str(error.value)
+    assert f"over {world_size} GPU(s)" in message and "288 samples" in message
+    assert "world sizes that work: [4, 6, 8, 12, 16, 18, 24, 32]" in message
+
+
+@pytest.mark.parametrize(("world_size", "bsz", "batches"), [(1, 4, 2), (2, 4, 1), (4, 2, 1), (8, 1, 1)])
+def test_tiny_batch_plan_on_small_world_sizes(world_size: int, bsz: int, batches: int) -> None:
+    plan = plan_batches(num_groups=2, k=4, world_size=world_size, max_per_gpu=4)
+    assert (plan.per_gpu_batch, plan.batches_per_epoch) == (bsz, batches)
+
+
+def test_gradient_steps_per_epoch_split_the_accumulation() -> None:
+    plan = plan_batches(num_groups=24, k=12, world_size=8, gradient_step_per_epoch=3)
+    assert plan.gradient_accumulation_steps == 4
+    with pytest.raises(ConfigError, match="12 batches per epoch are not divisible"):
+        plan_batches(num_groups=24, k=12, world_size=8, gradient_step_per_epoch=5)
+
+
+def test_pinned_per_gpu_batch_is_checked_not_searched() -> None:
+    assert plan_batches(24, 12, 8, per_gpu_batch=3).per_gpu_batch == 3
+    with pytest.raises(ConfigError, match="pinned per-GPU batch 2"):
+        plan_batches(24, 12, 8, per_gpu_batch=2)  # 16 % 12 != 0
+
+
+def test_group_of_one_plans_like_any_other() -> None:
+    plan = plan_batches(num_groups=6, k=1, world_size=2)
+    assert (plan.per_gpu_batch, plan.batches_per_epoch, plan.groups_per_batch) == (3, 1, 6)
+    assert valid_world_sizes(6, 1, max_per_gpu=3, limit=6) == [1, 2, 3, 6]  # 4, 5: 6 % (n*bsz) != 0
+
+
+def test_apply_batch_plan_fills_the_auto_fields_of_a_locked_config() -> None:
+    config = load_config(f"{QWEN}:qwen_mllm_reward")
+    config.lock()
+    apply_batch_plan(config, plan_batches_for(config, world_size=8))
+    assert config.sample.train_batch_size == config.train.batch_size == 3
+    assert config.sample.num_batches_per_epoch == 12
+    assert config.train.gradient_accumulation_steps == 12
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _valid_tiny(toy_dir: Path) -> ml_collections.ConfigDict:
+    config = load_config(f"{QWEN}:tiny")
+    config.dataset = str(toy_dir)
+    return config
+
+
+def test_tiny_config_with_toy_data_validates(toy_dir: Path) -> None:
+    assert validate_config(_valid_tiny(toy_dir), world_size=1) == []
+    assert validate_config(_valid_tiny(toy_dir), world_size=2) == []
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path, toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.dataset = str(tmp_path / "nowhere")
+    config.sample.solver = "euler"
+    config.train.adv_mode = "sometimes"
+    config.model_family = "sdxl"
+    config.resolution = 500
+    config.sample.ban_std_thres = 1.5
+    config.reward_fn = ml_collections.ConfigDict({"clip_score": 1.0})
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, world_size=1)
+    problems = "\n".join(error.value.problems)
+    assert len(error.value.problems) == 8, problems
+    for fragment in (
+        "sample.solver='euler'",
+        "train.adv_mode='sometimes'",
+        "model_family='sdxl'",
+        "resolution=500 must be a positive multiple of 16",
+        "sample.ban_std_thres=1.5",
+        "unknown reward function(s) ['clip_score']",
+        "nowhere/train_metadata.jsonl",
+        "nowhere/test_metadata.jsonl",
+    ):
+        assert fragment in problems
+
+
+def test_dpm_solvers_must_be_deterministic(toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.sample.deterministic = False
+    with pytest.raises(ConfigError, match="deterministic only"):
+        validate_config(config, world_size=1)
+    config.sample.solver = "flow"
+    assert validate_config(config, world_size=1) == []
+
+
+def test_batch_plan_failure_is_a_validation_error(toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.sample.max_train_batch_size = 3  # 1 process, k = 4: no bsz <= 3 is a multiple of 4
+    with pytest.raises(ConfigError, match="world sizes that work"):
+        validate_config(config, world_size=1)
+
+
+def test_group_of_one_is_allowed_with_a_warning_but_not_with_ban_prompt(toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.sample.num_image_per_prompt = 1
+    (warning,) = validate_config(config, world_size=1)
+    assert "every advantage is 0" in warning
+    config.sample.ban_prompt = True
+    with pytest.raises(ConfigError, match="every sample would be masked"):
+        validate_config(config, world_size=1)
+
+
+def test_timestep_fraction_must_leave_a_timestep(toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.sample.num_steps = 2
+    config.train.timestep_fraction = 0.4  # int(2 * 0.4) = 0
+    with pytest.raises(ConfigError, match="0 timesteps"):
+        validate_config(config, world_size=1)
