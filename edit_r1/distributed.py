@@ -401,8 +401,10 @@ def sharded_frozen_module(
     ``shard_unit`` (default: the blocks inside ``nn.ModuleList``s), then the root. Parameters are
     set to ``requires_grad=False``. Returns ``module`` unchanged (moved to ``dist_info.device``)
     when ``world_size == 1`` or no process group exists. The module must already be in the dtype
-    it will run in; call forwards under ``torch.no_grad()`` on every rank with the same number of
-    calls (each forward is a collective).
+    it will run in. Call it only through its own ``forward`` (``module(...)``: FSDP2 gathers the
+    root's parameters in the root's forward hook), under ``torch.no_grad()``, on every rank the
+    same number of times (each forward is a collective). Every unit, the root included, is
+    resharded after its forward, since no backward ever follows.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -418,6 +420,7 @@ def sharded_frozen_module(
         else _default_shard_units(module)
     )
     for unit in units:
-        fully_shard(unit, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
+    # The root too: nothing runs backward through a frozen module, so keep it sharded between calls.
+    fully_shard(module, mesh=mesh, reshard_after_forward=True)
     return module
