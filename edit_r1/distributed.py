@@ -200,17 +200,30 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum of ``t`` over ranks (a new tensor on ``t``'s device)."""
+    """Sum ``t`` over ranks **in place** (like ``torch.distributed.all_reduce``) and return it.
+
+    A tensor that is not on the backend's device (a CPU tensor under NCCL) is reduced through a
+    temporary copy and written back. Without a process group ``t`` is returned unchanged.
+    """
     if _world_size() == 1:
-        return t.detach().clone()
-    buf = t.detach().to(_comm_device()).clone()
+        return t
+    comm = _comm_device()
+    buf = t.data if t.device == comm else t.detach().to(comm)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf.to(t.device)
+    if buf is not t.data:
+        t.data.copy_(buf)
+    return t
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise mean of ``t`` over ranks (floating point; a new tensor)."""
-    return all_reduce_sum(t) / _world_size()
+    """Average a floating-point ``t`` over ranks **in place** and return it."""
+    if not t.is_floating_point():
+        raise TypeError(f"all_reduce_mean needs a floating-point tensor, got {t.dtype}")
+    if _world_size() == 1:
+        return t
+    all_reduce_sum(t)
+    t.data.div_(_world_size())
+    return t
 
 
 def _json_bytes(obj: Any) -> torch.Tensor:

@@ -36,7 +36,13 @@ _WORKER = textwrap.dedent(
     result["gathered"] = D.all_gather_tensor(rows).tolist()
     result["gathered_empty"] = D.all_gather_tensor(torch.ones(r, 2)).shape[0]
     result["gathered_bool"] = D.all_gather_tensor(torch.tensor([r == 0, True])).tolist()
-    result["mean"] = D.all_reduce_mean(torch.tensor([float(r), 2.0 * r])).tolist()
+    in_place = torch.tensor([float(r), 2.0 * r])
+    returned = D.all_reduce_mean(in_place)
+    result["mean"] = in_place.tolist()
+    result["mean_returns_same"] = returned is in_place
+    summed = torch.tensor([r + 1], dtype=torch.int64)
+    D.all_reduce_sum(summed)
+    result["sum"] = summed.tolist()
     bans = [["make it red", "images/a.png"]] if r == 0 else [["ignored", "x"]]
     result["bans"] = D.broadcast_object(bans, src=0)
     result["gathered_json"] = D.all_gather_json({"rank": r, "keys": ["k%d" % i for i in range(r + 1)]})
@@ -142,7 +148,8 @@ def test_torchrun_all_gather_variable_sizes(two_rank_results: list[dict]) -> Non
         assert res["gathered"] == expected
         assert res["gathered_empty"] == 1  # rank 0 sent zero rows
         assert res["gathered_bool"] == [True, True, False, True]
-        assert res["mean"] == [0.5, 1.0]
+        assert res["mean"] == [0.5, 1.0] and res["mean_returns_same"]  # in place, like dist.all_reduce
+        assert res["sum"] == [3]
 
 
 def test_torchrun_object_exchange(two_rank_results: list[dict]) -> None:
@@ -185,7 +192,9 @@ def test_single_process_without_torchrun(tmp_path: Path, monkeypatch: pytest.Mon
     assert not distributed.is_dist_active()
     t = torch.randn(3, 2)
     assert distributed.all_gather_tensor(t) is t
-    assert torch.equal(distributed.all_reduce_mean(t), t)
+    assert distributed.all_reduce_mean(t) is t
+    with pytest.raises(TypeError, match="floating-point"):
+        distributed.all_reduce_mean(torch.ones(2, dtype=torch.int64))
     assert distributed.broadcast_object([["a", "b.png"]]) == [["a", "b.png"]]
     assert distributed.all_gather_json({"x": (1, 2)}) == [{"x": [1, 2]}]
     module = torch.nn.Linear(2, 2)

@@ -242,3 +242,14 @@ def test_missing_rng_for_rank_warns(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path, rank=0).rng is not None
     with pytest.warns(UserWarning, match="not bit-exact"):
         assert load_checkpoint(tmp_path, rank=3).rng is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_state_restore(tmp_path: Path) -> None:
+    torch.cuda.manual_seed_all(7)
+    save_checkpoint(tmp_path, 0, CheckpointState(rng=get_rng_state()))
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(8)
+    set_rng_state(load_checkpoint(tmp_path).rng)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
