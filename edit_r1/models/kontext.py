@@ -1,0 +1,262 @@
+"""FLUX.1-Kontext adapter behind `EditPolicy`.
+
+Conditioning (SPEC section 2), per (instruction, source image):
+
+* text: CLIP-L pooled output (prompt padded to the CLIP tokenizer's 77 tokens) and the T5 encoder's
+  last hidden state (padded/truncated to `max_text_length`, 512 as the stock pipeline); text
+  position ids are all zero.
+* reference latents: the source image resized to area resolution^2 (aspect kept, sides rounded to
+  16), VAE-encoded (distribution mode), mapped to `(z - shift) * scale` and packed 2x2. Position
+  ids are (0, y, x) for target tokens and (1, y, x) for reference tokens: the reference is
+  offset on the first axis.
+* guidance: the distilled guidance embedding, `guidance_scale` (2.5 in training, 3.5 stock).
+
+The stock pipeline snaps the reference to one of its preferred ~1024^2 resolutions unless it is
+called with `_auto_resize=False`, in which case it keeps the image size (rounded down to 16); the
+equivalence test feeds an image of the target size with `_auto_resize=False` and
+`max_area = height * width`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
+)
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+from edit_r1.models import lora as lora_utils
+from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
+from edit_r1.models.qwen_image_edit import pack_latents, unpack_latents
+
+
+@dataclasses.dataclass(frozen=True)
+class KontextCondition(Condition):
+    """Encoded FLUX.1-Kontext condition, batch-first.
+
+    prompt_embeds (B, T, D): T5 states, T = max_text_length; pooled_prompt_embeds (B, P): CLIP pooled;
+    ref_latents (B, Lr, 4C): packed scaled reference latents on a `ref_grid` of tokens.
+    """
+
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    ref_latents: torch.Tensor
+    ref_grid: tuple[int, int] = static_field()
+
+
+def position_ids(grid: tuple[int, int], first: float, device: torch.device) -> torch.Tensor:
+    """(rows*cols, 3) ids (first, y, x) in row-major token order."""
+    rows, cols = grid
+    ids = torch.zeros(rows, cols, 3, device=device)
+    ids[..., 0] = first
+    ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    ids[..., 2] = torch.arange(cols, device=device)[None, :]
+    return ids.reshape(rows * cols, 3)
+
+
+class KontextPolicy(EditPolicy):
+    """FLUX.1-Kontext as trained / old / reference policies.
+
+    Args (beyond `EditPolicy`):
+        text_encoder, tokenizer: CLIP text model and tokenizer (pooled output).
+        text_encoder_2, tokenizer_2: T5 encoder and tokenizer.
+        reference_area: pixel area of the VAE reference image (default: height * width).
+        max_text_length: T5 length (pad/truncate), at most 512.
+        guidance_scale: the embedded guidance value.
+    """
+
+    family = "kontext"
+    pipeline_class = FluxKontextPipeline
+
+    def __init__(
+        self,
+        *,
+        transformer: FluxTransformer2DModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: Any,
+        text_encoder_2: T5EncoderModel,
+        tokenizer_2: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        resolution: int | tuple[int, int] = 512,
+        reference_area: int | None = None,
+        max_text_length: int = 512,
+        guidance_scale: float = 2.5,
+        use_lora: bool = True,
+        lora: lora_utils.LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not 1 <= max_text_length <= 512:
+            raise ValueError(f"max_text_length must be in [1, 512] for T5 in FLUX, got {max_text_length}")
+        if not transformer.config.guidance_embeds:
+            raise ValueError("the Kontext transformer must have guidance_embeds=True (guidance-distilled)")
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
+        self.tokenizer_2 = tokenizer_2
+        super().__init__(
+            transformer,
+            vae,
+            scheduler,
+            resolution=resolution,
+            use_lora=use_lora,
+            lora=lora,
+            gradient_checkpointing=gradient_checkpointing,
+            dtype=dtype,
+        )
+        self.reference_area = int(reference_area or self.height * self.width)
+        self.max_text_length = int(max_text_length)
+        self.guidance_scale = float(guidance_scale)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> KontextPolicy:
+        """Loads a FLUX.1-Kontext checkpoint (hub id or local folder) with each component's own
+        `from_pretrained`; VAE in float32, the rest in `dtype` (bf16 on CUDA, float32 on CPU)."""
+        path = os.fspath(path)
+        device, dtype = default_device_and_dtype(device, dtype)
+        transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+        clip = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
+        t5 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype)
+        return cls(
+            transformer=transformer.to(device),
+            vae=vae.to(device),
+            text_encoder=clip.to(device),
+            tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
+            text_encoder_2=t5.to(device),
+            tokenizer_2=AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+            dtype=dtype,
+            **options,
+        )
+
+    def stock_pipeline(self, transformer: torch.nn.Module | None = None) -> FluxKontextPipeline:
+        """The stock FluxKontextPipeline on these components (optionally another transformer)."""
+        return FluxKontextPipeline(
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            transformer=transformer if transformer is not None else self.transformer,
+        )
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels // 4
+
+    # ----------------------------------------------------------------------------- conditions
+    def _reference_size(self, images: list[Image.Image]) -> tuple[int, int]:
+        multiple = self.vae_scale_factor * 2
+        sizes = {fit_to_area(self.reference_area, img.width / img.height, multiple) for img in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"source images of one batch must share an aspect ratio (reference sizes {sorted(sizes)}); "
+                "centre-crop them to the training resolution first"
+            )
+        return sizes.pop()
+
+    def _encode_batch(self, instructions: list[str], images: list[Image.Image]) -> KontextCondition:
+        ref_width, ref_height = self._reference_size(images)
+        factor = self.vae_scale_factor * 2
+        return KontextCondition(
+            prompt_embeds=self._t5(instructions),
+            pooled_prompt_embeds=self._clip_pooled(instructions),
+            ref_latents=self._encode_reference(images, ref_height, ref_width),
+            ref_grid=(ref_height // factor, ref_width // factor),
+        )
+
+    def _clip_pooled(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device)).pooler_output.to(self.dtype)
+
+    def _t5(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer_2(
+            texts, padding="max_length", max_length=self.max_text_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return self.text_encoder_2(ids.to(self.text_encoder_2.device))[0].to(self.dtype)
+
+    def _encode_reference(self, images: list[Image.Image], height: int, width: int) -> torch.Tensor:
+        pixels = self.image_processor.preprocess(images, height, width)
+        pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return pack_latents(latents).to(self.dtype)
+
+    # ----------------------------------------------------------------------------- latents
+    def initial_noise(
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        rows, cols = self.latent_grid
+        shape = (batch_size, self.latent_channels, rows * 2, cols * 2)
+        return pack_latents(randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        spatial = unpack_latents(latents, self.latent_grid).to(device=self.vae.device, dtype=self.vae.dtype)
+        spatial = spatial / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        images = self.vae.decode(spatial, return_dict=False)[0]
+        return (images.float() * 0.5 + 0.5).clamp(0, 1)
+
+    # ----------------------------------------------------------------------------- velocity
+    def _forward_rows(
+        self,
+        module: torch.nn.Module,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Condition,
+        row_adapters: list[str] | None,
+    ) -> torch.Tensor:
+        if not isinstance(cond, KontextCondition):
+            raise TypeError(f"expected a KontextCondition, got {type(cond).__name__}")
+        device = z.device
+        hidden = torch.cat([z, cond.ref_latents.to(z.dtype)], dim=1).to(self.dtype)
+        img_ids = torch.cat(
+            [position_ids(self.latent_grid, 0, device), position_ids(cond.ref_grid, 1, device)]
+        )
+        txt_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=device)
+        guidance = torch.full((z.shape[0],), self.guidance_scale, device=device, dtype=torch.float32)
+        with self._row_adapters(module, row_adapters):
+            out = module(
+                hidden_states=hidden,
+                timestep=sigma,
+                guidance=guidance,
+                pooled_projections=cond.pooled_prompt_embeds.to(self.dtype),
+                encoder_hidden_states=cond.prompt_embeds.to(self.dtype),
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+        return out[:, : z.shape[1]]

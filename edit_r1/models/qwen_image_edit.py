@@ -1,0 +1,366 @@
+"""Qwen-Image-Edit adapter (2509 "Plus" and the original release) behind `EditPolicy`.
+
+Conditioning (SPEC section 2), per (instruction, source image):
+
+* text/vision: Qwen2.5-VL reads the family's chat template (the system prompt of the stock
+  pipeline) with the condition image. Plus (2509) writes "Picture 1: <|vision_start|><|image_pad|>
+  <|vision_end|>" before the instruction and resizes the condition image to area 384^2 (aspect
+  kept, sides rounded to 32); the original model has the vision tokens inside its template and
+  sees the same image as the VAE. The last hidden state is taken, the template prefix
+  (`prompt_template_encode_start_idx` tokens) dropped, and the rest truncated/padded to
+  `max_text_length` (256, as the original release) with a 0/1 mask.
+* reference latents: the source image resized to area resolution^2 (aspect kept, sides rounded to
+  32), VAE-encoded (distribution mode), normalised `(z - mean) / std` per channel and packed 2x2;
+  the transformer sees [target tokens ; reference tokens] with `img_shapes`
+  [(1, H/16, W/16), (1, Hr/16, Wr/16)] for the rotary positions.
+* guidance: "true CFG" when `true_cfg_scale > 1`: v = n + s (c - n) with the negative prompt
+  (default "") and the same image, rescaled per token by ||c|| / ||v|| over channels. Positive
+  and negative rows run in one batched forward.
+
+The stock pipelines fix the VAE area at 1024^2 (and Plus the condition area at 384^2) as module
+constants; here both are constructor options (`reference_area`, `condition_area`) so that the
+training resolution (512) and tiny test sizes work. The equivalence tests set the stock
+constants to the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from edit_r1.models import lora as lora_utils
+from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
+
+logger = logging.getLogger(__name__)
+
+VARIANTS: dict[str, type] = {"plus": QwenImageEditPlusPipeline, "original": QwenImageEditPipeline}
+VARIANT_OF_PIPELINE = {cls.__name__: name for name, cls in VARIANTS.items()}
+# Plus names each input image in the user turn; one source image per edit here.
+PLUS_PICTURE_TAG = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>"
+# The Qwen pipelines round reference and condition image sides to multiples of 32.
+SIDE_MULTIPLE = 32
+PLUS_CONDITION_AREA = 384 * 384
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenCondition(Condition):
+    """Encoded Qwen-Image-Edit condition, batch-first.
+
+    prompt_embeds (B, T, D) / prompt_mask (B, T): Qwen2.5-VL states, T = max_text_length;
+    ref_latents (B, Lr, 4C): packed normalised reference latents on a `ref_grid` of tokens;
+    negative_*: the negative prompt's embeddings (only when true CFG is on).
+    """
+
+    prompt_embeds: torch.Tensor
+    prompt_mask: torch.Tensor
+    ref_latents: torch.Tensor
+    ref_grid: tuple[int, int] = static_field()
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_prompt_mask: torch.Tensor | None = None
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, (h/2)(w/2), 4C): 2x2 patches of latent cells become tokens."""
+    b, c, h, w = latents.shape
+    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `pack_latents`: (B, rows*cols, 4C) -> (B, C, 2 rows, 2 cols)."""
+    b, n, d = tokens.shape
+    rows, cols = grid
+    if n != rows * cols:
+        raise ValueError(f"expected {rows * cols} tokens for a {rows}x{cols} grid, got {n}")
+    x = tokens.reshape(b, rows, cols, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, rows * 2, cols * 2)
+
+
+class QwenImageEditPolicy(EditPolicy):
+    """Qwen-Image-Edit(-2509) as trained / old / reference policies.
+
+    Args (beyond `EditPolicy`):
+        text_encoder, processor: Qwen2.5-VL and its image+text processor.
+        variant: "plus" (QwenImageEditPlusPipeline, 2509) or "original" (QwenImageEditPipeline).
+        reference_area: pixel area of the VAE reference image (default: height * width).
+        condition_area: pixel area of the vision-encoder image (default: 384^2 for Plus, the
+            reference area for the original model, as the stock pipelines).
+        max_text_length: fixed length of the prompt embeddings (truncate/pad, with a mask).
+        true_cfg_scale: > 1 enables true CFG with `negative_prompt`.
+    """
+
+    family = "qwen_image_edit"
+
+    def __init__(
+        self,
+        *,
+        transformer: QwenImageTransformer2DModel,
+        vae: AutoencoderKLQwenImage,
+        text_encoder: Qwen2_5_VLForConditionalGeneration,
+        processor: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        variant: str = "plus",
+        resolution: int | tuple[int, int] = 512,
+        reference_area: int | None = None,
+        condition_area: int | None = None,
+        max_text_length: int = 256,
+        true_cfg_scale: float = 1.0,
+        negative_prompt: str = "",
+        use_lora: bool = True,
+        lora: lora_utils.LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"unknown Qwen-Image-Edit variant {variant!r}; expected one of {sorted(VARIANTS)}"
+            )
+        if max_text_length < 1:
+            raise ValueError(f"max_text_length must be >= 1, got {max_text_length}")
+        self.variant = variant
+        self.pipeline_class = VARIANTS[variant]
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.processor = processor
+        super().__init__(
+            transformer,
+            vae,
+            scheduler,
+            resolution=resolution,
+            use_lora=use_lora,
+            lora=lora,
+            gradient_checkpointing=gradient_checkpointing,
+            dtype=dtype,
+        )
+        self.reference_area = int(reference_area or self.height * self.width)
+        default_condition = PLUS_CONDITION_AREA if variant == "plus" else None
+        self.condition_area = condition_area or default_condition
+        self.max_text_length = int(max_text_length)
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.negative_prompt = negative_prompt
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+        # The chat template and the number of template tokens to drop are model data owned by the
+        # stock pipeline; read them from it rather than restating them.
+        stock = self.stock_pipeline()
+        self.prompt_template: str = stock.prompt_template_encode
+        self.prompt_template_drop: int = stock.prompt_template_encode_start_idx
+        self.picture_tag = PLUS_PICTURE_TAG if variant == "plus" else ""
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        variant: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> QwenImageEditPolicy:
+        """Loads a Qwen-Image-Edit checkpoint (hub id or local folder) with each component's own
+        `from_pretrained`. The variant comes from `model_index.json` unless given. The VAE stays
+        float32; transformer and text encoder use `dtype` (bf16 on CUDA, float32 on CPU)."""
+        from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+
+        path = os.fspath(path)
+        if variant is None:
+            class_name = DiffusionPipeline.load_config(path).get("_class_name")
+            if class_name not in VARIANT_OF_PIPELINE:
+                raise ValueError(
+                    f"{path}: model_index.json names {class_name!r}, not one of {sorted(VARIANT_OF_PIPELINE)}"
+                )
+            variant = VARIANT_OF_PIPELINE[class_name]
+        device, dtype = default_device_and_dtype(device, dtype)
+        transformer = QwenImageTransformer2DModel.from_pretrained(
+            path, subfolder="transformer", torch_dtype=dtype
+        )
+        vae = AutoencoderKLQwenImage.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, subfolder="text_encoder", dtype=dtype
+        )
+        return cls(
+            transformer=transformer.to(device),
+            vae=vae.to(device),
+            text_encoder=text_encoder.to(device),
+            processor=load_qwen_vl_processor(path, subfolder="processor"),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+            variant=variant,
+            dtype=dtype,
+            **options,
+        )
+
+    def stock_pipeline(self, transformer: torch.nn.Module | None = None) -> DiffusionPipeline:
+        """The stock diffusers pipeline of this variant built on these components (optionally
+        with another transformer), e.g. for `load_lora_weights` or reference outputs."""
+        return self.pipeline_class(
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.processor.tokenizer,
+            processor=self.processor,
+            transformer=transformer if transformer is not None else self.transformer,
+        )
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** len(self.vae.config.temperal_downsample)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels // 4
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(self.vae.config.latents_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    # ----------------------------------------------------------------------------- conditions
+    def _reference_size(self, images: list[Image.Image]) -> tuple[int, int]:
+        sizes = {fit_to_area(self.reference_area, img.width / img.height, SIDE_MULTIPLE) for img in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"source images of one batch must share an aspect ratio (reference sizes {sorted(sizes)}); "
+                "centre-crop them to the training resolution first"
+            )
+        return sizes.pop()
+
+    def _encode_batch(self, instructions: list[str], images: list[Image.Image]) -> QwenCondition:
+        ref_width, ref_height = self._reference_size(images)
+        if self.condition_area is None:
+            condition_images = [self.image_processor.resize(img, ref_height, ref_width) for img in images]
+        else:
+            condition_images = []
+            for img in images:
+                width, height = fit_to_area(self.condition_area, img.width / img.height, SIDE_MULTIPLE)
+                condition_images.append(self.image_processor.resize(img, height, width))
+        embeds, mask = self._encode_text(instructions, condition_images)
+        negative_embeds = negative_mask = None
+        if self.true_cfg_scale > 1:
+            negative_embeds, negative_mask = self._encode_text(
+                [self.negative_prompt] * len(images), condition_images
+            )
+        factor = self.vae_scale_factor * 2
+        return QwenCondition(
+            prompt_embeds=embeds,
+            prompt_mask=mask,
+            ref_latents=self._encode_reference(images, ref_height, ref_width),
+            ref_grid=(ref_height // factor, ref_width // factor),
+            negative_prompt_embeds=negative_embeds,
+            negative_prompt_mask=negative_mask,
+        )
+
+    def _encode_text(
+        self, texts: list[str], condition_images: list[Image.Image]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qwen2.5-VL last hidden states without the template prefix, padded to max_text_length."""
+        prompts = [self.prompt_template.format(self.picture_tag + text) for text in texts]
+        inputs = self.processor(text=prompts, images=condition_images, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.text_encoder.device)
+        outputs = self.text_encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            output_hidden_states=True,
+        )
+        hidden = outputs.hidden_states[-1]
+        batch, width = hidden.shape[0], hidden.shape[-1]
+        embeds = hidden.new_zeros(batch, self.max_text_length, width)
+        mask = torch.zeros(batch, self.max_text_length, dtype=torch.long, device=hidden.device)
+        for row in range(batch):
+            states = hidden[row][inputs["attention_mask"][row].bool()][self.prompt_template_drop :]
+            if states.shape[0] > self.max_text_length:
+                logger.warning(
+                    "prompt %d has %d tokens; truncated to max_text_length=%d",
+                    row,
+                    states.shape[0],
+                    self.max_text_length,
+                )
+                states = states[: self.max_text_length]
+            embeds[row, : states.shape[0]] = states
+            mask[row, : states.shape[0]] = 1
+        return embeds.to(self.dtype), mask
+
+    def _encode_reference(self, images: list[Image.Image], height: int, width: int) -> torch.Tensor:
+        pixels = self.image_processor.preprocess(images, height, width).unsqueeze(2)
+        pixels = pixels.to(device=self.vae.device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        mean, std = self._latent_stats(latents)
+        return pack_latents(((latents - mean) / std).squeeze(2)).to(self.dtype)
+
+    # ----------------------------------------------------------------------------- latents
+    def initial_noise(
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        rows, cols = self.latent_grid
+        shape = (batch_size, 1, self.latent_channels, rows * 2, cols * 2)
+        # Drawn with the stock pipeline's (B, 1, C, h, w) shape so a seeded generator gives the
+        # same numbers; the frame axis has length 1, so dropping it keeps the memory order.
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        return pack_latents(noise.reshape(batch_size, *shape[2:]))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        spatial = unpack_latents(latents, self.latent_grid).unsqueeze(2)
+        spatial = spatial.to(device=self.vae.device, dtype=self.vae.dtype)
+        mean, std = self._latent_stats(spatial)
+        images = self.vae.decode(spatial * std + mean, return_dict=False)[0][:, :, 0]
+        return (images.float() * 0.5 + 0.5).clamp(0, 1)
+
+    # ----------------------------------------------------------------------------- velocity
+    def _forward_rows(
+        self,
+        module: torch.nn.Module,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Condition,
+        row_adapters: list[str] | None,
+    ) -> torch.Tensor:
+        if not isinstance(cond, QwenCondition):
+            raise TypeError(f"expected a QwenCondition, got {type(cond).__name__}")
+        hidden = torch.cat([z, cond.ref_latents.to(z.dtype)], dim=1).to(self.dtype)
+        embeds, mask = cond.prompt_embeds, cond.prompt_mask
+        cfg = self.true_cfg_scale > 1
+        if cfg:
+            if cond.negative_prompt_embeds is None:
+                raise ValueError(
+                    "true_cfg_scale > 1 but the condition was encoded without the negative prompt"
+                )
+            hidden, sigma = torch.cat([hidden, hidden]), torch.cat([sigma, sigma])
+            embeds = torch.cat([embeds, cond.negative_prompt_embeds])
+            mask = torch.cat([mask, cond.negative_prompt_mask])
+            row_adapters = None if row_adapters is None else row_adapters * 2
+        img_shapes = [[(1, *self.latent_grid), (1, *cond.ref_grid)]] * hidden.shape[0]
+        with self._row_adapters(module, row_adapters):
+            out = module(
+                hidden_states=hidden,
+                timestep=sigma,
+                encoder_hidden_states=embeds.to(self.dtype),
+                encoder_hidden_states_mask=mask,
+                img_shapes=img_shapes,
+                return_dict=False,
+            )[0]
+        out = out[:, : z.shape[1]]
+        if not cfg:
+            return out
+        cond_v, uncond_v = out.chunk(2)
+        guided = uncond_v + self.true_cfg_scale * (cond_v - uncond_v)
+        # Rescale each token to the norm of the conditional prediction (over channels).
+        return guided * (cond_v.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
