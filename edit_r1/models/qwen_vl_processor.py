@@ -17,12 +17,10 @@ The image processor is the PIL backend (``Qwen2VLImageProcessorPil``) whenever t
 - the ``processor/`` folder of a Qwen-Image-Edit pipeline checkpoint (``subfolder="processor"``);
 - the tiny kit folders written by :mod:`edit_r1.models.tiny`.
 
-Because the class lives in an importable module and subclasses ``Qwen2VLProcessor``, a diffusers
-pipeline saved with it records ``["edit_r1.models.qwen_vl_processor", "QwenVLImageTextProcessor"]``
-in ``model_index.json`` and ``QwenImageEditPlusPipeline.from_pretrained`` loads it as it is, with
-its type check satisfied. For a real Qwen-Image-Edit checkpoint (which names ``Qwen2VLProcessor``)
-on a machine without torchvision, pass ``processor=load_qwen_vl_processor(path, subfolder="processor")``
-to ``from_pretrained``.
+For a real Qwen-Image-Edit checkpoint (whose ``model_index.json`` names ``Qwen2VLProcessor``) on a
+machine without torchvision, pass ``processor=load_qwen_vl_processor(path, subfolder="processor")`` to
+``QwenImageEditPlusPipeline.from_pretrained``. (The tiny kit's pipeline folder names a transformers class
+instead, so that it loads with no argument; see :mod:`edit_r1.models.tiny`.)
 """
 
 from __future__ import annotations

@@ -14,9 +14,16 @@ without any network, three checkpoint folders that the *standard* classmethods l
                  mrope_section [1, 1, 2]); vision 1 block, hidden 16, 2 heads, patch 14, spatial merge 2,
                  temporal patch 2 (as real), window 112, out_hidden 16
     tokenizer    ``Qwen2Tokenizer``: byte-level BPE trained here (vocab ~400 + Qwen special tokens)
-    processor    :class:`~edit_r1.models.qwen_vl_processor.QwenVLImageTextProcessor` (image + text
-                 ``Qwen2VLProcessor`` without the torchvision-only video processor) with the real
-                 Qwen2.5-VL image-processor constants (patch 14, merge 2, CLIP mean/std, min/max pixels)
+    processor    ``PaddleOCRVLProcessor`` holding a ``Qwen2VLImageProcessor`` (PIL backend, the real
+                 Qwen2.5-VL constants: patch 14, merge 2, CLIP mean/std, min/max pixels) and the tokenizer.
+                 Why that class: real checkpoints name ``Qwen2VLProcessor``, which transformers 5 cannot
+                 build without torchvision (its video processor), and diffusers only loads components from
+                 transformers/diffusers or already-imported modules. ``PaddleOCRVLProcessor`` is the
+                 transformers class with exactly the generic image + text behaviour of ``Qwen2VLProcessor``
+                 (``<|image_pad|>`` expanded to ``prod(image_grid_thw) / merge**2`` tokens, same outputs)
+                 and no video processor, so the folder loads with plain ``from_pretrained`` in a fresh
+                 interpreter (diffusers logs an "Expected types for processor" warning, harmless).
+                 ``load_qwen_vl_processor(DIR, subfolder="processor")`` loads the same folder too.
     scheduler    ``FlowMatchEulerDiscreteScheduler`` with the Qwen-Image constants: seq 256 / 8192, shift
                  0.5 / 0.9, shift_terminal 0.02, exponential dynamic shifting
 
@@ -78,6 +85,13 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+
+QWEN_NAMED_VISION_TOKENS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
 
 # Qwen2-VL chat format: optional default system turn, "<|vision_start|><|image_pad|><|vision_end|>"
 # for each image, "<|im_start|>assistant\n" when a generation prompt is asked for.
@@ -190,8 +204,13 @@ def _trained_bpe(bpe, special_tokens: list[str]) -> tuple[dict[str, int], list[t
     return {token: i for i, token in enumerate(order)}, merges
 
 
-def _qwen_tokenizer():
-    """Qwen2 byte-level BPE trained on :func:`tiny_corpus`, with the Qwen special tokens."""
+def _qwen_tokenizer(named_vision_tokens: bool):
+    """Qwen2 byte-level BPE trained on :func:`tiny_corpus`, with the Qwen special tokens.
+
+    ``named_vision_tokens`` also records ``image_token`` / ``video_token`` / ``vision_bos_token`` /
+    ``vision_eos_token`` in the tokenizer config (generic processors such as ``PaddleOCRVLProcessor``
+    read ``tokenizer.image_token``); real Qwen2.5-VL tokenizer configs do not have them.
+    """
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -217,11 +236,7 @@ def _qwen_tokenizer():
         merges=merges,
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
         model_max_length=32768,
-        # Named model-specific tokens: processors read ``tokenizer.image_token`` / ``image_token_id``.
-        image_token="<|image_pad|>",
-        video_token="<|video_pad|>",
-        vision_bos_token="<|vision_start|>",
-        vision_eos_token="<|vision_end|>",
+        **(QWEN_NAMED_VISION_TOKENS if named_vision_tokens else {}),
     )
     tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
     return tokenizer
@@ -254,29 +269,61 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _t5_tokenizer(work_dir: Path):
-    """T5 tokenizer from a sentencepiece unigram model trained on :func:`tiny_corpus`."""
+def _train_sentencepiece() -> bytes:
+    """Train a T5-style sentencepiece unigram model (pad 0, eos 1, unk 2) on :func:`tiny_corpus`.
+
+    Returns the serialized model with the temporary input / output paths of the trainer spec replaced
+    by fixed names, so that the bytes do not depend on where it was trained.
+    """
     import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    with tempfile.TemporaryDirectory() as work:
+        corpus_file = Path(work) / "t5_corpus.txt"
+        corpus_file.write_text("\n".join(tiny_corpus()) + "\n", encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus_file),
+            model_prefix=str(Path(work) / "spiece"),
+            vocab_size=128,
+            hard_vocab_limit=False,
+            model_type="unigram",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            character_coverage=1.0,
+            num_threads=1,
+            minloglevel=2,
+        )
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString((Path(work) / "spiece.model").read_bytes())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.input.append("t5_corpus.txt")
+    proto.trainer_spec.model_prefix = "spiece"
+    return proto.SerializeToString(deterministic=True)
+
+
+def _t5_tokenizer(spiece_model: bytes):
+    """``T5Tokenizer`` (tokenizers backend) with the pieces, scores and normaliser of ``spiece_model``.
+
+    transformers 5 ignores ``vocab_file`` here, so the unigram vocabulary is read from the model proto.
+    """
+    from sentencepiece import sentencepiece_model_pb2
     from transformers import T5Tokenizer
 
-    corpus_file = work_dir / "t5_corpus.txt"
-    corpus_file.write_text("\n".join(tiny_corpus()) + "\n", encoding="utf-8")
-    prefix = work_dir / "spiece"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus_file),
-        model_prefix=str(prefix),
-        vocab_size=128,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(spiece_model)
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    if [p for p, _ in vocab[:3]] != ["<pad>", "</s>", "<unk>"]:
+        raise RuntimeError(
+            f"T5 needs <pad>, </s>, <unk> as ids 0, 1, 2; the sentencepiece model has {vocab[:3]}"
+        )
+    return T5Tokenizer(
+        vocab=vocab,
+        _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap,
+        extra_ids=100,
+        model_max_length=512,
     )
-    return T5Tokenizer(vocab_file=str(prefix) + ".model", extra_ids=100, model_max_length=512, legacy=False)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -286,8 +333,10 @@ def _seeded(seed: int, make: Callable):
     """Construct ``make()`` right after seeding torch, so initial weights depend only on ``seed``."""
     import torch
 
-    torch.manual_seed(seed)
-    return make().eval()
+    # fork_rng: building the kit must not move the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make().eval()
 
 
 def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int):
@@ -362,7 +411,7 @@ def build_qwen_image_edit_plus(out_dir: str | os.PathLike) -> Path:
         QwenImageTransformer2DModel,
     )
 
-    tokenizer = _qwen_tokenizer()
+    tokenizer = _qwen_tokenizer(named_vision_tokens=True)
     text_encoder = _qwen2_5_vl(tokenizer, hidden=16, layers=2, seed=1)
     transformer = _seeded(
         2,
@@ -413,9 +462,10 @@ def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    out = Path(out_dir)
     clip_tokenizer = _clip_tokenizer()
-    with tempfile.TemporaryDirectory() as work:
-        t5_tokenizer = _t5_tokenizer(Path(work))
+    spiece_model = _train_sentencepiece()
+    t5_tokenizer = _t5_tokenizer(spiece_model)
     clip_config = CLIPTextConfig(
         vocab_size=len(clip_tokenizer),
         hidden_size=32,
@@ -483,8 +533,9 @@ def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
         tokenizer_2=t5_tokenizer,
         transformer=transformer,
     )
-    out = Path(out_dir)
     pipe.save_pretrained(out, safe_serialization=True)
+    # Real FLUX checkpoints ship the sentencepiece model next to tokenizer.json; so does the kit.
+    (out / "tokenizer_2" / "spiece.model").write_bytes(spiece_model)
     return out
 
 
@@ -494,7 +545,7 @@ def build_judge(out_dir: str | os.PathLike) -> Path:
     Load it with ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` and
     :func:`edit_r1.models.qwen_vl_processor.load_qwen_vl_processor`.
     """
-    tokenizer = _qwen_tokenizer()
+    tokenizer = _qwen_tokenizer(named_vision_tokens=False)
     for digit in "012345":
         if len(tokenizer.tokenize(digit)) != 1:
             raise RuntimeError(f"tiny judge tokenizer splits the score digit {digit!r}")
