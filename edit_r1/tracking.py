@@ -13,10 +13,10 @@ or ``disabled`` works for any run without editing the config) and ``WANDB_PROJEC
 ``run_dir/wandb`` and needs no network (sync later with ``wandb sync``). wandb is imported only
 when a run is actually started.
 
-Metric names follow the original training script: train reward means ``reward_<name>`` (e.g.
-``reward_avg``), evaluation ``eval_reward_<name>``, ``zero_std_ratio``, ``reward_std_mean``,
-``policy_loss``, ``kl_loss``, ``x0_norm``, ``old_deviate``, ``lr``, ``grad_norm``, and phase times
-``time/<phase>`` from :class:`Timer`.
+Metric names follow the original training script: train reward means ``reward_<name>`` and
+``reward_mean``, evaluation ``eval_reward_<name>``, ``zero_std_ratio``, ``reward_std_mean``,
+``policy_loss``, ``kl_div_loss``, ``x0_norm``, ``old_deviate``, ``lr``, ``grad_norm``, and phase
+times ``time/<phase>`` from :class:`Timer` (see docs/training.md).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "Timer",
     "progress",
     "save_reward_curve",
+    "reward_series",
     "save_eval_grid",
     "read_metrics",
     "METRICS_FILENAME",
@@ -241,24 +242,15 @@ def progress(
 
 
 def _default_reward_key(key: str) -> bool:
-    return key.startswith(("reward_", "eval_reward_")) and "std" not in key
+    """Reward means only: not the spread statistics (``reward_std_mean``) or failure counts."""
+    return key.startswith(("reward_", "eval_reward_")) and "std" not in key and "failed" not in key
 
 
-def save_reward_curve(
-    metrics_jsonl: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str] | None = None
-) -> Path | None:
-    """Plot reward metrics against step into ``png_path`` (written atomically); returns the path, or
-    ``None`` when the file has no reward values yet.
-
-    Default keys: every ``reward_*`` (train means, lines) and ``eval_reward_*`` (evaluation, markers)
-    except the ``*std*`` statistics.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_jsonl)
+def reward_series(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None
+) -> dict[str, list[tuple[int, float]]]:
+    """``{key: [(step, value), ...]}`` for the numeric values of ``keys`` (default: reward means,
+    i.e. ``reward_*`` / ``eval_reward_*`` without ``*std*`` and ``*failed*``); empty series dropped."""
     wanted = keys if keys is not None else sorted({k for r in rows for k in r if _default_reward_key(k)})
     series = {
         k: [
@@ -268,7 +260,24 @@ def save_reward_curve(
         ]
         for k in wanted
     }
-    series = {k: v for k, v in series.items() if v}
+    return {k: v for k, v in series.items() if v}
+
+
+def save_reward_curve(
+    metrics_jsonl: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str] | None = None
+) -> Path | None:
+    """Plot reward metrics against step into ``png_path`` (written atomically); returns the path, or
+    ``None`` when the file has no reward values yet.
+
+    Default keys: every ``reward_*`` (train means, lines) and ``eval_reward_*`` (evaluation, markers)
+    except the ``*std*`` statistics and the ``*failed*`` counts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = reward_series(read_metrics(metrics_jsonl), keys)
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)

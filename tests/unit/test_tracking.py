@@ -25,6 +25,7 @@ from edit_r1.tracking import (
     progress,
     read_metrics,
     resolve_wandb_settings,
+    reward_series,
     save_eval_grid,
     save_reward_curve,
 )
@@ -133,10 +134,18 @@ def test_wandb_offline_needs_no_network(tmp_path: Path) -> None:
 def test_reward_curve_png(tmp_path: Path) -> None:
     tracker = Tracker(tmp_path)
     for step in range(12):
-        row = {"reward_avg": 0.3 + 0.02 * step, "reward_std_mean": 0.1, "policy_loss": 1.0}
+        row = {
+            "reward_avg": 0.3 + 0.02 * step,
+            "reward_std_mean": 0.1,
+            "reward_failed": 2,
+            "policy_loss": 1.0,
+        }
         if step % 5 == 0:
             row["eval_reward_avg"] = 0.35 + 0.02 * step
         tracker.log(row, step=step)
+    series = reward_series(read_metrics(tmp_path / METRICS_FILENAME))
+    assert sorted(series) == ["eval_reward_avg", "reward_avg"]  # not std statistics or failure counts
+    assert [step for step, _ in series["eval_reward_avg"]] == [0, 5, 10]
     png = save_reward_curve(tmp_path / METRICS_FILENAME, tmp_path / "plots" / "reward_curve.png")
     assert png == tmp_path / "plots" / "reward_curve.png"
     with Image.open(png) as img:
