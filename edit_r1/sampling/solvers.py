@@ -150,7 +150,7 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: float) -> t
     """
     reduce_dims = tuple(range(1, mean.ndim))
     if std == 0.0:
-        return torch.zeros(mean.shape[0], dtype=mean.dtype, device=mean.device) + 0.0 * mean.mean(reduce_dims)
+        return torch.zeros(mean.shape[0], dtype=torch.float32, device=mean.device)
     log_density = -((sample.float() - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
     return log_density.mean(dim=reduce_dims)
 
