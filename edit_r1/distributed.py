@@ -412,9 +412,10 @@ def sharded_frozen_module(
     Each rank keeps ``1/world_size`` of the weights and gathers one unit at a time during forward,
     so a large encoder no longer needs a full copy per GPU. Units are the modules selected by
     ``shard_unit`` (default: the blocks inside ``nn.ModuleList``s), then the root. Parameters are
-    set to ``requires_grad=False``. Returns ``module`` unchanged (moved to ``dist_info.device``)
-    when ``world_size == 1`` or no process group exists. The module must already be in the dtype
-    it will run in. Call it only through its own ``forward`` (``module(...)``: FSDP2 gathers the
+    set to ``requires_grad=False`` and the shards placed on ``dist_info.device``. Returns ``module``
+    itself (moved to ``dist_info.device``) when ``world_size == 1`` or no process group exists.
+
+    The module must already be in the dtype it will run in. Call it only through its own ``forward`` (``module(...)``: FSDP2 gathers the
     root's parameters in the root's forward hook), under ``torch.no_grad()``, on every rank the
     same number of times (each forward is a collective). Every unit, the root included, is
     resharded after its forward, since no backward ever follows.
@@ -423,9 +424,10 @@ def sharded_frozen_module(
     from torch.distributed.fsdp import fully_shard
 
     module.requires_grad_(False)
-    module.to(dist_info.device)
     if dist_info.world_size == 1 or not is_dist_active():
-        return module
+        return module.to(dist_info.device)
+    # No .to(device) first: fully_shard moves only this rank's shard to the mesh device, so the
+    # full weights never have to fit on one GPU.
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     units = (
         [m for m in module.modules() if m is not module and shard_unit(m)]
