@@ -1,0 +1,565 @@
+"""The DiffusionNFT epoch of Edit-R1 (SPEC section 1), shared by both model families.
+
+One epoch, on every rank (``torchrun``; a single process works too):
+
+1. **Sample** ``num_batches_per_epoch`` batches of (instruction, source image) from the group
+   sampler (``k`` copies of each distinct item per epoch, identical draws on every rank), encode
+   each distinct item once, roll out with the ``old`` policy and the configured solver, decode,
+   and hand the edits to the reward functions on a background thread so scoring overlaps sampling.
+2. **Score**: wait for the rewards, gather rewards and group ids from all ranks.
+3. **Advantages**: ``A = (r - mean_G) / D`` over the whole epoch, the low-variance group filter
+   (mask) and the bans (``sample.ban_prompt``); failed scores (NaN) are masked.
+4. **Train**: for each sample, ``T = int(N * timestep_fraction)`` of its ``N`` grid timesteps in a
+   random order; per timestep the NFT loss of ``v`` (trained), ``v_old`` and ``v_ref`` (one fused
+   no-grad forward); AdamW every ``gradient_accumulation_steps * T`` backwards; EMA after each step.
+5. **Sync**: ``old <- d old + (1 - d) theta`` with ``d = old_policy_decay(global_step)``.
+
+Evaluation (EMA weights, deterministic ``flow``, ``eval_num_steps``) runs every ``eval_freq``
+epochs before sampling, as upstream; checkpoints every ``save_freq`` epochs and at the end.
+
+Launch (see ``scripts/train_nft_qwen_image_edit.py``)::
+
+    torchrun --nproc_per_node=8 scripts/train_nft_qwen_image_edit.py \\
+        --config config/qwen_image_edit_nft.py:qwen_mllm_reward
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+import torch
+from PIL import Image
+
+from edit_r1 import distributed
+from edit_r1.algo import (
+    EMA,
+    group_advantages,
+    group_filter,
+    nft_loss,
+    old_policy_decay,
+    update_old_policy,
+)
+from edit_r1.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
+from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
+from edit_r1.data import EditDataset, GroupBatchSampler
+from edit_r1.data.dataset import center_crop_resize
+from edit_r1.models.registry import load_policy
+from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
+from edit_r1.sampling import sample, sigma_schedule
+from edit_r1.tracking import (
+    Timer,
+    Tracker,
+    progress,
+    resolve_wandb_settings,
+    save_eval_grid,
+    save_reward_curve,
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unreachable judge, ...); the message says why."""
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One sampling batch of this rank, kept until the update: what the NFT loss needs."""
+
+    x0: torch.Tensor  # (B, L, C) final clean latents of the old policy
+    cond: Any  # the family's Condition, one row per sample
+    group_ids: torch.Tensor  # (B,) long: canonical dataset index of each sample's group
+    rewards: Future  # resolves to a RewardOutput
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) floats in [0, 1] -> RGB PIL images (uint8, rounded)."""
+    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def reward_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Options of the reward functions: ``config.reward_client`` (see ``edit_r1.rewards.registry``)."""
+    return dict(config.reward_client)
+
+
+def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda" or mixed_precision == "no":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+
+
+def _mean_ignoring_nan(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+class Trainer:
+    """Builds everything from a config and runs the epochs. ``Trainer(config, dist).run()``."""
+
+    def __init__(self, config: ml_collections.ConfigDict, dist: distributed.DistInfo) -> None:
+        self.dist = dist
+        self.config = config
+        for warning in validate_config(config, dist.world_size):
+            distributed.rank0_print(f"warning: {warning}")
+        self.plan = plan_batches_for(config, dist.world_size)
+        apply_batch_plan(config, self.plan)
+        self.run_dir = self._run_dir()
+        self.timer = Timer(cuda_sync=dist.device.type == "cuda")
+        torch.manual_seed(config.seed)  # identical LoRA init on every rank
+        self.policy = self._load_policy()
+        self._broadcast_trainable()
+        distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
+        self.train_set = EditDataset(config.dataset, "train")
+        self.test_set = EditDataset(config.dataset, "test")
+        self.group_id = self._canonical_group_ids(self.train_set.group_keys)
+        self.sampler = GroupBatchSampler(
+            self.train_set.group_keys,
+            batch_size=self.plan.per_gpu_batch,
+            k=config.sample.num_image_per_prompt,
+            num_replicas=dist.world_size,
+            rank=dist.rank,
+            seed=config.seed,
+            batches_per_epoch=self.plan.batches_per_epoch,
+        )
+        self.params = self.policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=config.train.learning_rate,
+            betas=(config.train.adam_beta1, config.train.adam_beta2),
+            weight_decay=config.train.adam_weight_decay,
+            eps=config.train.adam_epsilon,
+        )
+        self.ema = EMA(self.params) if config.train.ema else None
+        self.reward = AsyncRewardScorer(build_combined_reward(config.reward_fn, reward_options(config)))
+        self.eval_reward = build_combined_reward(config.eval_reward_fn, self._eval_reward_options())
+        self.sigmas = sigma_schedule(
+            config.sample.num_steps, self.policy.image_seq_len, self.policy.scheduler_config
+        )
+        self.eval_sigmas = sigma_schedule(
+            config.sample.eval_num_steps, self.policy.image_seq_len, self.policy.scheduler_config
+        )
+        self.first_epoch = 0
+        self.global_step = 0
+        self.tracker = Tracker(
+            self.run_dir,
+            enabled=dist.is_main,
+            wandb=resolve_wandb_settings(config.wandb.mode, config.wandb.project, config.wandb.entity),
+            run_name=config.run_name,
+            config=config.to_dict(),
+        )
+        if config.resume_from:
+            self._resume(config.resume_from)
+        else:
+            self.policy.copy_default_to_old()  # before epoch 0, old = theta
+
+    # ------------------------------------------------------------------------------- setup
+    def _run_dir(self) -> Path:
+        config = self.config
+        if not config.run_name:
+            stamp = distributed.broadcast_object(time.strftime("%Y.%m.%d_%H.%M.%S"))
+            config.run_name = f"{config.model_family}_{stamp}"
+        run_dir = Path(config.logdir) / config.run_name
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def _load_policy(self):
+        config, device = self.config, self.dist.device
+        train = config.train
+        policy = load_policy(
+            config.model_family,
+            config.pretrained.model,
+            revision=config.pretrained.revision,
+            device=device,
+            dtype=_torch_dtype(config.mixed_precision, device),
+            resolution=config.resolution,
+            use_lora=config.use_lora,
+            lora_rank=train.lora_rank,
+            lora_alpha=train.lora_alpha,
+            lora_init=train.lora_init,
+            lora_target_modules=tuple(train.lora_target_modules),
+            gradient_checkpointing=train.gradient_checkpointing,
+            condition_area=config.condition_area,
+            max_sequence_length=config.max_sequence_length,
+            true_cfg_scale=config.sample.true_cfg_scale,
+            guidance_scale=config.sample.guidance_scale,
+        )
+        if config.fsdp_text_encoder and hasattr(policy, "shard_text_encoder"):
+            policy.shard_text_encoder(self.dist)
+        return policy
+
+    @torch.no_grad()
+    def _broadcast_trainable(self) -> None:
+        """Rank 0's trainable weights on every rank (LoRA init is seeded, this makes it certain)."""
+        if not distributed.is_dist_active():
+            return
+        for p in self.policy.trainable_parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+    @staticmethod
+    def _canonical_group_ids(keys: Sequence[Any]) -> list[int]:
+        """Each item's group id: the first dataset index with the same (instruction, image) key."""
+        first: dict[Any, int] = {}
+        return [first.setdefault(key, index) for index, key in enumerate(keys)]
+
+    def _eval_reward_options(self) -> dict[str, Any]:
+        options = reward_options(self.config)
+        server = os.environ.get("EVAL_REWARD_SERVER")
+        if server:
+            options["server"] = server  # a held-out judge for evaluation
+        return options
+
+    # ------------------------------------------------------------------------------- loop
+    def run(self) -> None:
+        """All epochs from ``first_epoch``; a final checkpoint is always written."""
+        config = self.config
+        epoch = self.first_epoch
+        try:
+            for epoch in range(self.first_epoch, config.num_epochs):
+                self.train_epoch(epoch)
+                if (epoch + 1) % config.save_freq == 0 and epoch + 1 < config.num_epochs:
+                    self.save(epoch + 1)
+            if config.num_epochs > self.first_epoch:
+                self.save(config.num_epochs)
+        finally:
+            self.reward.close()
+            self.tracker.finish()
+        distributed.rank0_print(f"done: run directory {self.run_dir.resolve()}")
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch (evaluation first when due); returns the metrics it logged."""
+        self.timer.reset()
+        metrics: dict[str, float] = {"epoch": epoch}
+        if epoch % self.config.eval_freq == 0:
+            metrics.update(self.evaluate(epoch))
+        self.sampler.set_epoch(epoch)
+        with self.timer("sampling"):
+            rollouts = self.collect_rollouts(epoch)
+        with self.timer("scoring_wait"):
+            outputs = self.wait_for_rewards(rollouts)
+        stats = self.compute_advantages(rollouts, outputs, metrics)
+        if stats["mask"].any():
+            with self.timer("training"):
+                metrics.update(self.optimise(rollouts, stats))
+        else:
+            distributed.rank0_print(f"epoch {epoch}: every sample was filtered out; skipping the update")
+            metrics["skipped_update"] = 1.0
+        with self.timer("sync"):
+            metrics["old_decay"] = self.sync_old_policy()
+        metrics.update(self.timer.metrics())
+        metrics["global_step"] = self.global_step
+        self.tracker.log(metrics, step=epoch)
+        if self.dist.is_main and "eval_reward_mean" in metrics:
+            save_reward_curve(self.tracker.metrics_path, self.run_dir / "reward_curve.png")
+        return metrics
+
+    # ------------------------------------------------------------------------------- sampling
+    def _items(self, indices: Sequence[int]):
+        items = [self.train_set[i] for i in indices]
+        images = [center_crop_resize(item.image, self.config.resolution) for item in items]
+        return items, images
+
+    def _encode(self, items, images, cache: dict[int, Any]):
+        """Conditions for a batch, each distinct group encoded once per epoch on this rank."""
+        ids = [self.group_id[item.index] for item in items]
+        missing = [i for i, gid in enumerate(ids) if gid not in cache]
+        if missing:
+            unique: dict[int, int] = {}
+            for i in missing:
+                unique.setdefault(ids[i], i)
+            rows = list(unique.values())
+            cond = self.policy.encode_condition([items[i].prompt for i in rows], [images[i] for i in rows])
+            for row, gid in enumerate(unique):
+                cache[gid] = cond.index_select([row])
+        conds = [cache[gid] for gid in ids]
+        return type(conds[0]).cat(conds), torch.tensor(ids, dtype=torch.long)
+
+    @torch.no_grad()
+    def rollout(self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool):
+        """Latents of one batch rolled out from fresh noise with policy ``adapter``."""
+        z = self.policy.initial_noise(len(cond))
+        result = sample(
+            lambda x, s: self.policy.velocity(x, s, cond, adapter=adapter),
+            z,
+            sigmas.to(z.device),
+            solver=solver,
+            deterministic=deterministic,
+            noise_level=self.config.sample.noise_level,
+        )
+        return result.latents
+
+    def collect_rollouts(self, epoch: int) -> list[Rollout]:
+        """Samples this rank's batches of the epoch and submits their rewards."""
+        config = self.config.sample
+        cache: dict[int, Any] = {}
+        rollouts = []
+        batches = progress(
+            range(self.plan.batches_per_epoch), desc=f"epoch {epoch} sampling", enabled=self.dist.is_main
+        )
+        for _ in batches:
+            items, images = self._items(self.sampler.next_batch())
+            cond, group_ids = self._encode(items, images, cache)
+            x0 = self.rollout(
+                cond, adapter="old", sigmas=self.sigmas, solver=config.solver, deterministic=config.deterministic
+            )
+            edits = to_pil(self.policy.decode(x0))
+            samples = [
+                RewardSample(edit, image, item.prompt, item.requirement, item.extra)
+                for edit, image, item in zip(edits, images, items, strict=True)
+            ]
+            rollouts.append(Rollout(x0=x0, cond=cond, group_ids=group_ids, rewards=self.reward.submit(samples)))
+        return rollouts
+
+    def wait_for_rewards(self, rollouts: list[Rollout]) -> list[RewardOutput]:
+        bar = progress(total=len(rollouts), desc="waiting for rewards", enabled=self.dist.is_main)
+        outputs = []
+        for rollout in rollouts:
+            try:
+                outputs.append(rollout.rewards.result())
+            except Exception as error:  # the client already retried within its deadline
+                raise TrainingError(f"reward scoring failed: {error}") from error
+            bar.update(1)
+        bar.close()
+        return outputs
+
+    # ------------------------------------------------------------------------------- advantages
+    def compute_advantages(
+        self, rollouts: list[Rollout], outputs: list[RewardOutput], metrics: dict[str, float]
+    ) -> dict[str, torch.Tensor]:
+        """Epoch-wide advantages, keep-mask and bans from every rank's rewards (SPEC 1.8-1.9).
+
+        Returns this rank's slice: ``advantages`` and ``mask`` aligned with the concatenated rollouts.
+        """
+        config = self.config.sample
+        local_rewards = torch.from_numpy(np.concatenate([o.total for o in outputs]))
+        local_ids = torch.cat([r.group_ids for r in rollouts])
+        rewards = distributed.all_gather_tensor(local_rewards.to(self.dist.device)).cpu()
+        group_ids = distributed.all_gather_tensor(local_ids.to(self.dist.device)).cpu().tolist()
+        stats = group_advantages(group_ids, rewards, global_std=config.global_std)
+        if config.ban_prompt:
+            mask, banned = group_filter(
+                stats, group_ids, std_threshold=config.ban_std_thres, mean_threshold=config.ban_mean_thres
+            )
+            self.sampler.ban(self.train_set.group_keys[gid] for gid in banned)
+        else:
+            mask = torch.isfinite(rewards)
+        self._reward_metrics(outputs, rewards, stats, group_ids, metrics)
+        metrics["kept_ratio"] = float(mask.float().mean())
+        n = local_rewards.numel()
+        mine = slice(self.dist.rank * n, (self.dist.rank + 1) * n)
+        return {"advantages": stats.advantages[mine].float(), "mask": mask[mine].bool()}
+
+    def _reward_metrics(self, outputs, rewards, stats, group_ids, metrics: dict[str, float]) -> None:
+        for name in outputs[0].components:
+            local = torch.from_numpy(np.concatenate([o.components[name] for o in outputs]))
+            gathered = distributed.all_gather_tensor(local.to(self.dist.device)).cpu().numpy()
+            metrics[f"reward_{name}"] = _mean_ignoring_nan(gathered)
+        metrics["reward_mean"] = _mean_ignoring_nan(rewards.numpy())
+        metrics["reward_failed"] = float((~torch.isfinite(rewards)).sum())
+        first = {gid: i for i, gid in reversed(list(enumerate(group_ids)))}
+        group_std = stats.group_std[list(first.values())]
+        metrics["reward_std_mean"] = float(group_std.nanmean())
+        metrics["zero_std_ratio"] = float((group_std < 1e-6).float().mean())
+        metrics["banned_groups"] = float(len(self.sampler.banned))
+
+    # ------------------------------------------------------------------------------- training
+    def optimise(self, rollouts: list[Rollout], stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The NFT update over this rank's samples (SPEC 1.10); returns averaged diagnostics."""
+        config = self.config
+        x0 = torch.cat([r.x0 for r in rollouts])
+        cond = type(rollouts[0].cond).cat([r.cond for r in rollouts])
+        batch = self.plan.per_gpu_batch
+        grid = self.sigmas[:-1].to(x0.device)  # the N rollout timesteps (the final 0 is not trained)
+        num_t = int(len(grid) * config.train.timestep_fraction)
+        if num_t < 1:
+            raise TrainingError(f"train.timestep_fraction={config.train.timestep_fraction} trains 0 timesteps")
+        accumulation = self.plan.gradient_accumulation_steps
+        order = torch.randperm(len(x0))
+        sums: dict[str, float] = {}
+        count = 0
+        for micro, start in enumerate(progress(range(0, len(x0), batch), desc="training", enabled=self.dist.is_main)):
+            rows = order[start : start + batch]
+            t_order = torch.stack([torch.randperm(len(grid)) for _ in rows])
+            for j in range(num_t):
+                info = self._train_timestep(
+                    x0[rows], cond.index_select(rows), grid[t_order[:, j]], stats, rows, accumulation * num_t
+                )
+                for key, value in info.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+            if (micro + 1) % accumulation == 0:
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.optimizer_step()
+        out = {key: value / count for key, value in sums.items() if key != "grad_norm"}
+        out["grad_norm"] = sums.get("grad_norm", 0.0) / max(1, self.plan.gradient_step_per_epoch)
+        out["lr"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    def _train_timestep(self, x0, cond, t, stats, rows, divisor: int) -> dict[str, float]:
+        """One backward of the NFT loss at per-sample times ``t`` (``x_t = (1-t) x0 + t eps``)."""
+        config = self.config
+        eps = torch.randn_like(x0)
+        t_b = t.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1 - t_b) * x0 + t_b * eps
+        v_old, v_ref = self.policy.velocity_old_and_ref(x_t, t, cond)
+        v = self.policy.velocity(x_t, t, cond, adapter="default")
+        loss, info = nft_loss(
+            v,
+            v_old,
+            v_ref,
+            x_t,
+            x0,
+            t,
+            stats["advantages"][rows].to(x0.device),
+            stats["mask"][rows].to(x0.device),
+            nft_beta=config.beta,
+            kl_beta=config.train.beta,
+            adv_clip_max=config.train.adv_clip_max,
+            adv_mode=config.train.adv_mode,
+        )
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite loss {loss.item()} at global step {self.global_step} "
+                f"({', '.join(f'{k}={float(v):.4g}' for k, v in info.items())}); nothing was saved"
+            )
+        (loss / divisor).backward()
+        return {key: float(value) for key, value in info.items()}
+
+    def optimizer_step(self) -> float:
+        """All-reduce (mean) the accumulated gradients once, clip, AdamW, EMA; returns the grad norm."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.dist.is_distributed:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            distributed.all_reduce_mean(flat)
+            offset = 0
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+                offset += g.numel()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise TrainingError(f"non-finite gradient norm {float(norm)} at global step {self.global_step}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.step(self.params, step=self.global_step)
+        return float(norm)
+
+    @torch.no_grad()
+    def sync_old_policy(self) -> float:
+        """``old <- d old + (1 - d) theta`` with ``d = old_policy_decay(global_step, decay_type)``."""
+        decay = old_policy_decay(self.global_step, self.config.decay_type)
+        update_old_policy(self.policy.old_parameters(), self.params, decay)
+        return decay
+
+    # ------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Mean eval reward of the EMA policy on the test split (deterministic ``flow``)."""
+        config = self.config.sample
+        indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
+        scores, grid = [], []
+        context = self.ema.applied(self.params) if self.ema is not None else contextlib.nullcontext()
+        with self.timer("evaluation"), context:
+            for start in progress(range(0, len(indices), config.test_batch_size), desc="eval", enabled=self.dist.is_main):
+                items = [self.test_set[i] for i in indices[start : start + config.test_batch_size]]
+                images = [center_crop_resize(item.image, self.config.resolution) for item in items]
+                cond = self.policy.encode_condition([item.prompt for item in items], images)
+                latents = self.rollout(
+                    cond,
+                    adapter="default",
+                    sigmas=self.eval_sigmas,
+                    solver=config.eval_solver,
+                    deterministic=config.eval_deterministic,
+                )
+                edits = to_pil(self.policy.decode(latents))
+                samples = [
+                    RewardSample(e, i, it.prompt, it.requirement, it.extra)
+                    for e, i, it in zip(edits, images, items, strict=True)
+                ]
+                output = self.eval_reward(samples)
+                scores.append(output)
+                grid.extend(
+                    (i, e, None if not math.isfinite(s) else float(s), it.prompt)
+                    for i, e, s, it in zip(images, edits, output.total, items, strict=True)
+                )
+        metrics = self._gather_eval_scores(scores)
+        if self.dist.is_main and grid:
+            path = save_eval_grid(grid[:8], self.run_dir / "samples" / f"eval_epoch{epoch:05d}.png")
+            self.tracker.log_image("eval_grid", path, step=epoch)
+        return metrics
+
+    def _gather_eval_scores(self, outputs: list[RewardOutput]) -> dict[str, float]:
+        names = list(self.eval_reward.weights)
+        local = {name: np.concatenate([o.components[name] for o in outputs]) if outputs else np.zeros(0) for name in names}
+        local["mean"] = np.concatenate([o.total for o in outputs]) if outputs else np.zeros(0)
+        metrics = {}
+        for name, values in local.items():
+            gathered = distributed.all_gather_tensor(torch.from_numpy(values).to(self.dist.device)).cpu().numpy()
+            metrics[f"eval_reward_{name}"] = _mean_ignoring_nan(gathered)
+        return metrics
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def save(self, epoch: int) -> Path:
+        """Full state after ``epoch`` epochs, atomically, plus the EMA LoRA in diffusers format."""
+        state = CheckpointState(
+            tensors=self._tensor_state(),
+            states={"optimizer": self.optimizer.state_dict()},
+            metadata={
+                "epoch": epoch,
+                "global_step": self.global_step,
+                "sampler": self.sampler.state_dict(),
+            },
+            config=self.config.to_dict(),
+            rng=distributed.get_rng_state(),
+        )
+        path = save_checkpoint(
+            self.run_dir,
+            epoch,
+            state,
+            keep_last=self.config.num_checkpoint_limit,
+            dist_info=self.dist,
+            exporters=[self._export_weights],
+        )
+        distributed.rank0_print(f"saved {path}")
+        return path
+
+    def _tensor_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        policy = self.policy.policy_state_dict()
+        tensors = {"default": policy["default"], "old": policy["old"]}
+        if self.ema is not None:
+            tensors["ema"] = {f"{i:06d}": t for i, t in enumerate(self.ema.shadow)}  # aligned with params
+        return tensors
+
+    def _export_weights(self, directory: Path) -> None:
+        weights = self.ema.shadow if self.ema is not None else None
+        if self.config.use_lora:
+            self.policy.save_lora(directory / "lora", weights=weights)
+        else:
+            self.policy.save_full(directory / "transformer", weights=weights)
+
+    def _resume(self, path: str) -> None:
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise FileNotFoundError(f"resume_from={path!r}: no complete checkpoint there")
+        state = load_checkpoint(checkpoint, rank=self.dist.rank)
+        self.policy.load_policy_state_dict({"default": state.tensors["default"], "old": state.tensors["old"]})
+        if self.ema is not None:
+            shadow = state.tensors["ema"]
+            self.ema.load_state_dict({"max_decay": self.ema.max_decay, "shadow": [shadow[k] for k in sorted(shadow)]})
+        self.optimizer.load_state_dict(state.states["optimizer"])
+        self.sampler.load_state_dict(state.metadata["sampler"])
+        self.global_step = int(state.metadata["global_step"])
+        self.first_epoch = int(state.metadata["epoch"])
+        if state.rng is not None:
+            distributed.set_rng_state(state.rng)
+        self.tracker.truncate_after(self.first_epoch - 1)
+        distributed.rank0_print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
