@@ -233,12 +233,16 @@ def test_processor_substitute_matches_the_qwen_processor(tiny_kit: Path) -> None
 
 
 def test_load_qwen_vl_processor_reads_a_real_layout_and_rejects_missing_folders(tiny_kit: Path) -> None:
+    import json
+
     judge = tiny_kit / "judge_qwen2_5_vl"
-    # A real Qwen2.5-VL folder: a video config we must ignore, no named image token in the tokenizer.
+    # Like a real Qwen2.5-VL folder: a video config to ignore and no named image token in the tokenizer.
     assert (judge / "video_preprocessor_config.json").is_file()
-    assert getattr(load_qwen_vl_processor(judge).tokenizer, "image_token", None) in (None, "<|image_pad|>")
+    assert "image_token" not in json.loads((judge / "tokenizer_config.json").read_text())
     processor = load_qwen_vl_processor(judge)
     assert not hasattr(processor, "video_processor")
+    assert processor.image_token == "<|image_pad|>"
+    assert processor.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert processor.image_processor.patch_size == 14 and processor.image_processor.merge_size == 2
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         load_qwen_vl_processor(tiny_kit / "no_such_dir")
