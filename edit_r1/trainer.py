@@ -53,6 +53,8 @@ from edit_r1.checkpoint import CheckpointState, latest_checkpoint, load_checkpoi
 from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
 from edit_r1.data import EditDataset, GroupBatchSampler
 from edit_r1.data.dataset import center_crop_resize
+from edit_r1.models.base import EditPolicy
+from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.sampling import sample, sigma_schedule
@@ -89,6 +91,11 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def reward_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Options of the reward functions: ``config.reward_client`` (see ``edit_r1.rewards.registry``)."""
     return dict(config.reward_client)
+
+
+def _spec(value: Any) -> Any:
+    """A ``reward_fn`` config value as plain Python (ConfigDict -> dict; strings stay)."""
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
 def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
@@ -139,8 +146,10 @@ class Trainer:
             eps=config.train.adam_epsilon,
         )
         self.ema = EMA(self.params) if config.train.ema else None
-        self.reward = AsyncRewardScorer(build_combined_reward(config.reward_fn, reward_options(config)))
-        self.eval_reward = build_combined_reward(config.eval_reward_fn, self._eval_reward_options())
+        self.reward = AsyncRewardScorer(
+            build_combined_reward(_spec(config.reward_fn), reward_options(config))
+        )
+        self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_options())
         self.sigmas = sigma_schedule(
             config.sample.num_steps, self.policy.image_seq_len, self.policy.scheduler_config
         )
@@ -172,26 +181,33 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
-    def _load_policy(self):
+    def _load_policy(self) -> EditPolicy:
         config, device = self.config, self.dist.device
         train = config.train
+        lora = LoraSettings(
+            rank=train.lora_rank,
+            alpha=train.lora_alpha,
+            init="gaussian" if train.lora_init == "gaussian" else True,
+            target_modules=tuple(train.lora_target_modules),
+        )
+        family_options = {
+            "qwen_image_edit": {
+                "condition_area": config.condition_area,
+                "true_cfg_scale": config.sample.true_cfg_scale,
+            },
+            "kontext": {"guidance_scale": config.sample.guidance_scale},
+        }[config.model_family]
         policy = load_policy(
             config.model_family,
             config.pretrained.model,
-            revision=config.pretrained.revision,
             device=device,
             dtype=_torch_dtype(config.mixed_precision, device),
             resolution=config.resolution,
             use_lora=config.use_lora,
-            lora_rank=train.lora_rank,
-            lora_alpha=train.lora_alpha,
-            lora_init=train.lora_init,
-            lora_target_modules=tuple(train.lora_target_modules),
+            lora=lora,
             gradient_checkpointing=train.gradient_checkpointing,
-            condition_area=config.condition_area,
-            max_sequence_length=config.max_sequence_length,
-            true_cfg_scale=config.sample.true_cfg_scale,
-            guidance_scale=config.sample.guidance_scale,
+            max_text_length=config.max_sequence_length,
+            **family_options,
         )
         if config.fsdp_text_encoder and hasattr(policy, "shard_text_encoder"):
             policy.shard_text_encoder(self.dist)
@@ -309,14 +325,20 @@ class Trainer:
             items, images = self._items(self.sampler.next_batch())
             cond, group_ids = self._encode(items, images, cache)
             x0 = self.rollout(
-                cond, adapter="old", sigmas=self.sigmas, solver=config.solver, deterministic=config.deterministic
+                cond,
+                adapter="old",
+                sigmas=self.sigmas,
+                solver=config.solver,
+                deterministic=config.deterministic,
             )
             edits = to_pil(self.policy.decode(x0))
             samples = [
                 RewardSample(edit, image, item.prompt, item.requirement, item.extra)
                 for edit, image, item in zip(edits, images, items, strict=True)
             ]
-            rollouts.append(Rollout(x0=x0, cond=cond, group_ids=group_ids, rewards=self.reward.submit(samples)))
+            rollouts.append(
+                Rollout(x0=x0, cond=cond, group_ids=group_ids, rewards=self.reward.submit(samples))
+            )
         return rollouts
 
     def wait_for_rewards(self, rollouts: list[Rollout]) -> list[RewardOutput]:
@@ -381,12 +403,16 @@ class Trainer:
         grid = self.sigmas[:-1].to(x0.device)  # the N rollout timesteps (the final 0 is not trained)
         num_t = int(len(grid) * config.train.timestep_fraction)
         if num_t < 1:
-            raise TrainingError(f"train.timestep_fraction={config.train.timestep_fraction} trains 0 timesteps")
+            raise TrainingError(
+                f"train.timestep_fraction={config.train.timestep_fraction} trains 0 timesteps"
+            )
         accumulation = self.plan.gradient_accumulation_steps
         order = torch.randperm(len(x0))
         sums: dict[str, float] = {}
         count = 0
-        for micro, start in enumerate(progress(range(0, len(x0), batch), desc="training", enabled=self.dist.is_main)):
+        for micro, start in enumerate(
+            progress(range(0, len(x0), batch), desc="training", enabled=self.dist.is_main)
+        ):
             rows = order[start : start + batch]
             t_order = torch.stack([torch.randperm(len(grid)) for _ in rows])
             for j in range(num_t):
@@ -469,7 +495,9 @@ class Trainer:
         scores, grid = [], []
         context = self.ema.applied(self.params) if self.ema is not None else contextlib.nullcontext()
         with self.timer("evaluation"), context:
-            for start in progress(range(0, len(indices), config.test_batch_size), desc="eval", enabled=self.dist.is_main):
+            for start in progress(
+                range(0, len(indices), config.test_batch_size), desc="eval", enabled=self.dist.is_main
+            ):
                 items = [self.test_set[i] for i in indices[start : start + config.test_batch_size]]
                 images = [center_crop_resize(item.image, self.config.resolution) for item in items]
                 cond = self.policy.encode_condition([item.prompt for item in items], images)
@@ -499,11 +527,16 @@ class Trainer:
 
     def _gather_eval_scores(self, outputs: list[RewardOutput]) -> dict[str, float]:
         names = list(self.eval_reward.weights)
-        local = {name: np.concatenate([o.components[name] for o in outputs]) if outputs else np.zeros(0) for name in names}
+        local = {
+            name: np.concatenate([o.components[name] for o in outputs]) if outputs else np.zeros(0)
+            for name in names
+        }
         local["mean"] = np.concatenate([o.total for o in outputs]) if outputs else np.zeros(0)
         metrics = {}
         for name, values in local.items():
-            gathered = distributed.all_gather_tensor(torch.from_numpy(values).to(self.dist.device)).cpu().numpy()
+            gathered = (
+                distributed.all_gather_tensor(torch.from_numpy(values).to(self.dist.device)).cpu().numpy()
+            )
             metrics[f"eval_reward_{name}"] = _mean_ignoring_nan(gathered)
         return metrics
 
@@ -554,7 +587,9 @@ class Trainer:
         self.policy.load_policy_state_dict({"default": state.tensors["default"], "old": state.tensors["old"]})
         if self.ema is not None:
             shadow = state.tensors["ema"]
-            self.ema.load_state_dict({"max_decay": self.ema.max_decay, "shadow": [shadow[k] for k in sorted(shadow)]})
+            self.ema.load_state_dict(
+                {"max_decay": self.ema.max_decay, "shadow": [shadow[k] for k in sorted(shadow)]}
+            )
         self.optimizer.load_state_dict(state.states["optimizer"])
         self.sampler.load_state_dict(state.metadata["sampler"])
         self.global_step = int(state.metadata["global_step"])
