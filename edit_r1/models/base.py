@@ -300,10 +300,13 @@ class EditPolicy(ABC):
             group_keys = [(text, image_digest(img)) for text, img in zip(instructions, rgb, strict=True)]
         elif len(group_keys) != len(rgb):
             raise ValueError(f"got {len(group_keys)} group keys for {len(rgb)} images")
-        first_row: dict[Hashable, int] = {}
-        expand = [first_row.setdefault(key, len(first_row)) for key in group_keys]
-        unique = sorted(first_row.items(), key=lambda kv: kv[1])
-        positions = [group_keys.index(key) for key, _ in unique]
+        unique_row: dict[Hashable, int] = {}  # group key -> row in the unique batch
+        positions: list[int] = []  # first sample of each unique group
+        for position, key in enumerate(group_keys):
+            if key not in unique_row:
+                unique_row[key] = len(positions)
+                positions.append(position)
+        expand = [unique_row[key] for key in group_keys]
         with self.autocast():
             cond = self._encode_batch([instructions[p] for p in positions], [rgb[p] for p in positions])
         if len(positions) == len(rgb):
