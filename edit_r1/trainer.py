@@ -158,6 +158,7 @@ class Trainer:
         )
         self.first_epoch = 0
         self.global_step = 0
+        self.last_epoch_stats: dict[str, Any] = {}  # gathered advantages/mask of the last epoch
         self.tracker = Tracker(
             self.run_dir,
             enabled=dist.is_main,
@@ -376,6 +377,7 @@ class Trainer:
             mask = torch.isfinite(rewards)
         self._reward_metrics(outputs, rewards, stats, group_ids, metrics)
         metrics["kept_ratio"] = float(mask.float().mean())
+        self.last_epoch_stats = {"all_advantages": stats.advantages, "all_mask": mask, "group_ids": group_ids}
         n = local_rewards.numel()
         mine = slice(self.dist.rank * n, (self.dist.rank + 1) * n)
         return {"advantages": stats.advantages[mine].float(), "mask": mask[mine].bool()}
@@ -461,7 +463,12 @@ class Trainer:
 
     def optimizer_step(self) -> float:
         """All-reduce (mean) the accumulated gradients once, clip, AdamW, EMA; returns the grad norm."""
+        # A parameter without a gradient (e.g. Qwen's last text-stream projections, which cannot
+        # reach the output) gets zeros, so every rank reduces the same flat buffer and AdamW treats
+        # it the same with one process or many.
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
         if self.dist.is_distributed:
             flat = torch.cat([g.reshape(-1) for g in grads])
             distributed.all_reduce_mean(flat)

@@ -1,0 +1,135 @@
+"""The trainer under real ``torchrun`` (2 CPU processes, gloo) against a real reward server.
+
+The reward server runs the tiny Qwen2.5-VL judge with the transformers backend on 127.0.0.1; the
+trainer reaches it through ``REWARD_SERVER`` exactly as on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from edit_r1.data.toy import write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).with_name("trainer_probe.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"reward server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"reward server at {url} not healthy after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reward_server(tiny_kit: Path, tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers",
+             "--model", str(tiny_kit / "judge_qwen2_5_vl"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_dataset(root, 8, 2, size=64, seed=0)
+    return root
+
+
+def run_probe(spec: str, out: Path, overrides: dict, server: str) -> list[dict]:
+    env = dict(os.environ, REWARD_SERVER=server, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(PROBE), spec, str(out), json.dumps(overrides)]  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def qwen_dead_lora_names(names: list[str]) -> set[str]:
+    """Qwen-Image's last block returns only its image stream, so that block's text-query and
+    text-output LoRA matrices never receive a gradient (see tests/integration/test_lora_policies.py)."""
+    last = max(int(n.split(".")[1]) for n in names if n.startswith("transformer_blocks."))
+    dead = (f"transformer_blocks.{last}.attn.add_q_proj.", f"transformer_blocks.{last}.attn.to_add_out.")
+    return {n for n in names if n.startswith(dead)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("spec", "model"),
+    [
+        ("config/qwen_image_edit_nft.py:tiny_mllm", "qwen_image_edit_plus"),
+        ("config/kontext_nft.py:tiny_mllm", "flux_kontext"),
+    ],
+)
+def test_two_ranks_train_against_the_reward_server(spec, model, tiny_kit, toy_data, reward_server, tmp_path):
+    overrides = {
+        "pretrained.model": str(tiny_kit / model),
+        "dataset": str(toy_data),
+        "logdir": str(tmp_path / "runs"),
+        "run_name": "probe",
+        "num_epochs": 2,
+        "save_freq": 1,
+        "eval_freq": 2,
+        "train.learning_rate": 1e-2,
+    }
+    ranks = run_probe(spec, tmp_path / "probe", overrides, reward_server)
+    dead = qwen_dead_lora_names(ranks[0]["names"]) if model.startswith("qwen") else set()
+
+    assert ranks[0]["advantages"] == ranks[1]["advantages"], "ranks disagree on the advantages"
+    assert ranks[0]["mask"] == ranks[1]["mask"]
+    assert any(a != 0 for a in ranks[0]["advantages"]), "the judge gave every sample the same score"
+    for rank in ranks:
+        unchanged = [
+            n for n, c in zip(rank["names"], rank["changed"], strict=True) if not c and n not in dead
+        ]
+        assert rank["names"] and not unchanged, f"LoRA parameters did not change: {unchanged[:4]}"
+
+    run_dir = Path(ranks[0]["run_dir"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1]
+    for row in rows:
+        assert math.isfinite(row["total_loss"]) and math.isfinite(row["policy_loss"])
+        assert row["reward_failed"] == 0
+        assert 0 <= row["reward_mllm_score_continue"] <= 1
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]
+    final = run_dir / "checkpoints" / "checkpoint-2"
+    assert sorted(p.name for p in (final / "rng").iterdir()) == ["rank0.safetensors", "rank1.safetensors"]
+    default = load_file(final / "tensors" / "default.safetensors")
+    assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in default.items())
+    assert (final / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (run_dir / "reward_curve.png").is_file()
