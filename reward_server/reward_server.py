@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=limits.max_body_bytes
     )
     LOGGER.info(
-        "listening on http://%s:%d (backend=%s, auth=%s)",
+        "listening on http://%s:%s (backend=%s, auth=%s)",
         args.host,
         server.effective_port,
         args.backend,
