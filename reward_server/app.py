@@ -45,7 +45,7 @@ def create_app(
     ``max_queued_items``: beyond this many waiting items new requests get 503 (the client backs off
     and retries) instead of growing the queue without bound.
     """
-    app = Flask("reward_server")
+    app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     health = {"status": "ok", **dict(info)}
 

@@ -33,8 +33,17 @@ def serve_in_thread(app, threads: int = 8) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
+        server.trigger.pull_trigger(lambda: _close_all(server))
         thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
+
+
+def _close_all(server) -> None:
+    """Runs inside waitress's loop thread: idle keep-alive connections would keep the loop alive."""
+    for channel in list(server._map.values()):
+        if channel is not server.trigger and channel is not server:
+            channel.close()
+    server.close()
 
 
 @contextmanager

@@ -1,0 +1,105 @@
+"""The trainer's client against real HTTP servers: chunking over servers, retries, deadline, NaN."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from flask import Flask, jsonify, request
+from reward_helpers import (
+    InstructionScoreBackend,
+    free_port,
+    random_image,
+    reward_app_server,
+    serve_in_thread,
+)
+
+from edit_r1.rewards import RewardSample
+from edit_r1.rewards.client import RetryPolicy, RewardClient, RewardRequestRejected, RewardServerUnavailable
+
+FAST_RETRY = RetryPolicy(deadline_s=1.5, initial_backoff_s=0.05, max_backoff_s=0.2, request_timeout_s=0.5)
+
+
+def _samples(scores):
+    image = np.asarray(random_image(0, 16))
+    return [
+        RewardSample(image, image, "fail" if s is None else f"score={s}", requirement="keep it")
+        for s in scores
+    ]
+
+
+def test_chunks_spread_over_servers_come_back_in_order():
+    wanted = [round(0.05 * k, 2) for k in range(11)]
+    wanted[4] = None  # the judge fails on this one: NaN, not 0
+    backends = [InstructionScoreBackend(), InstructionScoreBackend()]
+    with reward_app_server([backends[0]]) as first, reward_app_server([backends[1]]) as second:
+        client = RewardClient(f"{first},{second}", chunk_size=3, retry=FAST_RETRY)
+        scores = client.score(_samples(wanted))
+    expected = np.array([np.nan if w is None else w for w in wanted])
+    np.testing.assert_array_equal(scores, expected)
+    assert sum(backends[0].batches) + sum(backends[1].batches) == 11
+    assert backends[0].batches and backends[1].batches  # both servers took chunks
+
+
+def test_a_down_server_stops_the_trainer_with_its_name():
+    down = f"127.0.0.1:{free_port()}"
+    client = RewardClient(down, retry=FAST_RETRY)
+    started = time.monotonic()
+    with pytest.raises(RewardServerUnavailable, match=f"http://{down}") as raised:
+        client.score(_samples([0.5]))
+    elapsed = time.monotonic() - started
+    assert FAST_RETRY.deadline_s <= elapsed < FAST_RETRY.deadline_s + 1.5
+    assert "attempts" in str(raised.value)
+
+
+def test_failover_to_a_live_server():
+    down = f"127.0.0.1:{free_port()}"
+    with reward_app_server([InstructionScoreBackend()]) as live:
+        client = RewardClient(f"{down},{live}", chunk_size=1, retry=FAST_RETRY)
+        np.testing.assert_array_equal(client.score(_samples([0.1, 0.2, 0.3])), [0.1, 0.2, 0.3])
+
+
+def _scripted_app(statuses, delay_s=0.0):
+    """A server answering the scripted statuses in turn, then valid scores; counts its calls."""
+    app = Flask("scripted")
+    calls = []
+    lock = threading.Lock()
+
+    @app.post("/score")
+    def score():
+        with lock:
+            calls.append(time.monotonic())
+            index = len(calls) - 1
+        time.sleep(delay_s)
+        if index < len(statuses):
+            return jsonify({"error": "scripted"}), statuses[index]
+        n = len(request.get_json()["items"])
+        return jsonify({"scores": [0.75] * n, "errors": [None] * n})
+
+    return app, calls
+
+
+def test_503_is_retried_with_growing_backoff():
+    app, calls = _scripted_app([503, 503])
+    with serve_in_thread(app) as url:
+        scores = RewardClient(url, retry=FAST_RETRY).score(_samples([0.1, 0.2]))
+    np.testing.assert_array_equal(scores, [0.75, 0.75])
+    gaps = np.diff(calls)
+    assert len(calls) == 3 and gaps[1] > gaps[0] * 1.5  # 0.05 s then 0.1 s backoff
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 500])
+def test_client_errors_are_not_retried(status):
+    app, calls = _scripted_app([status] * 10)
+    with serve_in_thread(app) as url, pytest.raises(RewardRequestRejected, match=f"HTTP {status}"):
+        RewardClient(url, retry=FAST_RETRY).score(_samples([0.1]))
+    assert len(calls) == 1
+
+
+def test_a_slow_server_times_out_and_hits_the_deadline():
+    app, calls = _scripted_app([], delay_s=1.0)
+    with serve_in_thread(app) as url, pytest.raises(RewardServerUnavailable, match="ReadTimeout"):
+        RewardClient(url, retry=FAST_RETRY).score(_samples([0.1]))
+    assert len(calls) >= 2  # timed out, backed off, retried
