@@ -1,0 +1,17 @@
+"""Sample GEdit-Bench (English items; output OUT/{task_type}/{key}.png)
+with FLUX.1-Kontext-dev (guidance 3.5, 28 steps), seed 42 per item.
+
+    python reproduction/sampling/sampling_kontext_gedit.py --pretrained_name_or_path MODEL \
+        --gedit_bench_path GEDIT_BENCH_DIR --output_dir OUT --seed 42 [--lora_path LORA]
+    torchrun --nproc_per_node=8 reproduction/sampling/sampling_kontext_gedit.py ...   # one process per GPU
+
+Resumable (existing outputs are skipped), sharded, and failures are summarised at the end (exit
+status 1). See reproduction/README.md and edit_r1/reproduction.py.
+"""
+
+import sys
+
+from edit_r1.reproduction import main
+
+if __name__ == "__main__":
+    sys.exit(main("kontext", "gedit"))
