@@ -1,0 +1,97 @@
+"""Benchmarks of Edit-R1: each scenario measures the framework's way and the baseline side by side.
+
+    python scripts/benchmark.py train-step [--size tiny|small|full] [--device cuda] [--json out.json]
+    python scripts/benchmark.py rollout    # condition once per group vs per sample (k = 12)
+    python scripts/benchmark.py reward     # reward server: dynamic batching vs one image per call
+    python scripts/benchmark.py epoch      # a tiny torchrun epoch (2 CPU processes), time per phase
+
+Prints a table and, with ``--json PATH``, writes ``{"scenario", "ratios", ...}``. CPU with the tiny
+kit by default; ``--device cuda --size full`` builds randomly initialised real-size transformers
+(Qwen-Image 20B / FLUX 12B). See docs/performance.md and ``edit_r1/benchmarking.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from edit_r1.benchmarking import SCENARIOS, BenchmarkError, Settings, format_table, run_scenario  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--json", type=Path, help="write the result object here")
+    parser.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    parser.add_argument(
+        "--size", default=defaults.size, choices=("tiny", "small", "full"), help="train-step model"
+    )
+    parser.add_argument("--family", default=defaults.family, choices=("qwen_image_edit", "kontext"))
+    parser.add_argument(
+        "--kit", type=Path, help="tiny kit folder (default .tiny/kit, else built in a temp dir)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=defaults.repeats, help="timed rounds (median reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed rounds first")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="train-step micro-batch")
+    parser.add_argument("--resolution", type=int, help="pixels (default 64 tiny, 128 small, 512 full)")
+    parser.add_argument(
+        "--group-size", type=int, default=defaults.group_size, help="rollout: k edits per group"
+    )
+    parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="train-step: torch.compile the transformer")
+    parser.add_argument("--concurrency", default="1,8,32", help="reward: comma-separated client counts")
+    parser.add_argument("--requests-per-client", type=int, default=defaults.requests_per_client)
+    parser.add_argument("--images-per-request", type=int, default=defaults.images_per_request)
+    parser.add_argument("--server-batch-size", type=int, default=defaults.server_batch_size)
+    parser.add_argument("--nproc", type=int, default=defaults.nproc, help="epoch: torchrun processes")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epoch: epochs to run")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
+    except ValueError:
+        raise SystemExit(
+            f"--concurrency must be comma-separated integers, got {args.concurrency!r}"
+        ) from None
+    if args.repeats < 1 or args.warmup < 0:
+        raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} / {args.warmup}")
+    return Settings(
+        device=args.device, size=args.size, family=args.family, kit=args.kit, repeats=args.repeats,
+        warmup=args.warmup, batch_size=args.batch_size, resolution=args.resolution,
+        group_size=args.group_size, lora_rank=args.lora_rank,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, concurrency=concurrency,
+        requests_per_client=args.requests_per_client, images_per_request=args.images_per_request,
+        server_batch_size=args.server_batch_size, nproc=args.nproc, epochs=args.epochs,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_scenario(args.scenario, settings_from_args(args))
+    except BenchmarkError as error:
+        print(f"benchmark {args.scenario}: {error}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
