@@ -123,6 +123,7 @@ class Trainer:
         self.timer = Timer(cuda_sync=dist.device.type == "cuda")
         torch.manual_seed(config.seed)  # identical LoRA init on every rank
         self.policy = self._load_policy()
+        self.lockstep_encoding = self._shard_text_encoders()
         self._broadcast_trainable()
         distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
         self.train_set = EditDataset(config.dataset, "train")
@@ -210,9 +211,22 @@ class Trainer:
             max_text_length=config.max_sequence_length,
             **family_options,
         )
-        if config.fsdp_text_encoder and hasattr(policy, "shard_text_encoder"):
-            policy.shard_text_encoder(self.dist)
         return policy
+
+    def _shard_text_encoders(self) -> bool:
+        """FSDP2-shard the frozen text encoders over the ranks (``fsdp_text_encoder``).
+
+        Every forward of a sharded module is a collective, so from then on conditions are encoded
+        in lockstep: each rank encodes the same items in the same order (see ``_encode``).
+        Returns whether sharding is active.
+        """
+        if not (self.config.fsdp_text_encoder and self.dist.is_distributed):
+            return False
+        for name in ("text_encoder", "text_encoder_2"):
+            module = getattr(self.policy, name, None)
+            if module is not None:
+                setattr(self.policy, name, distributed.sharded_frozen_module(module, self.dist))
+        return True
 
     @torch.no_grad()
     def _broadcast_trainable(self) -> None:
@@ -285,20 +299,34 @@ class Trainer:
         images = [center_crop_resize(item.image, self.config.resolution) for item in items]
         return items, images
 
-    def _encode(self, items, images, cache: dict[int, Any]):
-        """Conditions for a batch, each distinct group encoded once per epoch on this rank."""
+    def _encode(self, items, images, cache: dict[int, Any], shared: Sequence[int] | None = None):
+        """Conditions for a batch, each distinct group encoded once per epoch on this rank.
+
+        With ``shared`` (the global batch's dataset indices, identical on every rank) every rank
+        encodes all of the batch's new groups in the same order: required when the text encoder is
+        sharded, since each of its forwards is a collective.
+        """
         ids = [self.group_id[item.index] for item in items]
-        missing = [i for i, gid in enumerate(ids) if gid not in cache]
-        if missing:
-            unique: dict[int, int] = {}
-            for i in missing:
-                unique.setdefault(ids[i], i)
-            rows = list(unique.values())
-            cond = self.policy.encode_condition([items[i].prompt for i in rows], [images[i] for i in rows])
-            for row, gid in enumerate(unique):
-                cache[gid] = cond.index_select([row])
+        if shared is not None:
+            new = sorted({self.group_id[i] for i in shared} - cache.keys())
+            if new:
+                new_items, new_images = self._items(new)
+                self._fill_cache(cache, new, new_items, new_images)
+        else:
+            first_row: dict[int, int] = {}
+            for row, gid in enumerate(ids):
+                if gid not in cache:
+                    first_row.setdefault(gid, row)
+            if first_row:
+                rows = list(first_row.values())
+                self._fill_cache(cache, list(first_row), [items[r] for r in rows], [images[r] for r in rows])
         conds = [cache[gid] for gid in ids]
         return type(conds[0]).cat(conds), torch.tensor(ids, dtype=torch.long)
+
+    def _fill_cache(self, cache: dict[int, Any], gids: list[int], items, images) -> None:
+        cond = self.policy.encode_condition([item.prompt for item in items], images)
+        for row, gid in enumerate(gids):
+            cache[gid] = cond.index_select([row])
 
     @torch.no_grad()
     def rollout(self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool):
@@ -323,8 +351,13 @@ class Trainer:
             range(self.plan.batches_per_epoch), desc=f"epoch {epoch} sampling", enabled=self.dist.is_main
         )
         for _ in batches:
+            shared = (
+                self.sampler.global_batch(self.sampler.epoch, self.sampler.position)
+                if self.lockstep_encoding
+                else None
+            )
             items, images = self._items(self.sampler.next_batch())
-            cond, group_ids = self._encode(items, images, cache)
+            cond, group_ids = self._encode(items, images, cache, shared)
             x0 = self.rollout(
                 cond,
                 adapter="old",
@@ -499,6 +532,10 @@ class Trainer:
         """Mean eval reward of the EMA policy on the test split (deterministic ``flow``)."""
         config = self.config.sample
         indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
+        real = len(indices)
+        if self.lockstep_encoding:  # the same number of (collective) encoder calls on every rank
+            per_rank = -(-len(self.test_set) // self.dist.world_size)
+            indices += [indices[-1] if indices else 0] * (per_rank - real)
         scores, grid = [], []
         context = self.ema.applied(self.params) if self.ema is not None else contextlib.nullcontext()
         with self.timer("evaluation"), context:
@@ -508,6 +545,10 @@ class Trainer:
                 items = [self.test_set[i] for i in indices[start : start + config.test_batch_size]]
                 images = [center_crop_resize(item.image, self.config.resolution) for item in items]
                 cond = self.policy.encode_condition([item.prompt for item in items], images)
+                keep = max(0, min(len(items), real - start))  # drop lockstep padding
+                if keep == 0:
+                    continue
+                items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
                 latents = self.rollout(
                     cond,
                     adapter="default",

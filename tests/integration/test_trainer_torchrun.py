@@ -89,21 +89,26 @@ def qwen_dead_lora_names(names: list[str]) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("spec", "model"),
+    ("spec", "model", "fsdp"),
     [
-        ("config/qwen_image_edit_nft.py:tiny_mllm", "qwen_image_edit_plus"),
-        ("config/kontext_nft.py:tiny_mllm", "flux_kontext"),
+        ("config/qwen_image_edit_nft.py:tiny_mllm", "qwen_image_edit_plus", False),
+        ("config/qwen_image_edit_nft.py:tiny_mllm", "qwen_image_edit_plus", True),
+        ("config/kontext_nft.py:tiny_mllm", "flux_kontext", True),
     ],
 )
-def test_two_ranks_train_against_the_reward_server(spec, model, tiny_kit, toy_data, reward_server, tmp_path):
+def test_two_ranks_train_against_the_reward_server(
+    spec, model, fsdp, tiny_kit, toy_data, reward_server, tmp_path
+):
+    """fsdp: the frozen text encoders are FSDP2-sharded over the two ranks (lockstep encoding)."""
     overrides = {
+        "fsdp_text_encoder": fsdp,
         "pretrained.model": str(tiny_kit / model),
         "dataset": str(toy_data),
         "logdir": str(tmp_path / "runs"),
         "run_name": "probe",
         "num_epochs": 2,
         "save_freq": 1,
-        "eval_freq": 2,
+        "eval_freq": 1,
         "train.learning_rate": 1e-2,
     }
     ranks = run_probe(spec, tmp_path / "probe", overrides, reward_server)
