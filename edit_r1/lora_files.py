@@ -76,7 +76,7 @@ def _strip_prefix(key: str, source: Path) -> str:
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        tensors = {_strip_prefix(k, path): f.get_tensor(k) for k in f.keys()}
+        tensors = {_strip_prefix(k, path): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         metadata = f.metadata() or {}
     if not tensors:
         raise ValueError(f"{path} holds no tensors")
