@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import socket
 import statistics
@@ -187,7 +188,7 @@ def median(values: Sequence[float]) -> float:
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile ``q`` in [0, 100] of ``values``."""
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1
     return float(ordered[rank])
 
 
@@ -531,7 +532,10 @@ def rollout_group(
         cond = policy.encode_condition(instructions, images)  # identical pairs: one encoder pass
     else:
         cond = type_cat(
-            [policy.encode_condition([text], [image]) for text, image in zip(instructions, images)]
+            [
+                policy.encode_condition([text], [image])
+                for text, image in zip(instructions, images, strict=True)
+            ]
         )
     z = policy.initial_noise(len(cond))
     with torch.no_grad():
@@ -627,10 +631,9 @@ def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout_s: f
             raise BenchmarkError(
                 f"reward server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
             )
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=2) as response:
+            if response.status == 200:
+                return
         time.sleep(0.3)
     raise BenchmarkError(f"reward server {url} not healthy after {timeout_s:.0f} s; log: {log}")
 
@@ -692,34 +695,33 @@ def run_reward(settings: Settings) -> dict[str, Any]:
     device = "cuda" if check_device(settings.device).type == "cuda" else "cpu"
     modes = {"batched": settings.server_batch_size, "single": 1}
     table: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="edit_r1_bench_reward_") as tmp:
-        with contextlib.ExitStack() as stack:
-            servers = {
-                mode: stack.enter_context(
-                    reward_server(kit / "judge_qwen2_5_vl", batch, device, Path(tmp) / f"{mode}.log")
-                )
-                for mode, batch in modes.items()
-            }
-            for mode, server in servers.items():  # warm-up: first engine calls allocate
-                drive_clients(server, 1, 1, settings.images_per_request, 64)
-            for clients in settings.concurrency:
-                runs: dict[str, list[tuple[float, list[float], int]]] = {mode: [] for mode in modes}
-                for _ in range(settings.repeats):
-                    for mode, server in servers.items():
-                        runs[mode].append(
-                            drive_clients(
-                                server, clients, settings.requests_per_client, settings.images_per_request, 64
-                            )
+    with tempfile.TemporaryDirectory(prefix="edit_r1_bench_reward_") as tmp, contextlib.ExitStack() as stack:
+        servers = {
+            mode: stack.enter_context(
+                reward_server(kit / "judge_qwen2_5_vl", batch, device, Path(tmp) / f"{mode}.log")
+            )
+            for mode, batch in modes.items()
+        }
+        for server in servers.values():  # warm-up: first engine calls allocate
+            drive_clients(server, 1, 1, settings.images_per_request, 64)
+        for clients in settings.concurrency:
+            runs: dict[str, list[tuple[float, list[float], int]]] = {mode: [] for mode in modes}
+            for _ in range(settings.repeats):
+                for mode, server in servers.items():
+                    runs[mode].append(
+                        drive_clients(
+                            server, clients, settings.requests_per_client, settings.images_per_request, 64
                         )
-                images = clients * settings.requests_per_client * settings.images_per_request
-                for mode, results in runs.items():
-                    latencies = [value for _, lat, _ in results for value in lat]
-                    table.setdefault(mode, {})[str(clients)] = {
-                        "images_per_s": median([images / wall for wall, _, _ in results]),
-                        "p50_latency_s": percentile(latencies, 50),
-                        "p99_latency_s": percentile(latencies, 99),
-                        "failed_items": float(sum(f for _, _, f in results)),
-                    }
+                    )
+            images = clients * settings.requests_per_client * settings.images_per_request
+            for mode, results in runs.items():
+                latencies = [value for _, lat, _ in results for value in lat]
+                table.setdefault(mode, {})[str(clients)] = {
+                    "images_per_s": median([images / wall for wall, _, _ in results]),
+                    "p50_latency_s": percentile(latencies, 50),
+                    "p99_latency_s": percentile(latencies, 99),
+                    "failed_items": float(sum(f for _, _, f in results)),
+                }
     ratios = {
         f"batched_vs_single_throughput_c{c}": table["batched"][str(c)]["images_per_s"]
         / table["single"][str(c)]["images_per_s"]
