@@ -94,6 +94,7 @@ def benchmark_args(benchmark: str, root: Path) -> list[str]:
     return ["--input_path", str(root / "imgedit.json"), "--root_path", str(root)]
 
 
+RESUME_CHECKED = {("qwen", "gedit"), ("kontext", "imgedit")}
 EXPECTED = {"gedit": ["color_alter/a1.png", "subject-add/b2.png"], "imgedit": ["k1.jpg", "k2.jpg"]}
 
 
@@ -156,6 +157,8 @@ def test_sampling_writes_benchmark_layout_for_base_and_lora_and_resumes(
         assert base_pixels.ndim == 3 and base_pixels.shape == lora_pixels.shape
         assert np.abs(base_pixels - lora_pixels).mean() > 1.0  # the LoRA changes the edit
 
+    if (family, benchmark) not in RESUME_CHECKED:
+        return  # the resume logic is shared by all scripts; two of them re-run (keeps the suite fast)
     first = base / EXPECTED[benchmark][0]
     (base / EXPECTED[benchmark][1]).unlink()
     stamp = first.stat().st_mtime_ns
