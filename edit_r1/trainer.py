@@ -443,7 +443,8 @@ class Trainer:
             )
         accumulation = self.plan.gradient_accumulation_steps
         order = torch.randperm(len(x0))
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        grad_norms: list[float] = []
         count = 0
         for micro, start in enumerate(
             progress(range(0, len(x0), batch), desc="training", enabled=self.dist.is_main)
@@ -455,16 +456,27 @@ class Trainer:
                     x0[rows], cond.index_select(rows), grid[t_order[:, j]], stats, rows, accumulation * num_t
                 )
                 for key, value in info.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                    sums[key] = sums[key] + value if key in sums else value
                 count += 1
             if (micro + 1) % accumulation == 0:
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.optimizer_step()
-        out = {key: value / count for key, value in sums.items() if key != "grad_norm"}
-        out["grad_norm"] = sums.get("grad_norm", 0.0) / max(1, self.plan.gradient_step_per_epoch)
+                self._check_finite(sums, count)
+                grad_norms.append(self.optimizer_step())
+        out = {key: float(value) / count for key, value in sums.items()}
+        out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         return out
 
-    def _train_timestep(self, x0, cond, t, stats, rows, divisor: int) -> dict[str, float]:
+    def _check_finite(self, sums: dict[str, torch.Tensor], count: int) -> None:
+        """Stops before the optimizer step when a loss since the last step was NaN/inf (one sync)."""
+        if torch.isfinite(sums["total_loss"]):
+            return
+        details = ", ".join(f"{key}={float(value) / count:.4g}" for key, value in sums.items())
+        raise TrainingError(
+            f"non-finite loss before optimizer step {self.global_step + 1} ({details}); the weights were not "
+            "updated and nothing was saved"
+        )
+
+    def _train_timestep(self, x0, cond, t, stats, rows, divisor: int) -> dict[str, torch.Tensor]:
         """One backward of the NFT loss at per-sample times ``t`` (``x_t = (1-t) x0 + t eps``)."""
         config = self.config
         eps = torch.randn_like(x0)
@@ -486,13 +498,9 @@ class Trainer:
             adv_clip_max=config.train.adv_clip_max,
             adv_mode=config.train.adv_mode,
         )
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite loss {loss.item()} at global step {self.global_step} "
-                f"({', '.join(f'{k}={float(v):.4g}' for k, v in info.items())}); nothing was saved"
-            )
         (loss / divisor).backward()
-        return {key: float(value) for key, value in info.items()}
+        # Detached tensors, summed on the device: a float() here would sync the GPU every timestep.
+        return {key: torch.as_tensor(value).detach() for key, value in info.items()}
 
     def optimizer_step(self) -> float:
         """All-reduce (mean) the accumulated gradients once, clip, AdamW, EMA; returns the grad norm."""

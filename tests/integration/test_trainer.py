@@ -200,3 +200,21 @@ def test_dead_reward_server_stops_training_with_a_message(make_config, monkeypat
     trainer = Trainer(config, distributed.init_distributed(device="cpu"))
     with pytest.raises(TrainingError, match=f"127.0.0.1:{port}"):
         trainer.train_epoch(0)
+
+
+def test_non_finite_loss_stops_before_the_update(make_config):
+    trainer = Trainer(
+        make_config("nan_loss", num_epochs=1, save_freq=100, eval_freq=100),
+        distributed.init_distributed(device="cpu"),
+    )
+    velocity = trainer.policy.velocity
+
+    def broken_velocity(z, sigma, cond, *, adapter="default"):
+        v = velocity(z, sigma, cond, adapter=adapter)
+        return v * float("nan") if adapter == "default" else v
+
+    trainer.policy.velocity = broken_velocity
+    before = [p.detach().clone() for p in trainer.params]
+    with pytest.raises(TrainingError, match="non-finite loss before optimizer step 1"):
+        trainer.train_epoch(0)
+    assert all(torch.equal(b, p) for b, p in zip(before, trainer.params, strict=True))
