@@ -342,6 +342,16 @@ class Trainer:
         )
         return result.latents
 
+    def edit_batch(self, cond, items, images, **rollout_options) -> tuple[torch.Tensor, list[RewardSample]]:
+        """Rolls out one batch (see ``rollout``), decodes it and pairs each edit with its task."""
+        latents = self.rollout(cond, **rollout_options)
+        edits = to_pil(self.policy.decode(latents))
+        samples = [
+            RewardSample(edit, image, item.prompt, item.requirement, item.extra)
+            for edit, image, item in zip(edits, images, items, strict=True)
+        ]
+        return latents, samples
+
     def collect_rollouts(self, epoch: int) -> list[Rollout]:
         """Samples this rank's batches of the epoch and submits their rewards."""
         config = self.config.sample
@@ -358,18 +368,10 @@ class Trainer:
             )
             items, images = self._items(self.sampler.next_batch())
             cond, group_ids = self._encode(items, images, cache, shared)
-            x0 = self.rollout(
-                cond,
-                adapter="old",
-                sigmas=self.sigmas,
-                solver=config.solver,
+            x0, samples = self.edit_batch(
+                cond, items, images, adapter="old", sigmas=self.sigmas, solver=config.solver,
                 deterministic=config.deterministic,
-            )
-            edits = to_pil(self.policy.decode(x0))
-            samples = [
-                RewardSample(edit, image, item.prompt, item.requirement, item.extra)
-                for edit, image, item in zip(edits, images, items, strict=True)
-            ]
+            )  # fmt: skip
             rollouts.append(
                 Rollout(x0=x0, cond=cond, group_ids=group_ids, rewards=self.reward.submit(samples))
             )
@@ -557,23 +559,15 @@ class Trainer:
                 if keep == 0:
                     continue
                 items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
-                latents = self.rollout(
-                    cond,
-                    adapter="default",
-                    sigmas=self.eval_sigmas,
-                    solver=config.eval_solver,
-                    deterministic=config.eval_deterministic,
-                )
-                edits = to_pil(self.policy.decode(latents))
-                samples = [
-                    RewardSample(e, i, it.prompt, it.requirement, it.extra)
-                    for e, i, it in zip(edits, images, items, strict=True)
-                ]
+                _, samples = self.edit_batch(
+                    cond, items, images, adapter="default", sigmas=self.eval_sigmas,
+                    solver=config.eval_solver, deterministic=config.eval_deterministic,
+                )  # fmt: skip
                 output = self.eval_reward(samples)
                 scores.append(output)
                 grid.extend(
-                    (i, e, None if not math.isfinite(s) else float(s), it.prompt)
-                    for i, e, s, it in zip(images, edits, output.total, items, strict=True)
+                    (x.source_image, x.edited_image, float(s) if math.isfinite(s) else None, x.instruction)
+                    for x, s in zip(samples, output.total, strict=True)
                 )
         metrics = self._gather_eval_scores(scores)
         if self.dist.is_main and grid:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from reward_server_fixture import start_reward_server
 from safetensors.torch import load_file
 
 from edit_r1.data.toy import write_toy_dataset
@@ -25,42 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("trainer_probe.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"reward server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"reward server at {url} not healthy after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def reward_server(tiny_kit: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers",
-             "--model", str(tiny_kit / "judge_qwen2_5_vl"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with start_reward_server(tiny_kit, tmp_path_factory.mktemp("server")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
