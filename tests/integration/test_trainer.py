@@ -218,3 +218,21 @@ def test_non_finite_loss_stops_before_the_update(make_config):
     with pytest.raises(TrainingError, match="non-finite loss before optimizer step 1"):
         trainer.train_epoch(0)
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.params, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("full", {"use_lora": False, "train__learning_rate": 1e-4}),
+        ("k1", {"sample__num_image_per_prompt": 1}),
+    ],
+)
+def test_full_weight_training_and_groups_of_one_run(make_config, name, overrides):
+    """Both ended in ``assert False`` in the original release."""
+    trainer = train(make_config(name, num_epochs=1, save_freq=100, eval_freq=1, **overrides))
+    final = trainer.run_dir / "checkpoints" / "checkpoint-1"
+    assert (final / ("transformer" if name == "full" else "lora")).is_dir()
+    row = metrics_without_times(trainer.run_dir)[0]
+    assert np.isfinite(row["total_loss"]) and row["global_step"] == 1
+    if name == "k1":
+        assert all(a == 0 for a in trainer.last_epoch_stats["all_advantages"].tolist())
