@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -109,12 +108,6 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     work = tmp_path_factory.mktemp("torchrun")
@@ -125,8 +118,7 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        "--standalone",  # torchrun binds a free rendezvous port itself: no race with other processes
         str(script),
         str(work),
     ]
