@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -230,10 +229,15 @@ def edit(
     return policy.decode(result.latents)[0].cpu()
 
 
+def to_pil_batch(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> RGB PIL images, rounded as diffusers' `numpy_to_pil`."""
+    array = (images.detach().float().clamp(0, 1).cpu() * 255).round().to(torch.uint8)
+    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).numpy()]
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [0, 1] -> RGB PIL, rounded as diffusers' `numpy_to_pil`."""
-    array = (image.permute(1, 2, 0).float().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array)
+    """(3, H, W) in [0, 1] -> RGB PIL (see `to_pil_batch`)."""
+    return to_pil_batch(image.unsqueeze(0))[0]
 
 
 def save_atomically(image: Image.Image, path: Path) -> None:

@@ -38,7 +38,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 import torch
-from PIL import Image
 
 from edit_r1 import distributed
 from edit_r1.algo import (
@@ -53,6 +52,7 @@ from edit_r1.checkpoint import CheckpointState, latest_checkpoint, load_checkpoi
 from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
 from edit_r1.data import EditDataset, GroupBatchSampler
 from edit_r1.data.dataset import center_crop_resize
+from edit_r1.inference import to_pil_batch
 from edit_r1.models.base import EditPolicy
 from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy
@@ -80,12 +80,6 @@ class Rollout:
     cond: Any  # the family's Condition, one row per sample
     group_ids: torch.Tensor  # (B,) long: canonical dataset index of each sample's group
     rewards: Future  # resolves to a RewardOutput
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) floats in [0, 1] -> RGB PIL images (uint8, rounded)."""
-    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
 
 
 def reward_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -345,7 +339,7 @@ class Trainer:
     def edit_batch(self, cond, items, images, **rollout_options) -> tuple[torch.Tensor, list[RewardSample]]:
         """Rolls out one batch (see ``rollout``), decodes it and pairs each edit with its task."""
         latents = self.rollout(cond, **rollout_options)
-        edits = to_pil(self.policy.decode(latents))
+        edits = to_pil_batch(self.policy.decode(latents))
         samples = [
             RewardSample(edit, image, item.prompt, item.requirement, item.extra)
             for edit, image, item in zip(edits, images, items, strict=True)
@@ -403,13 +397,14 @@ class Trainer:
         rewards = distributed.all_gather_tensor(local_rewards.to(self.dist.device)).cpu()
         group_ids = distributed.all_gather_tensor(local_ids.to(self.dist.device)).cpu().tolist()
         stats = group_advantages(group_ids, rewards, global_std=config.global_std)
-        if config.ban_prompt:
-            mask, banned = group_filter(
-                stats, group_ids, std_threshold=config.ban_std_thres, mean_threshold=config.ban_mean_thres
-            )
-            self.sampler.ban(self.train_set.group_keys[gid] for gid in banned)
-        else:
-            mask = torch.isfinite(rewards)
+        mask, banned = group_filter(
+            stats,
+            group_ids,
+            std_threshold=config.ban_std_thres,
+            mean_threshold=config.ban_mean_thres,
+            enabled=config.ban_prompt,  # off: keep every scored sample, ban nothing
+        )
+        self.sampler.ban(self.train_set.group_keys[gid] for gid in banned)
         self._reward_metrics(outputs, rewards, stats, group_ids, metrics)
         metrics["kept_ratio"] = float(mask.float().mean())
         self.last_epoch_stats = {"all_advantages": stats.advantages, "all_mask": mask, "group_ids": group_ids}
