@@ -106,6 +106,9 @@ TRANSFORMER_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
 }
 # Text tokens of the synthetic condition (Qwen pads/truncates to max_text_length; Kontext's T5 to 512).
 TEXT_TOKENS = {"qwen_image_edit": {"small": 64, "full": 256}, "kontext": {"small": 64, "full": 512}}
+# Real Qwen prompts fill most of the 256 stored positions: a 384^2 condition image is 196 vision
+# tokens, plus "Picture 1:", the instruction and the assistant prefix (~30). Kontext's T5 has no mask.
+USED_TEXT_FRACTION = 226 / 256
 
 
 @dataclasses.dataclass
@@ -319,7 +322,8 @@ def synthetic_condition(policy, batch: int, generator: torch.Generator):
 
     ref = randn(batch, grid[0] * grid[1], config.in_channels)
     if policy.family == "qwen_image_edit":
-        mask = torch.ones(batch, tokens, dtype=torch.long, device=device)
+        mask = torch.zeros(batch, tokens, dtype=torch.long, device=device)
+        mask[:, : round(tokens * USED_TEXT_FRACTION)] = 1
         return QwenCondition(
             prompt_embeds=randn(batch, tokens, config.joint_attention_dim),
             prompt_mask=mask,
@@ -389,6 +393,20 @@ def framework_step(host: TimestepHost, inputs: TrainStepInputs) -> None:
     Trainer._train_timestep(host, inputs.x0, inputs.cond, inputs.t, inputs.stats, inputs.rows, 1)
 
 
+@contextlib.contextmanager
+def untrimmed_text(policy) -> Iterator[None]:
+    """The original release feeds the transformer the prompt padded to its full stored length;
+    Qwen's framework forward trims the all-padding tail (``trim_text_padding``), Kontext cannot."""
+    if not hasattr(policy, "trim_text_padding"):
+        yield
+        return
+    trims, policy.trim_text_padding = policy.trim_text_padding, False
+    try:
+        yield
+    finally:
+        policy.trim_text_padding = trims
+
+
 def original_step(host: TimestepHost, inputs: TrainStepInputs) -> None:
     """The original release's timestep: three separate forwards (old, trained, reference)."""
     from edit_r1.algo import nft_loss
@@ -398,9 +416,10 @@ def original_step(host: TimestepHost, inputs: TrainStepInputs) -> None:
     eps = torch.randn_like(x0)
     t_b = t.view(-1, 1, 1)
     x_t = (1 - t_b) * x0 + t_b * eps
-    v_old = policy.velocity(x_t, t, cond, adapter="old")
-    v = policy.velocity(x_t, t, cond, adapter="default")
-    v_ref = policy.velocity(x_t, t, cond, adapter="ref")
+    with untrimmed_text(policy):
+        v_old = policy.velocity(x_t, t, cond, adapter="old")
+        v = policy.velocity(x_t, t, cond, adapter="default")
+        v_ref = policy.velocity(x_t, t, cond, adapter="ref")
     loss, info = nft_loss(
         v, v_old, v_ref, x_t, x0, t,
         inputs.stats["advantages"].to(x0.device), inputs.stats["mask"].to(x0.device),

@@ -75,6 +75,22 @@ class QwenCondition(Condition):
     negative_prompt_mask: torch.Tensor | None = None
 
 
+def trim_text_padding(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drops the trailing text positions that are padding in every row of the batch.
+
+    Exact: the Qwen-Image transformer masks padded keys in its joint attention and discards the
+    text outputs, and text rotary positions count from the first text token, so the image velocity
+    depends only on the kept tokens. Prompts are padded to ``max_text_length`` (256) for storage,
+    but are usually shorter, and every padded token costs a full pass through every block.
+    Keeps at least one position. One host sync (the length must be a Python int).
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    used = int((mask.bool() * positions).max().clamp(min=1))
+    if used == mask.shape[1]:
+        return embeds, mask
+    return embeds[:, :used], mask[:, :used]
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, (h/2)(w/2), 4C): 2x2 patches of latent cells become tokens."""
     b, c, h, w = latents.shape
@@ -106,6 +122,8 @@ class QwenImageEditPolicy(EditPolicy):
     """
 
     family = "qwen_image_edit"
+    # Exact speed-up (see `trim_text_padding`); the benchmark turns it off to time the original way.
+    trim_text_padding = True
 
     def __init__(
         self,
@@ -347,6 +365,8 @@ class QwenImageEditPolicy(EditPolicy):
             embeds = torch.cat([embeds, cond.negative_prompt_embeds])
             mask = torch.cat([mask, cond.negative_prompt_mask])
             row_adapters = None if row_adapters is None else row_adapters * 2
+        if self.trim_text_padding:
+            embeds, mask = trim_text_padding(embeds, mask)
         img_shapes = [[(1, *self.latent_grid), (1, *cond.ref_grid)]] * hidden.shape[0]
         with self._row_adapters(module, row_adapters):
             out = module(

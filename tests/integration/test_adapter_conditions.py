@@ -171,3 +171,42 @@ def test_initial_noise_is_seeded_and_packed(policy):
     assert torch.equal(per_sample[1:], policy.initial_noise(1, torch.Generator().manual_seed(6)))
     images = policy.decode(a)
     assert images.shape == (3, 3, SIZE, SIZE) and images.min() >= 0 and images.max() <= 1
+
+
+def test_qwen_text_padding_is_trimmed_without_changing_the_velocity(qwen, monkeypatch):
+    """Prompts are stored padded to max_text_length (400 here); the transformer sees only up to
+    the longest real prompt of the batch, and the velocity equals the untrimmed forward's."""
+    cond = qwen.encode_condition(
+        ["make it red", "remove the tree on the left"], [random_image(11), random_image(12)]
+    )
+    z = qwen.initial_noise(2, torch.Generator().manual_seed(3))
+    sigma = torch.tensor([0.7, 0.3])
+    seen_lengths = []
+    hook = qwen.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_lengths.append(kwargs["encoder_hidden_states"].shape[1]),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            trimmed = qwen.velocity(z, sigma, cond, adapter="default")
+            monkeypatch.setattr(qwen, "trim_text_padding", False)
+            padded = qwen.velocity(z, sigma, cond, adapter="default")
+    finally:
+        hook.remove()
+    longest = int(torch.cat([cond.prompt_mask, cond.negative_prompt_mask]).sum(dim=1).max())
+    assert seen_lengths == [longest, 400]
+    assert longest < 400
+    assert torch.allclose(trimmed, padded, atol=ATOL), (trimmed - padded).abs().max()
+
+
+def test_trim_text_padding_keeps_every_used_position():
+    from edit_r1.models.qwen_image_edit import trim_text_padding
+
+    embeds = torch.randn(2, 6, 3)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0]])  # holes are kept, tails dropped
+    kept_embeds, kept_mask = trim_text_padding(embeds, mask)
+    assert torch.equal(kept_mask, mask[:, :4]) and torch.equal(kept_embeds, embeds[:, :4])
+    empty_embeds, empty_mask = trim_text_padding(embeds, torch.zeros_like(mask))
+    assert empty_embeds.shape[1] == 1 and empty_mask.shape[1] == 1
+    full = torch.ones_like(mask)
+    assert trim_text_padding(embeds, full)[0] is embeds
