@@ -708,10 +708,46 @@ def drive_clients(server: str, clients: int, requests_per_client: int, images_pe
     return time.perf_counter() - start, latencies, failures[0]
 
 
+def engine_batch_gain(judge: Path, device: str, settings: Settings) -> dict[str, float]:
+    """The judge engine alone, in process: seconds per item of one ``score_batch`` call of
+    ``server_batch_size`` prepared items vs one call per item. Their ratio bounds what batching
+    can gain end to end, whatever the server does around the engine."""
+    from reward_server.backends import BackendOptions, build_backend
+    from reward_server.images import JudgeItem
+    from reward_server.protocol import RawItem
+
+    backend = build_backend("transformers", BackendOptions(model=str(judge), device=device))
+    try:
+        items = [
+            backend.prepare(
+                JudgeItem(RawItem(b"", b"", s.instruction, s.requirement), s.edited_image, s.source_image)
+            )
+            for s in reward_samples(settings.server_batch_size, 64)
+        ]
+        seconds = time_side_by_side(
+            {
+                "batched": lambda: backend.score_batch(items),
+                "single": lambda: [backend.score_batch([item]) for item in items],
+            },
+            settings.repeats,
+            settings.warmup,
+            torch.device(device),
+        )
+    finally:
+        backend.close()
+    per_item = {mode: median(values) / len(items) for mode, values in seconds.items()}
+    return {
+        "batched_s_per_item": per_item["batched"],
+        "single_s_per_item": per_item["single"],
+        "engine_batch_gain": per_item["single"] / per_item["batched"],
+    }
+
+
 def run_reward(settings: Settings) -> dict[str, Any]:
     """Dynamic batching vs one image per engine call, at each concurrency, with the tiny judge."""
     kit = resolve_kit(settings)
     device = "cuda" if check_device(settings.device).type == "cuda" else "cpu"
+    engine = engine_batch_gain(kit / "judge_qwen2_5_vl", device, settings)
     modes = {"batched": settings.server_batch_size, "single": 1}
     table: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="edit_r1_bench_reward_") as tmp, contextlib.ExitStack() as stack:
@@ -748,10 +784,12 @@ def run_reward(settings: Settings) -> dict[str, Any]:
     }
     high = [c for c in settings.concurrency if c >= 8] or list(settings.concurrency)
     ratios["batched_vs_single_throughput"] = min(ratios[f"batched_vs_single_throughput_c{c}"] for c in high)
+    ratios["engine_batch_gain"] = engine.pop("engine_batch_gain")
     return {
         "scenario": "reward",
         "settings": describe(settings, size="tiny"),
         "results": table,
+        "engine": engine,
         "ratios": ratios,
     }
 
@@ -834,7 +872,7 @@ def run_scenario(name: str, settings: Settings) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of a scenario result (medians, throughput, ratios)."""
     lines = [f"== {result['scenario']} =="]
-    for key in ("median_s", "samples_per_s", "encoder_calls", "median_split_s"):
+    for key in ("median_s", "samples_per_s", "encoder_calls", "median_split_s", "engine"):
         if key in result:
             lines.append(f"{key}:")
             lines.extend(f"  {name:<14} {value:>12.4g}" for name, value in result[key].items())

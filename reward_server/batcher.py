@@ -65,6 +65,8 @@ class DynamicBatcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        # Replicas are copies of one backend, so the first one's preprocessing serves them all.
+        self._prepare = getattr(backends[0], "prepare", None)
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._stop = threading.Event()
         self._request_ids = iter(range(1, 2**62))
@@ -79,15 +81,29 @@ class DynamicBatcher:
             worker.start()
 
     def submit(self, items: Sequence[JudgeItem]) -> list[Future]:
-        """Queue the items of one request; each future resolves to ``(score, None)`` or ``(None, error)``."""
+        """Queue the items of one request; each future resolves to ``(score, None)`` or ``(None, error)``.
+
+        Runs the backend's ``prepare`` on the calling thread first (see ``Backend``).
+        """
         if self._stop.is_set():
             raise RuntimeError("the batcher is closed")
         with self._id_lock:
             request_id = next(self._request_ids)
-        pending = [_Pending(item, request_id) for item in items]
+        pending = [_Pending(self._prepared(item), request_id) for item in items]
         for entry in pending:
             self._queue.put(entry)
         return [entry.future for entry in pending]
+
+    def _prepared(self, item: JudgeItem) -> JudgeItem:
+        """The backend-prepared item; unprepared if preparation fails, so that the engine call
+        reports the failure for this item alone (``score_isolating_failures``)."""
+        if self._prepare is None:
+            return item
+        try:
+            return self._prepare(item)
+        except Exception as error:  # noqa: BLE001 - surfaced per item by the engine call
+            LOGGER.debug("preparing an item failed (%s); the engine call will report it", error)
+            return item
 
     def queued(self) -> int:
         """Items waiting for a replica (approximate, for overload checks)."""

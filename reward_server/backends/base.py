@@ -42,7 +42,13 @@ class BackendOptions:
 
 
 class Backend(Protocol):
-    """What the server needs from a judge backend."""
+    """What the server needs from a judge backend.
+
+    A backend may also define ``prepare(item) -> JudgeItem``: per-item preprocessing (for the
+    transformers backend, the processor) that the batcher runs on the submitting request's thread,
+    so that it overlaps the engine instead of adding to each batch's serial time. ``score_batch``
+    must accept prepared and unprepared items alike.
+    """
 
     name: str
     model: str

@@ -111,12 +111,16 @@ def test_cuda_request_without_cuda_fails_clearly(tmp_path):
 @pytest.mark.slow
 def test_reward_scenario_against_real_servers(tiny_kit):
     result = run_scenario(
-        "reward", tiny_settings(tiny_kit, concurrency=(1, 2), requests_per_client=1, images_per_request=2)
+        "reward",
+        tiny_settings(
+            tiny_kit, concurrency=(1, 2), requests_per_client=1, images_per_request=2, server_batch_size=4
+        ),
     )
     assert set(result["results"]) == {"batched", "single"}
     assert set(result["results"]["batched"]) == {"1", "2"}
     assert result["results"]["single"]["2"]["failed_items"] == 0.0
-    assert_positive_ratios(result, ["batched_vs_single_throughput"])
+    assert_positive_ratios(result, ["batched_vs_single_throughput", "engine_batch_gain"])
+    assert set(result["engine"]) == {"batched_s_per_item", "single_s_per_item"}
 
 
 @pytest.mark.slow

@@ -77,3 +77,29 @@ def test_several_replicas_share_the_queue():
     finally:
         batcher.close()
     assert all(replica.batches for replica in replicas)
+
+
+class _PreparingBackend(_Backend):
+    """Prepares items by recording the thread; items numbered >= 1000 cannot be prepared."""
+
+    def prepare(self, item):
+        if item.instruction >= 1000:
+            raise ValueError("cannot preprocess")
+        return SimpleNamespace(instruction=item.instruction, prepared_on=threading.current_thread().name)
+
+    def score_batch(self, items):
+        self.seen = [getattr(item, "prepared_on", None) for item in items]
+        return super().score_batch(items)
+
+
+def test_items_are_prepared_on_the_submitting_thread():
+    backend = _PreparingBackend()
+    batcher = DynamicBatcher([backend], max_batch_size=8, max_wait_s=0.0)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="http") as pool:
+            answer = pool.submit(batcher.score, _items([1, 2, 1000])).result()
+    finally:
+        batcher.close()
+    # A failed preparation is not an error by itself: the item goes to the engine unprepared.
+    assert answer == [(0.0001, None), (0.0002, None), (0.1, None)]
+    assert backend.seen[:2] == ["http_0", "http_0"] and backend.seen[2] is None
