@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
         "bf16"  # no | fp16 | bf16: autocast dtype of rollouts and training (upstream bf16)
     )
     config.allow_tf32 = True  # TF32 matmuls on Ampere+: faster, precision is ample for bf16 training
+    config.attention_backend = ""  # diffusers attention kernel, e.g. "_native_cudnn"; "" = torch SDPA's pick
+    config.compile_transformer = False  # torch.compile the blocks; off: each new graph costs compile time
+    config.compile_mode = ""  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"; "" = torch's default
     config.use_lora = True  # LoRA adapters (old/ref via adapter switching); False = full-weight training
     config.resume_from = (
         ""  # checkpoint dir to resume (weights, EMA, old policy, optimizer, RNG, sampler, bans)

@@ -356,6 +356,21 @@ def _check_top_level(config, problems: list[str]) -> None:
         problems.append(f"reward_client.chunk_size={client.chunk_size!r} must be a positive integer")
 
 
+def _check_speed(config, problems: list[str]) -> None:
+    """The transformer speed switches; the valid names are diffusers' and torch's own lists."""
+    from edit_r1.models.base import check_speed_options  # torch and peft: not at config import time
+
+    for key in ("attention_backend", "compile_mode"):
+        value = config[key]
+        if not isinstance(value, str):
+            problems.append(f"{key}={value!r} must be a string ('' = the default)")
+            continue
+        try:
+            check_speed_options(**{key: value})
+        except ValueError as error:
+            problems.append(str(error))
+
+
 def _check_dataset(config, problems: list[str]) -> None:
     if not config.dataset:
         problems.append("dataset is empty: point it at a directory holding {train,test}_metadata.jsonl")
@@ -380,6 +395,7 @@ def validate_config(
     _check_top_level(config, problems)
     _check_sampling(config, problems)
     _check_training(config, problems)
+    _check_speed(config, problems)
     if check_files:
         _check_dataset(config, problems)
     if not problems:
@@ -394,5 +410,9 @@ def validate_config(
         warnings.append(
             "sample.num_image_per_prompt=1: every advantage is 0 (a group of one has no spread); "
             "only the KL term (train.beta) produces gradients"
+        )
+    if config.compile_mode and not config.compile_transformer:
+        warnings.append(
+            f"compile_mode={config.compile_mode!r} has no effect without compile_transformer=True"
         )
     return warnings

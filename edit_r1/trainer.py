@@ -203,6 +203,9 @@ class Trainer:
             lora=lora,
             gradient_checkpointing=train.gradient_checkpointing,
             max_text_length=config.max_sequence_length,
+            attention_backend=config.attention_backend or None,
+            compile_transformer=config.compile_transformer,
+            compile_mode=config.compile_mode or None,
             **family_options,
         )
         return policy

@@ -186,6 +186,35 @@ def image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def attention_backend_names() -> list[str]:
+    """The names diffusers' `set_attention_backend` accepts (its `AttentionBackendName` values).
+    Whether a backend can run here (its package, device and dtype) is checked when a policy uses it."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return sorted(backend.value for backend in AttentionBackendName)
+
+
+def compile_mode_names() -> list[str]:
+    """The `mode=` values torch.compile accepts (inductor's mode presets)."""
+    import torch._inductor
+
+    return sorted(torch._inductor.list_mode_options())
+
+
+def check_speed_options(attention_backend: str | None = None, compile_mode: str | None = None) -> None:
+    """Clear errors for an unknown attention backend or compile mode ("" / None = the default)."""
+    if attention_backend and attention_backend not in attention_backend_names():
+        raise ValueError(
+            f"attention_backend={attention_backend!r} is not a diffusers attention backend; "
+            f"valid choices: {attention_backend_names()} (or empty for diffusers' default)"
+        )
+    if compile_mode and compile_mode not in compile_mode_names():
+        raise ValueError(
+            f"compile_mode={compile_mode!r} is not a torch.compile mode; valid choices: "
+            f"{compile_mode_names()} (or empty for torch's default)"
+        )
+
+
 def check_resolution(height: int, width: int, multiple: int) -> None:
     """Target sizes must be positive multiples of `multiple` (16 for both model families:
     8x VAE downsampling times 2x2 packing)."""
@@ -209,10 +238,17 @@ class EditPolicy(ABC):
         lora: LoRA settings (rank, alpha, init, target modules).
         gradient_checkpointing: recompute transformer blocks in backward to save memory.
         dtype: compute dtype of the transformer and text encoders.
+        attention_backend: diffusers attention backend of the transformer(s), e.g. "_native_cudnn"
+            (None or "" = diffusers' default); checked here to run on this device and dtype.
+        compile_transformer: torch.compile the transformer blocks in place (see `compile`).
+        compile_mode: torch.compile mode, e.g. "max-autotune-no-cudagraphs" (None = default).
     """
 
     family: str = ""
     pipeline_class: type | None = None  # the stock diffusers pipeline of the family (for export)
+    # Whether the family's transformer gives attention a key mask (Qwen masks padded text); the
+    # attention-backend check then passes one too, since some kernels (flash) take no mask.
+    attention_key_mask: bool = False
 
     def __init__(
         self,
@@ -225,7 +261,11 @@ class EditPolicy(ABC):
         lora: lora_utils.LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         dtype: torch.dtype = torch.float32,
+        attention_backend: str | None = None,
+        compile_transformer: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
+        check_speed_options(attention_backend, compile_mode)
         self.vae = vae.requires_grad_(False).eval()
         self.scheduler = scheduler
         # The scheduler constants sigma_schedule needs (base/max seq len, shifts, shift_terminal).
@@ -247,6 +287,12 @@ class EditPolicy(ABC):
             self.ref_transformer = self._frozen_copy(transformer)
             transformer.requires_grad_(True)
         self.set_gradient_checkpointing(gradient_checkpointing)
+        self.attention_backend = attention_backend or None
+        if self.attention_backend:
+            self._use_attention_backend(self.attention_backend)
+        self.compiled, self.compile_mode = False, None
+        if compile_transformer:
+            self.compile(mode=compile_mode)
 
     # ----------------------------------------------------------------------------- geometry
     @property
@@ -424,6 +470,79 @@ class EditPolicy(ABC):
         else:
             self.transformer.disable_gradient_checkpointing()
         self.gradient_checkpointing = enabled
+
+    # ----------------------------------------------------------------------------- speed
+    def _transformers(self) -> list[torch.nn.Module]:
+        """The trained transformer and, in full-weight mode, the old and reference copies."""
+        modules = (self.transformer, self.old_transformer, self.ref_transformer)
+        return [m for m in modules if m is not None]
+
+    def _use_attention_backend(self, name: str) -> None:
+        """Routes every transformer's attention through diffusers backend `name`, after checking
+        that its kernel runs on this device and dtype (with a key mask if the family uses one).
+
+        diffusers also makes the backend the process-wide default; that default is restored, so
+        other models (e.g. a second policy) keep theirs.
+        """
+        from diffusers import attention_backend as active_backend
+        from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+        where = f"{self.device.type}, {self.dtype}"
+        try:
+            with active_backend(name):  # restores the process-wide default on exit
+                for module in self._transformers():
+                    module.set_attention_backend(name)
+        except (RuntimeError, ImportError, ValueError) as error:
+            raise RuntimeError(f"attention_backend={name!r} is not usable here ({where}): {error}") from error
+        config = self.transformer.config
+        heads = int(getattr(config, "num_attention_heads", 1))
+        head_dim = int(getattr(config, "attention_head_dim", 64))
+        q = torch.randn(1, 8, heads, head_dim, device=self.device, dtype=self.dtype)
+        mask = (
+            torch.ones(1, 1, 1, 8, device=self.device, dtype=torch.bool) if self.attention_key_mask else None
+        )
+        try:
+            with torch.no_grad():
+                dispatch_attention_fn(q, q, q, attn_mask=mask, backend=AttentionBackendName(name))
+        except Exception as error:
+            masked = ", with a key mask" if mask is not None else ""
+            raise RuntimeError(
+                f"attention_backend={name!r} cannot run the {self.family} attention here ({where}{masked}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+    def compile(self, mode: str | None = None, backend: str | Callable = "inductor") -> None:
+        """torch.compile each transformer block in place (diffusers' regional compilation).
+
+        In place: parameter names, peft adapters, state dicts and checkpoints are unchanged, and
+        EMA/old-policy copies into the parameters need no recompilation. Compiling the repeated
+        blocks rather than the whole model traces one block graph per configuration (grad mode,
+        mixed-adapter row layout) and leaves the per-call Python of the top-level forward (rotary
+        positions, masks) eager. `backend` other than "inductor" is for tests ("aot_eager" traces
+        and runs AOT autograd without generating code).
+
+        Two process-wide dynamo settings change (both only matter for compiled code): guards on
+        module hooks are turned on, and the recompile limit is raised to at least 32.
+        """
+        import torch._dynamo
+
+        check_speed_options(compile_mode=mode)
+        # The mixed-adapter batch (`_row_adapters`) passes the row adapters through forward
+        # pre-hooks that exist only during the call. Dynamo skips guards on module hooks by
+        # default and would replay a graph traced without them: silently wrong velocities for
+        # the "old" and "ref" policies. With hook guards each row layout gets its own graph.
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        # A block is traced per grad mode x row layout (trained / old / ref / old+ref; true CFG
+        # doubles the rows) x first change of batch size. A tiny Qwen training run with evaluation
+        # needs 7 graphs of torch's default limit of 8; past it dynamo runs the block eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        for module in self._transformers():
+            if getattr(module, "_repeated_blocks", None):
+                module.compile_repeated_blocks(mode=mode or None, backend=backend)
+            else:
+                module.compile(mode=mode or None, backend=backend)
+        self.compiled = True
+        self.compile_mode = mode or None
 
     # ----------------------------------------------------------------------------- parameters
     @staticmethod

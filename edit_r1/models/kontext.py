@@ -96,6 +96,9 @@ class KontextPolicy(EditPolicy):
         lora: lora_utils.LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         dtype: torch.dtype = torch.float32,
+        attention_backend: str | None = None,
+        compile_transformer: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         if not 1 <= max_text_length <= 512:
             raise ValueError(f"max_text_length must be in [1, 512] for T5 in FLUX, got {max_text_length}")
@@ -114,6 +117,9 @@ class KontextPolicy(EditPolicy):
             lora=lora,
             gradient_checkpointing=gradient_checkpointing,
             dtype=dtype,
+            attention_backend=attention_backend,
+            compile_transformer=compile_transformer,
+            compile_mode=compile_mode,
         )
         self.reference_area = int(reference_area or self.height * self.width)
         self.max_text_length = int(max_text_length)

@@ -122,6 +122,7 @@ class QwenImageEditPolicy(EditPolicy):
     """
 
     family = "qwen_image_edit"
+    attention_key_mask = True  # the joint attention masks padded text keys
     # Exact speed-up (see `trim_text_padding`); the benchmark turns it off to time the original way.
     trim_text_padding = True
 
@@ -144,6 +145,9 @@ class QwenImageEditPolicy(EditPolicy):
         lora: lora_utils.LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         dtype: torch.dtype = torch.float32,
+        attention_backend: str | None = None,
+        compile_transformer: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(
@@ -164,6 +168,9 @@ class QwenImageEditPolicy(EditPolicy):
             lora=lora,
             gradient_checkpointing=gradient_checkpointing,
             dtype=dtype,
+            attention_backend=attention_backend,
+            compile_transformer=compile_transformer,
+            compile_mode=compile_mode,
         )
         self.reference_area = int(reference_area or self.height * self.width)
         default_condition = PLUS_CONDITION_AREA if variant == "plus" else None

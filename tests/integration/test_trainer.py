@@ -236,3 +236,20 @@ def test_full_weight_training_and_groups_of_one_run(make_config, name, overrides
     assert np.isfinite(row["total_loss"]) and row["global_step"] == 1
     if name == "k1":
         assert all(a == 0 for a in trainer.last_epoch_stats["all_advantages"].tolist())
+
+
+def test_speed_switches_reach_the_policy(make_config):
+    config = make_config(
+        "speed",
+        attention_backend="_native_math",
+        compile_transformer=True,
+        compile_mode="max-autotune-no-cudagraphs",
+    )
+    policy = Trainer(config, distributed.init_distributed(device="cpu")).policy
+    assert policy.attention_backend == "_native_math"
+    attention = [m for m in policy.transformer.modules() if hasattr(m, "processor")]
+    assert attention and all(m.processor._attention_backend == "_native_math" for m in attention)
+    assert policy.compiled and policy.compile_mode == "max-autotune-no-cudagraphs"
+    # Compiled in place, block by block (nothing is traced until the first forward).
+    assert all(block._compiled_call_impl is not None for block in policy.transformer.transformer_blocks)
+    assert "_orig_mod" not in "".join(name for name, _ in policy.transformer.named_parameters())
