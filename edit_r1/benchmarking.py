@@ -127,6 +127,7 @@ class Settings:
     lora_rank: int = 32
     gradient_checkpointing: bool = False
     compile: bool = False
+    attention_backend: str | None = None
     concurrency: tuple[int, ...] = (1, 8, 32)
     requests_per_client: int = 2
     images_per_request: int = 3
@@ -242,6 +243,7 @@ def tiny_policy(settings: Settings):
         resolution=size,
         lora=lora_settings(min(settings.lora_rank, 8)),
         gradient_checkpointing=settings.gradient_checkpointing,
+        attention_backend=settings.attention_backend,
         max_text_length=256,  # as the tiny config: the chat template alone is ~130 tokens
         **options,
     )
@@ -293,6 +295,7 @@ def random_policy(settings: Settings):
         resolution=settings.image_size(),
         lora=lora_settings(settings.lora_rank),
         gradient_checkpointing=settings.gradient_checkpointing,
+        attention_backend=settings.attention_backend,
         dtype=settings.dtype,
         max_text_length=TEXT_TOKENS[settings.family][settings.size],
     )
@@ -476,7 +479,7 @@ def run_train_step(settings: Settings) -> dict[str, Any]:
     device = check_device(settings.device)
     policy, cond = build_policy(settings)
     if settings.compile:
-        policy.transformer.compile()
+        policy.compile()
     host = TimestepHost(policy=policy, config=ml_collections.ConfigDict(LOSS_CONFIG))
     inputs = TrainStepInputs(policy, cond, torch.Generator().manual_seed(1))
     bare = BarePasses(policy, inputs)
@@ -709,9 +712,9 @@ def drive_clients(server: str, clients: int, requests_per_client: int, images_pe
 
 
 def engine_batch_gain(judge: Path, device: str, settings: Settings) -> dict[str, float]:
-    """The judge engine alone, in process: seconds per item of one ``score_batch`` call of
-    ``server_batch_size`` prepared items vs one call per item. Their ratio bounds what batching
-    can gain end to end, whatever the server does around the engine."""
+    """The judge engine alone, in process: seconds per item of one engine call on a prepared batch
+    of ``server_batch_size`` items vs one call per prepared item (processor work excluded, as the
+    server's pipeline overlaps it). Their ratio bounds what batching can gain end to end."""
     from reward_server.backends import BackendOptions, build_backend
     from reward_server.images import JudgeItem
     from reward_server.protocol import RawItem
@@ -719,15 +722,15 @@ def engine_batch_gain(judge: Path, device: str, settings: Settings) -> dict[str,
     backend = build_backend("transformers", BackendOptions(model=str(judge), device=device))
     try:
         items = [
-            backend.prepare(
-                JudgeItem(RawItem(b"", b"", s.instruction, s.requirement), s.edited_image, s.source_image)
-            )
+            JudgeItem(RawItem(b"", b"", s.instruction, s.requirement), s.edited_image, s.source_image)
             for s in reward_samples(settings.server_batch_size, 64)
         ]
+        batch = backend.prepare_batch(items)
+        singles = [([item], backend.prepare_batch([item])) for item in items]
         seconds = time_side_by_side(
             {
-                "batched": lambda: backend.score_batch(items),
-                "single": lambda: [backend.score_batch([item]) for item in items],
+                "batched": lambda: backend.score_prepared(items, batch),
+                "single": lambda: [backend.score_prepared(*single) for single in singles],
             },
             settings.repeats,
             settings.warmup,

@@ -1,9 +1,15 @@
 """Dynamic batching: items from concurrent requests are coalesced into engine batches.
 
 Many trainer ranks post small requests at the same time; scoring each alone wastes the engine.
-Every request's items go into one queue; one worker thread per backend replica takes the first
-waiting item, gathers more until ``max_batch_size`` items or ``max_wait_s`` have passed, scores
-them in one backend call and hands each result back to the future of the request it came from.
+Every request's items go into one queue; per backend replica a worker takes the first waiting
+item, gathers more until ``max_batch_size`` items or ``max_wait_s`` have passed, scores them in one
+backend call and hands each result back to the future of the request it came from.
+
+A backend with ``prepare_batch``/``score_prepared`` (see ``Backend``) gets a two-stage pipeline per
+replica: a preparing thread collects and preprocesses batch n+1 while the engine thread scores
+batch n, so the engine does not wait for the CPU work. The preparing thread starts collecting
+only when the engine has taken the previous batch, so batches still gather everything queued
+while the engine was busy.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from reward_server.backends.base import Backend, ItemResult
 from reward_server.images import JudgeItem
@@ -41,10 +48,13 @@ def _as_score_or_error(result: ItemResult) -> ScoreOrError:
     return value, None
 
 
-def score_isolating_failures(backend: Backend, items: Sequence[JudgeItem]) -> list[ScoreOrError]:
-    """Score a batch; if the batch call fails, score item by item so one failure stays one failure."""
+def score_isolating_failures(
+    backend: Backend, items: Sequence[JudgeItem], prepared: Any = None
+) -> list[ScoreOrError]:
+    """Score a batch (with its ``prepare_batch`` output, if given); if the batch call fails, score
+    item by item so one failure stays one failure."""
     try:
-        results = backend.score_batch(items)
+        results = backend.score_batch(items) if prepared is None else backend.score_prepared(items, prepared)
         if len(results) != len(items):
             raise RuntimeError(f"backend returned {len(results)} results for {len(items)} items")
         return [_as_score_or_error(result) for result in results]
@@ -65,45 +75,42 @@ class DynamicBatcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        # Replicas are copies of one backend, so the first one's preprocessing serves them all.
-        self._prepare = getattr(backends[0], "prepare", None)
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._stop = threading.Event()
         self._request_ids = iter(range(1, 2**62))
         self._id_lock = threading.Lock()
         self._workers = [
-            threading.Thread(
-                target=self._run, args=(backend, replica), name=f"batcher-{replica}", daemon=True
-            )
-            for replica, backend in enumerate(backends)
+            thread for replica, backend in enumerate(backends) for thread in self._threads(backend, replica)
         ]
         for worker in self._workers:
             worker.start()
 
-    def submit(self, items: Sequence[JudgeItem]) -> list[Future]:
-        """Queue the items of one request; each future resolves to ``(score, None)`` or ``(None, error)``.
+    def _threads(self, backend: Backend, replica: int) -> list[threading.Thread]:
+        """One batch loop, or a preparing + an engine thread when the backend prepares batches."""
+        if getattr(backend, "prepare_batch", None) is None:
+            loops = {"batcher": (self._run, (backend, replica))}
+        else:
+            handoff: queue.Queue[tuple[list[_Pending], Any]] = queue.Queue(maxsize=1)
+            slot_free = threading.Semaphore(1)
+            loops = {
+                "prepare": (self._prepare_loop, (backend, handoff, slot_free)),
+                "engine": (self._engine_loop, (backend, replica, handoff, slot_free)),
+            }
+        return [
+            threading.Thread(target=target, args=args, name=f"{name}-{replica}", daemon=True)
+            for name, (target, args) in loops.items()
+        ]
 
-        Runs the backend's ``prepare`` on the calling thread first (see ``Backend``).
-        """
+    def submit(self, items: Sequence[JudgeItem]) -> list[Future]:
+        """Queue the items of one request; each future resolves to ``(score, None)`` or ``(None, error)``."""
         if self._stop.is_set():
             raise RuntimeError("the batcher is closed")
         with self._id_lock:
             request_id = next(self._request_ids)
-        pending = [_Pending(self._prepared(item), request_id) for item in items]
+        pending = [_Pending(item, request_id) for item in items]
         for entry in pending:
             self._queue.put(entry)
         return [entry.future for entry in pending]
-
-    def _prepared(self, item: JudgeItem) -> JudgeItem:
-        """The backend-prepared item; unprepared if preparation fails, so that the engine call
-        reports the failure for this item alone (``score_isolating_failures``)."""
-        if self._prepare is None:
-            return item
-        try:
-            return self._prepare(item)
-        except Exception as error:  # noqa: BLE001 - surfaced per item by the engine call
-            LOGGER.debug("preparing an item failed (%s); the engine call will report it", error)
-            return item
 
     def queued(self) -> int:
         """Items waiting for a replica (approximate, for overload checks)."""
@@ -140,21 +147,56 @@ class DynamicBatcher:
     def _run(self, backend: Backend, replica: int) -> None:
         while not self._stop.is_set():
             batch = self._collect_batch()
-            if not batch:
+            if batch:
+                self._score_and_deliver(backend, replica, batch, prepared=None)
+
+    def _prepare_loop(self, backend: Backend, handoff: queue.Queue, slot_free: threading.Semaphore) -> None:
+        """Waits until the engine has taken the previous batch from the hand-off slot, then collects
+        and prepares the next one while the engine scores that one."""
+        while not self._stop.is_set():
+            if not slot_free.acquire(timeout=0.1):
                 continue
-            started = time.perf_counter()
+            batch = self._collect_batch()
+            if not batch:
+                slot_free.release()
+                continue
             try:
-                results = score_isolating_failures(backend, [entry.item for entry in batch])
-            except BaseException as error:  # noqa: BLE001 - never leave a request waiting forever
-                results = [_as_score_or_error(error)] * len(batch)
-            latency_ms = (time.perf_counter() - started) * 1000
-            for entry, result in zip(batch, results, strict=True):
-                entry.future.set_result(result)
-            LOGGER.info(
-                "batch replica=%d items=%d requests=%d failed=%d latency_ms=%.1f",
-                replica,
-                len(batch),
-                len({entry.request_id for entry in batch}),
-                sum(score is None for score, _ in results),
-                latency_ms,
-            )
+                prepared = backend.prepare_batch([entry.item for entry in batch])
+            except Exception as error:  # noqa: BLE001 - the engine thread scores these item by item
+                LOGGER.warning(
+                    "preparing a batch of %d failed (%s); scoring it unprepared", len(batch), error
+                )
+                prepared = None
+            handoff.put((batch, prepared))  # never blocks: the engine took the previous one
+
+    def _engine_loop(
+        self, backend: Backend, replica: int, handoff: queue.Queue, slot_free: threading.Semaphore
+    ) -> None:
+        while not self._stop.is_set():
+            try:
+                batch, prepared = handoff.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            slot_free.release()
+            self._score_and_deliver(backend, replica, batch, prepared)
+
+    def _score_and_deliver(
+        self, backend: Backend, replica: int, batch: list[_Pending], prepared: Any
+    ) -> None:
+        """Score one batch and resolve every item's future; logs the batch."""
+        started = time.perf_counter()
+        try:
+            results = score_isolating_failures(backend, [entry.item for entry in batch], prepared)
+        except BaseException as error:  # noqa: BLE001 - never leave a request waiting forever
+            results = [_as_score_or_error(error)] * len(batch)
+        latency_ms = (time.perf_counter() - started) * 1000
+        for entry, result in zip(batch, results, strict=True):
+            entry.future.set_result(result)
+        LOGGER.info(
+            "batch replica=%d items=%d requests=%d failed=%d latency_ms=%.1f",
+            replica,
+            len(batch),
+            len({entry.request_id for entry in batch}),
+            sum(score is None for score, _ in results),
+            latency_ms,
+        )

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 
@@ -22,16 +20,11 @@ _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
 @dataclass(frozen=True)
 class JudgeItem:
-    """A request item ready for a backend: decoded RGB images plus the original file bytes.
-
-    ``features``: the backend's own model inputs for this item when the backend prepared it ahead
-    of batching (``Backend.prepare``, run on the request's HTTP thread); None otherwise.
-    """
+    """A request item ready for a backend: decoded RGB images plus the original file bytes."""
 
     raw: RawItem
     image: Image.Image
     source_image: Image.Image
-    features: Mapping[str, Any] | None = None
 
     @property
     def instruction(self) -> str:

@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="train-step: torch.compile the transformer")
+    parser.add_argument(
+        "--compile", action="store_true", help="train-step: torch.compile the blocks (compile_transformer)"
+    )
+    parser.add_argument(
+        "--attention-backend",
+        help="train-step: diffusers attention backend (attention_backend), e.g. _native_cudnn",
+    )
     parser.add_argument("--concurrency", default="1,8,32", help="reward: comma-separated client counts")
     parser.add_argument("--requests-per-client", type=int, default=defaults.requests_per_client)
     parser.add_argument("--images-per-request", type=int, default=defaults.images_per_request)
@@ -73,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.device, size=args.size, family=args.family, kit=args.kit, repeats=args.repeats,
         warmup=args.warmup, batch_size=args.batch_size, resolution=args.resolution,
         group_size=args.group_size, lora_rank=args.lora_rank,
-        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, concurrency=concurrency,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+        attention_backend=args.attention_backend, concurrency=concurrency,
         requests_per_client=args.requests_per_client, images_per_request=args.images_per_request,
         server_batch_size=args.server_batch_size, nproc=args.nproc, epochs=args.epochs,
     )  # fmt: skip

@@ -44,10 +44,10 @@ class BackendOptions:
 class Backend(Protocol):
     """What the server needs from a judge backend.
 
-    A backend may also define ``prepare(item) -> JudgeItem``: per-item preprocessing (for the
-    transformers backend, the processor) that the batcher runs on the submitting request's thread,
-    so that it overlaps the engine instead of adding to each batch's serial time. ``score_batch``
-    must accept prepared and unprepared items alike.
+    A backend may split its work in two by also defining ``prepare_batch(items) -> prepared``
+    (CPU preprocessing: for the transformers backend, the processor) and
+    ``score_prepared(items, prepared) -> list[ItemResult]`` (the engine call). The batcher then
+    prepares the next batch while the engine scores the current one.
     """
 
     name: str

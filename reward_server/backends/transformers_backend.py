@@ -7,9 +7,8 @@ rating / 5 (SPEC section 3). bf16 on GPU, float32 on CPU unless ``--dtype`` says
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -45,30 +44,6 @@ def load_processor(model: str):
     return AutoProcessor.from_pretrained(model)
 
 
-def collate_features(
-    features: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int
-) -> dict[str, torch.Tensor]:
-    """One batch from single-item processor outputs, equal to processing the items together.
-
-    Per-token tensors (shaped like ``input_ids``, (1, L)) are left-padded to the longest L — with
-    ``pad_token_id`` for ``input_ids`` and 0 (masked / text) otherwise — so each row still ends at
-    its last prompt token; per-image tensors (``pixel_values`` patches, ``image_grid_thw``) are
-    concatenated in item order, as the processor orders them.
-    """
-    length = max(int(f["input_ids"].shape[1]) for f in features)
-    batch: dict[str, torch.Tensor] = {}
-    for key in features[0]:
-        parts = []
-        for f in features:
-            value = f[key]
-            if value.shape == f["input_ids"].shape:
-                pad = pad_token_id if key == "input_ids" else 0
-                value = torch.nn.functional.pad(value, (length - value.shape[1], 0), value=pad)
-            parts.append(value)
-        batch[key] = torch.cat(parts)
-    return batch
-
-
 class TransformersBackend:
     """Judge = ``AutoModelForImageTextToText`` + its processor, scored from next-token logits."""
 
@@ -92,31 +67,25 @@ class TransformersBackend:
         messages = chat_messages(text, _IMAGE_PLACEHOLDER, _IMAGE_PLACEHOLDER)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _features(self, items: Sequence[JudgeItem]) -> dict[str, torch.Tensor]:
-        """The processor's model inputs for ``items`` (left-padded to a common length)."""
+    def prepare_batch(self, items: Sequence[JudgeItem]) -> dict[str, torch.Tensor]:
+        """The processor's inputs for the batch (CPU work the batcher overlaps with the engine)."""
         images = [image for item in items for image in (item.source_image, item.image)]
         prompts = [self._prompt(item) for item in items]
         return dict(self.processor(text=prompts, images=images, padding=True, return_tensors="pt"))
 
-    def prepare(self, item: JudgeItem) -> JudgeItem:
-        """The item with its processor inputs computed (on the request's thread, see ``Backend``)."""
-        return dataclasses.replace(item, features=self._features([item]))
-
-    def _batch_inputs(self, items: Sequence[JudgeItem]) -> dict[str, torch.Tensor]:
-        if any(item.features is None for item in items):
-            return self._features(items)
-        return collate_features([item.features for item in items], self.processor.tokenizer.pad_token_id)
-
     @torch.inference_mode()
-    def digit_logits(self, items: Sequence[JudgeItem]) -> torch.Tensor:
-        """Logits of "0".."5" at the first generated position, shape (len(items), 6), float32."""
-        inputs = {key: value.to(self.device) for key, value in self._batch_inputs(items).items()}
+    def digit_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of "0".."5" at the first generated position, shape (batch, 6), float32."""
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
         logits = self.judge(**inputs, logits_to_keep=1).logits[:, -1, :]
         return logits[:, self.digit_ids].float().cpu()
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
+        return self.score_prepared(items, self.prepare_batch(items))
+
+    def score_prepared(self, items: Sequence[JudgeItem], inputs: dict[str, torch.Tensor]) -> list[ItemResult]:
         """sum_k k softmax(logits_digits)_k / 5 for each item."""
-        probabilities = torch.softmax(self.digit_logits(items), dim=-1)
+        probabilities = torch.softmax(self.digit_logits(inputs), dim=-1)
         scores = (probabilities * self._ratings).sum(dim=-1) / MAX_RATING
         return [float(score) for score in scores]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
 from PIL import Image
 from reward_helpers import png_bytes, random_image, reward_app_server
 
@@ -234,21 +233,3 @@ def test_cli_with_two_replica_processes_passes_the_health_check(tiny_kit, items,
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert re.search(r"batch replica=\d items=\d+ requests=\d+ failed=0 latency_ms=", "".join(log) + output)
-
-
-def test_items_prepared_one_by_one_collate_to_the_processors_batch(judge, items):
-    """The processor runs per item on the HTTP threads; collating equals processing the batch."""
-    from reward_server.backends.transformers_backend import collate_features
-
-    decoded = [decode_item(raw, index, LIMITS) for index, raw in enumerate(items[:5])]
-    together = judge._features(decoded)
-    collated = collate_features(
-        [judge.prepare(item).features for item in decoded], judge.processor.tokenizer.pad_token_id
-    )
-    assert together.keys() == collated.keys()
-    assert len(set(together["attention_mask"].sum(dim=1).tolist())) > 1  # rows of different lengths
-    for key, value in together.items():
-        assert torch.equal(value, collated[key]), key
-    assert judge.score_batch([judge.prepare(item) for item in decoded]) == pytest.approx(
-        judge.score_batch(decoded), abs=1e-6
-    )

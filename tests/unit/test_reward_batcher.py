@@ -79,27 +79,58 @@ def test_several_replicas_share_the_queue():
     assert all(replica.batches for replica in replicas)
 
 
-class _PreparingBackend(_Backend):
-    """Prepares items by recording the thread; items numbered >= 1000 cannot be prepared."""
+class _PipelinedBackend(_Backend):
+    """Prepares on one thread and scores on another; scoring the first batch waits (up to 5 s) for
+    the second batch to be prepared, which only happens if preparation overlaps the engine."""
 
-    def prepare(self, item):
-        if item.instruction >= 1000:
+    def __init__(self, fail_prepare=()):
+        super().__init__()
+        self.fail_prepare = set(fail_prepare)
+        self.threads: dict[str, set[str]] = {"prepare": set(), "score": set()}
+        self.scoring_started = threading.Event()
+        self.second_prepared = threading.Event()
+        self.overlapped: bool | None = None
+        self.prepared_batches = 0
+
+    def prepare_batch(self, items):
+        self.threads["prepare"].add(threading.current_thread().name)
+        numbers = [item.instruction for item in items]
+        if self.fail_prepare & set(numbers):
             raise ValueError("cannot preprocess")
-        return SimpleNamespace(instruction=item.instruction, prepared_on=threading.current_thread().name)
+        self.prepared_batches += 1
+        if self.prepared_batches == 2:
+            self.second_prepared.set()
+        return [f"prepared {n}" for n in numbers]
 
-    def score_batch(self, items):
-        self.seen = [getattr(item, "prepared_on", None) for item in items]
+    def score_prepared(self, items, prepared):
+        assert prepared == [f"prepared {item.instruction}" for item in items]
+        self.threads["score"].add(threading.current_thread().name)
+        if self.overlapped is None:
+            self.scoring_started.set()
+            self.overlapped = self.second_prepared.wait(timeout=5)
         return super().score_batch(items)
 
 
-def test_items_are_prepared_on_the_submitting_thread():
-    backend = _PreparingBackend()
+def test_the_next_batch_is_prepared_while_the_engine_scores():
+    backend = _PipelinedBackend()
     batcher = DynamicBatcher([backend], max_batch_size=8, max_wait_s=0.0)
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="http") as pool:
-            answer = pool.submit(batcher.score, _items([1, 2, 1000])).result()
+        first = batcher.submit(_items([1, 2]))
+        assert backend.scoring_started.wait(timeout=5)
+        second = batcher.submit(_items([3]))
+        results = [future.result(timeout=10) for future in first + second]
     finally:
         batcher.close()
-    # A failed preparation is not an error by itself: the item goes to the engine unprepared.
-    assert answer == [(0.0001, None), (0.0002, None), (0.1, None)]
-    assert backend.seen[:2] == ["http_0", "http_0"] and backend.seen[2] is None
+    assert results == [(0.0001, None), (0.0002, None), (0.0003, None)]
+    assert backend.overlapped is True
+    assert backend.threads == {"prepare": {"prepare-0"}, "score": {"engine-0"}}
+
+
+def test_a_batch_that_cannot_be_prepared_is_scored_unprepared():
+    backend = _PipelinedBackend(fail_prepare={1000})
+    batcher = DynamicBatcher([backend], max_batch_size=8, max_wait_s=0.05)
+    try:
+        assert batcher.score(_items([1000, 5])) == [(0.1, None), (0.0005, None)]
+    finally:
+        batcher.close()
+    assert [1000, 5] in backend.batches  # one score_batch call for the unprepared batch
