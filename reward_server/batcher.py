@@ -162,7 +162,7 @@ class DynamicBatcher:
                 continue
             try:
                 prepared = backend.prepare_batch([entry.item for entry in batch])
-            except Exception as error:  # noqa: BLE001 - the engine thread scores these item by item
+            except Exception as error:  # noqa: BLE001 - the engine thread then scores the batch unprepared
                 LOGGER.warning(
                     "preparing a batch of %d failed (%s); scoring it unprepared", len(batch), error
                 )

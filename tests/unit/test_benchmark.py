@@ -129,3 +129,15 @@ def test_epoch_scenario_with_torchrun(tiny_kit):
     result = run_scenario("epoch", tiny_settings(tiny_kit, epochs=1))
     assert set(result["median_split_s"]) == {"sampling", "scoring_wait", "training", "sync"}
     assert_positive_ratios(result, ["sampling_fraction", "training_fraction"])
+
+
+@pytest.mark.parametrize(("family", "billions"), [("qwen_image_edit", 20.43), ("kontext", 11.90)])
+def test_full_size_architectures_are_the_real_ones(family, billions):
+    """`--size full` builds the real architectures (checked on the meta device: no memory)."""
+    transformer = benchmarking.random_transformer(family, "full", torch.device("meta"), torch.bfloat16)
+    count = sum(p.numel() for p in transformer.parameters())
+    assert round(count / 1e9, 2) == billions
+    assert next(transformer.parameters()).dtype == torch.bfloat16
+    vae = benchmarking.real_vae_on_meta(family)
+    assert {p.device.type for p in vae.parameters()} == {"meta"}
+    assert vae.config.get("latent_channels", vae.config.get("z_dim")) == 16
