@@ -180,21 +180,6 @@ def item_geometry(
     return kontext_geometry(image.size, settings.max_area, request_size)
 
 
-def _trim_text_padding(cond: Any) -> Any:
-    """Drops the all-padding tail of a Qwen condition's fixed-length text (the transformer masks
-    padding, so this only saves compute); other conditions are returned unchanged."""
-    masks = [getattr(cond, name, None) for name in ("prompt_mask", "negative_prompt_mask")]
-    masks = [m for m in masks if m is not None]
-    if not masks:
-        return cond
-    length = max(int(m.sum(dim=1).max()) for m in masks)
-    changes = {}
-    for name in ("prompt_embeds", "prompt_mask", "negative_prompt_embeds", "negative_prompt_mask"):
-        value = getattr(cond, name)
-        changes[name] = None if value is None else value[:, :length]
-    return dataclasses.replace(cond, **changes)
-
-
 @torch.no_grad()
 def edit(
     policy: EditPolicy,
@@ -214,7 +199,7 @@ def edit(
     if policy.family == "kontext":
         image = policy.image_processor.resize(image, ref_h, ref_w)  # as the pipeline's _auto_resize
     policy.reference_area = ref_w * ref_h
-    cond = _trim_text_padding(policy.encode_condition([instruction], [image]))
+    cond = policy.encode_condition([instruction], [image])
     generator = torch.Generator(device=policy.device).manual_seed(settings.seed)
     noise = policy.initial_noise(1, generator)
     sigmas = sigma_schedule(settings.num_inference_steps, policy.image_seq_len, policy.scheduler_config)

@@ -451,9 +451,10 @@ class Trainer:
         ):
             rows = order[start : start + batch]
             t_order = torch.stack([torch.randperm(len(grid)) for _ in rows])
+            micro_x0, micro_cond = x0[rows], cond.index_select(rows)  # shared by the T timesteps
             for j in range(num_t):
                 info = self._train_timestep(
-                    x0[rows], cond.index_select(rows), grid[t_order[:, j]], stats, rows, accumulation * num_t
+                    micro_x0, micro_cond, grid[t_order[:, j]], stats, rows, accumulation * num_t
                 )
                 for key, value in info.items():
                     sums[key] = sums[key] + value if key in sums else value

@@ -8,7 +8,8 @@ Conditioning (SPEC section 2), per (instruction, source image):
   kept, sides rounded to 32); the original model has the vision tokens inside its template and
   sees the same image as the VAE. The last hidden state is taken, the template prefix
   (`prompt_template_encode_start_idx` tokens) dropped, and the rest truncated/padded to
-  `max_text_length` (256, as the original release) with a 0/1 mask.
+  `max_text_length` (256, as the original release) with a 0/1 mask. Each transformer forward
+  drops the tail that is padding in every row (`QwenCondition.without_text_padding`, exact).
 * reference latents: the source image resized to area resolution^2 (aspect kept, sides rounded to
   32), VAE-encoded (distribution mode), normalised `(z - mean) / std` per channel and packed 2x2;
   the transformer sees [target tokens ; reference tokens] with `img_shapes`
@@ -26,8 +27,10 @@ constants to the same values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,21 +77,38 @@ class QwenCondition(Condition):
     negative_prompt_embeds: torch.Tensor | None = None
     negative_prompt_mask: torch.Tensor | None = None
 
+    @functools.cached_property
+    def text_length(self) -> int:
+        """Text positions up to the last one that any row (prompt or negative) uses, at least 1;
+        beyond it every row is padding. One host sync per condition object, then cached."""
+        masks = [m for m in (self.prompt_mask, self.negative_prompt_mask) if m is not None]
+        used = torch.cat([m.bool().any(dim=0, keepdim=True) for m in masks]).any(dim=0)
+        positions = torch.arange(1, used.shape[0] + 1, device=used.device)
+        return int((used * positions).max().clamp(min=1))
 
-def trim_text_padding(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drops the trailing text positions that are padding in every row of the batch.
+    def without_text_padding(self) -> QwenCondition:
+        """The condition with its all-padding text tail dropped (``text_length`` positions kept).
 
-    Exact: the Qwen-Image transformer masks padded keys in its joint attention and discards the
-    text outputs, and text rotary positions count from the first text token, so the image velocity
-    depends only on the kept tokens. Prompts are padded to ``max_text_length`` (256) for storage,
-    but are usually shorter, and every padded token costs a full pass through every block.
-    Keeps at least one position. One host sync (the length must be a Python int).
-    """
-    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    used = int((mask.bool() * positions).max().clamp(min=1))
-    if used == mask.shape[1]:
-        return embeds, mask
-    return embeds[:, :used], mask[:, :used]
+        Exact for the velocity: the Qwen-Image transformer masks padded keys in its joint attention
+        and discards the text outputs, and text rotary positions count from the first text token.
+        Prompts are stored padded to ``max_text_length`` (256) but are usually shorter, and every
+        padded position costs a full pass through every block.
+        """
+        length = self.text_length
+        if length == self.prompt_mask.shape[1]:
+            return self
+        names = ("prompt_embeds", "prompt_mask", "negative_prompt_embeds", "negative_prompt_mask")
+        changes = {
+            name: None if getattr(self, name) is None else getattr(self, name)[:, :length] for name in names
+        }
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def cat(cls, conditions: Sequence[Condition]) -> QwenCondition:
+        """`Condition.cat`, carrying over the parts' text lengths (no new host sync for them)."""
+        out = super().cat(conditions)
+        out.__dict__["text_length"] = max(c.text_length for c in conditions)  # the cached_property's slot
+        return out
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -123,7 +143,8 @@ class QwenImageEditPolicy(EditPolicy):
 
     family = "qwen_image_edit"
     attention_key_mask = True  # the joint attention masks padded text keys
-    # Exact speed-up (see `trim_text_padding`); the benchmark turns it off to time the original way.
+    # Exact speed-up (`QwenCondition.without_text_padding`); the benchmark turns it off to time
+    # the original way.
     trim_text_padding = True
 
     def __init__(
@@ -360,6 +381,8 @@ class QwenImageEditPolicy(EditPolicy):
     ) -> torch.Tensor:
         if not isinstance(cond, QwenCondition):
             raise TypeError(f"expected a QwenCondition, got {type(cond).__name__}")
+        if self.trim_text_padding:
+            cond = cond.without_text_padding()
         hidden = torch.cat([z, cond.ref_latents.to(z.dtype)], dim=1).to(self.dtype)
         embeds, mask = cond.prompt_embeds, cond.prompt_mask
         cfg = self.true_cfg_scale > 1
@@ -372,8 +395,6 @@ class QwenImageEditPolicy(EditPolicy):
             embeds = torch.cat([embeds, cond.negative_prompt_embeds])
             mask = torch.cat([mask, cond.negative_prompt_mask])
             row_adapters = None if row_adapters is None else row_adapters * 2
-        if self.trim_text_padding:
-            embeds, mask = trim_text_padding(embeds, mask)
         img_shapes = [[(1, *self.latent_grid), (1, *cond.ref_grid)]] * hidden.shape[0]
         with self._row_adapters(module, row_adapters):
             out = module(

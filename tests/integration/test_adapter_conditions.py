@@ -3,6 +3,8 @@ clear errors on bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -199,14 +201,32 @@ def test_qwen_text_padding_is_trimmed_without_changing_the_velocity(qwen, monkey
     assert torch.allclose(trimmed, padded, atol=ATOL), (trimmed - padded).abs().max()
 
 
-def test_trim_text_padding_keeps_every_used_position():
-    from edit_r1.models.qwen_image_edit import trim_text_padding
-
-    embeds = torch.randn(2, 6, 3)
-    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0]])  # holes are kept, tails dropped
-    kept_embeds, kept_mask = trim_text_padding(embeds, mask)
-    assert torch.equal(kept_mask, mask[:, :4]) and torch.equal(kept_embeds, embeds[:, :4])
-    empty_embeds, empty_mask = trim_text_padding(embeds, torch.zeros_like(mask))
-    assert empty_embeds.shape[1] == 1 and empty_mask.shape[1] == 1
-    full = torch.ones_like(mask)
-    assert trim_text_padding(embeds, full)[0] is embeds
+def test_qwen_text_length_keeps_every_used_position_and_is_computed_once(qwen):
+    cond = qwen.encode_condition(["make it red"], [random_image(13)])
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0]])  # holes are kept, the tail dropped
+    rows = dataclasses.replace(
+        cond.index_select([0, 0]),
+        prompt_embeds=torch.randn(2, 6, cond.prompt_embeds.shape[2]),
+        prompt_mask=mask,
+        negative_prompt_embeds=torch.randn(2, 6, cond.prompt_embeds.shape[2]),
+        negative_prompt_mask=torch.tensor([[1] * 5 + [0]] * 2),  # true CFG: the negative counts too
+    )
+    assert rows.text_length == 5
+    trimmed = rows.without_text_padding()
+    assert torch.equal(trimmed.prompt_mask, mask[:, :5]) and torch.equal(
+        trimmed.prompt_embeds, rows.prompt_embeds[:, :5]
+    )
+    assert trimmed.negative_prompt_embeds.shape[1] == 5
+    # Concatenation carries the parts' cached lengths instead of reading the device again.
+    short = dataclasses.replace(rows, negative_prompt_mask=torch.tensor([[1, 0, 0, 0, 0, 0]] * 2))
+    assert short.text_length == 4
+    both = type(rows).cat([rows, short])
+    assert both.__dict__["text_length"] == 5
+    full = dataclasses.replace(
+        rows, prompt_mask=torch.ones_like(mask), negative_prompt_mask=torch.ones_like(mask)
+    )
+    assert full.without_text_padding() is full
+    empty = dataclasses.replace(
+        rows, prompt_mask=torch.zeros_like(mask), negative_prompt_mask=torch.zeros_like(mask)
+    )
+    assert empty.text_length == 1
