@@ -35,7 +35,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
-from edit_r1.models import lora as lora_utils
 from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
 from edit_r1.models.qwen_image_edit import pack_latents, unpack_latents
 
@@ -73,6 +72,8 @@ class KontextPolicy(EditPolicy):
         reference_area: pixel area of the VAE reference image (default: height * width).
         max_text_length: T5 length (pad/truncate), at most 512.
         guidance_scale: the embedded guidance value.
+        policy_options: the `EditPolicy` options (use_lora, lora, gradient_checkpointing, dtype,
+            attention_backend, compile_transformer, compile_mode).
     """
 
     family = "kontext"
@@ -92,13 +93,7 @@ class KontextPolicy(EditPolicy):
         reference_area: int | None = None,
         max_text_length: int = 512,
         guidance_scale: float = 2.5,
-        use_lora: bool = True,
-        lora: lora_utils.LoraSettings | None = None,
-        gradient_checkpointing: bool = False,
-        dtype: torch.dtype = torch.float32,
-        attention_backend: str | None = None,
-        compile_transformer: bool = False,
-        compile_mode: str | None = None,
+        **policy_options: Any,
     ) -> None:
         if not 1 <= max_text_length <= 512:
             raise ValueError(f"max_text_length must be in [1, 512] for T5 in FLUX, got {max_text_length}")
@@ -113,13 +108,7 @@ class KontextPolicy(EditPolicy):
             vae,
             scheduler,
             resolution=resolution,
-            use_lora=use_lora,
-            lora=lora,
-            gradient_checkpointing=gradient_checkpointing,
-            dtype=dtype,
-            attention_backend=attention_backend,
-            compile_transformer=compile_transformer,
-            compile_mode=compile_mode,
+            **policy_options,
         )
         self.reference_area = int(reference_area or self.height * self.width)
         self.max_text_length = int(max_text_length)

@@ -47,7 +47,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from edit_r1.models import lora as lora_utils
 from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
 
 logger = logging.getLogger(__name__)
@@ -139,6 +138,8 @@ class QwenImageEditPolicy(EditPolicy):
             reference area for the original model, as the stock pipelines).
         max_text_length: fixed length of the prompt embeddings (truncate/pad, with a mask).
         true_cfg_scale: > 1 enables true CFG with `negative_prompt`.
+        policy_options: the `EditPolicy` options (use_lora, lora, gradient_checkpointing, dtype,
+            attention_backend, compile_transformer, compile_mode).
     """
 
     family = "qwen_image_edit"
@@ -162,13 +163,7 @@ class QwenImageEditPolicy(EditPolicy):
         max_text_length: int = 256,
         true_cfg_scale: float = 1.0,
         negative_prompt: str = "",
-        use_lora: bool = True,
-        lora: lora_utils.LoraSettings | None = None,
-        gradient_checkpointing: bool = False,
-        dtype: torch.dtype = torch.float32,
-        attention_backend: str | None = None,
-        compile_transformer: bool = False,
-        compile_mode: str | None = None,
+        **policy_options: Any,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(
@@ -185,13 +180,7 @@ class QwenImageEditPolicy(EditPolicy):
             vae,
             scheduler,
             resolution=resolution,
-            use_lora=use_lora,
-            lora=lora,
-            gradient_checkpointing=gradient_checkpointing,
-            dtype=dtype,
-            attention_backend=attention_backend,
-            compile_transformer=compile_transformer,
-            compile_mode=compile_mode,
+            **policy_options,
         )
         self.reference_area = int(reference_area or self.height * self.width)
         default_condition = PLUS_CONDITION_AREA if variant == "plus" else None
