@@ -15,28 +15,28 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from PIL import Image, ImageOps
 
-if __package__ in (None, ""):
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file: see reward_server/script_bootstrap.py
+    import script_bootstrap  # noqa: F401
 
+from reward_server.health_check import SOURCE_IMAGE, png_bytes  # noqa: E402
 from reward_server.protocol import build_score_request, parse_score_response  # noqa: E402
-from reward_server.test_reward_server import SOURCE_IMAGE, _png  # noqa: E402
 
 
 def _body(count: int, size: int) -> bytes:
     source = Image.open(SOURCE_IMAGE).convert("RGB").resize((size, size))
     edited = ImageOps.mirror(source)
     items = [
-        {"image": _png(edited), "source_image": _png(source), "instruction": f"Mirror the image ({k})."}
+        {
+            "image": png_bytes(edited),
+            "source_image": png_bytes(source),
+            "instruction": f"Mirror the image ({k}).",
+        }
         for k in range(count)
     ]
     return json.dumps(build_score_request(items)).encode()

@@ -1,152 +1,15 @@
-"""Start the Edit-R1 reward server: an MLLM judge that scores image edits over JSON/HTTP.
+"""Start the Edit-R1 reward server; the command itself is :mod:`reward_server.cli`.
 
-    python reward_server/reward_server.py --backend vllm --model Qwen/Qwen2.5-VL-32B-Instruct \
-        --tensor-parallel-size 2 --data-parallel-size 4
     python reward_server/reward_server.py --backend transformers --model /path/to/judge
-    python reward_server/reward_server.py --backend openai --model Qwen/Qwen2.5-VL-32B-Instruct \
-        --base-url http://127.0.0.1:8000/v1
+    python -m reward_server --backend transformers --model /path/to/judge   # the same
 
-then check it with ``python reward_server/test_reward_server.py`` and point the trainer at it with
-``REWARD_SERVER=host:12341``. Binds 127.0.0.1 unless ``--host`` says otherwise; set an API key
-(``--api-key`` or the ``REWARD_SERVER_API_KEY`` environment variable) before exposing it further.
-Deployment recipes: ``docs/reward-server.md``; wire format: ``docs/reward-protocol.md``.
+``--help`` lists every option; deployments are in ``docs/reward-server.md``.
 """
 
-from __future__ import annotations
+if not __package__:  # run by path: see reward_server/script_bootstrap.py
+    import script_bootstrap  # noqa: F401
 
-import argparse
-import logging
-import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script: this file's folder would shadow the ``reward_server`` package; use the repo root.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from reward_server.backends import BACKEND_NAMES, build_backend  # noqa: E402
-from reward_server.backends.base import BackendOptions  # noqa: E402
-from reward_server.prompt_template import DEFAULT_TEMPLATE, TEMPLATES  # noqa: E402
-from reward_server.protocol import Limits  # noqa: E402
-
-LOGGER = logging.getLogger("reward_server")
-API_KEY_ENV = "REWARD_SERVER_API_KEY"
-UPSTREAM_API_KEY_ENV = "OPENAI_API_KEY"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--backend", choices=BACKEND_NAMES, default="vllm")
-    parser.add_argument("--model", required=True, help="judge checkpoint: local folder or hub id")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=12341, help="0 picks a free port (printed at start)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per judge replica")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="judge replicas (processes)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="items per engine call")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
-    parser.add_argument(
-        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or env {API_KEY_ENV})"
-    )
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
-    parser.add_argument("--threads", type=int, default=32, help="HTTP worker threads (concurrent requests)")
-    parser.add_argument("--device", default="auto", help="transformers: cuda, cpu or auto")
-    parser.add_argument("--dtype", default="auto", help="transformers: bfloat16, float32 or auto")
-    parser.add_argument(
-        "--base-url", default="", help="openai: the upstream server, e.g. http://127.0.0.1:8000/v1"
-    )
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vllm")
-    limits = Limits()
-    parser.add_argument("--max-items", type=int, default=limits.max_items, help="items per request")
-    parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / 2**20)
-    parser.add_argument("--max-image-mb", type=float, default=limits.max_image_bytes / 2**20)
-    parser.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels)
-    parser.add_argument("--max-text-chars", type=int, default=limits.max_text_chars)
-    return parser
-
-
-def limits_from_args(args: argparse.Namespace) -> Limits:
-    return Limits(
-        max_items=args.max_items,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_image_bytes=int(args.max_image_mb * 2**20),
-        max_image_pixels=args.max_image_pixels,
-        max_text_chars=args.max_text_chars,
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> BackendOptions:
-    return BackendOptions(
-        model=args.model,
-        template=args.template,
-        tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        max_batch_size=args.max_batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        base_url=args.base_url,
-        upstream_api_key=os.environ.get(UPSTREAM_API_KEY_ENV, ""),
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        max_model_len=args.max_model_len,
-    )
-
-
-def build_replicas(args: argparse.Namespace, limits: Limits) -> list:
-    """One in-process backend, or ``--data-parallel-size`` worker processes on disjoint GPU slices."""
-    options = options_from_args(args)
-    if args.data_parallel_size == 1:
-        return [build_backend(args.backend, options)]
-    if args.backend == "openai":
-        raise SystemExit("--data-parallel-size is for vllm/transformers; scale the upstream server instead")
-    from reward_server.worker import ReplicaProcess, gpu_slices
-
-    slices = gpu_slices(
-        args.tensor_parallel_size, args.data_parallel_size, os.environ.get("CUDA_VISIBLE_DEVICES")
-    )
-    return [ReplicaProcess(args.backend, options, gpus, limits.max_image_pixels) for gpus in slices]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout
-    )
-    from waitress import create_server
-
-    from reward_server.app import create_app
-    from reward_server.batcher import DynamicBatcher
-
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    limits = limits_from_args(args)
-    LOGGER.info("loading %s judge %s", args.backend, args.model)
-    replicas = build_replicas(args, limits)
-    batcher = DynamicBatcher(replicas, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000)
-    info = {"backend": args.backend, "model": args.model, "template": args.template}
-    app = create_app(batcher, info, limits, api_key=api_key)
-    server = create_server(
-        app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=limits.max_body_bytes
-    )
-    LOGGER.info(
-        "listening on http://%s:%s (backend=%s, auth=%s)",
-        args.host,
-        server.effective_port,
-        args.backend,
-        "on" if api_key else "off",
-    )
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        LOGGER.info("shutting down")
-    finally:
-        batcher.close()
-        for replica in replicas:
-            replica.close()
-
+from reward_server.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

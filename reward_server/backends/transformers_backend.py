@@ -36,7 +36,7 @@ def resolve_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, tor
 def load_processor(model: str):
     """The checkpoint's processor; without torchvision, the image-only Qwen-VL processor."""
     if importlib.util.find_spec("torchvision") is None:
-        from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+        from reward_server.qwen_vl_processor import load_qwen_vl_processor
 
         return load_qwen_vl_processor(model)
     from transformers import AutoProcessor
