@@ -275,12 +275,11 @@ class Trainer:
         with self.timer("scoring_wait"):
             outputs = self.wait_for_rewards(rollouts)
         stats = self.compute_advantages(rollouts, outputs, metrics)
-        if stats["mask"].any():
-            with self.timer("training"):
-                metrics.update(self.optimise(rollouts, stats))
-        else:
-            distributed.rank0_print(f"epoch {epoch}: every sample was filtered out; skipping the update")
-            metrics["skipped_update"] = 1.0
+        # Every rank always runs the update, as the original does: a rank whose samples are all
+        # masked backpropagates a zero loss and joins the gradient all-reduce (skipping it on one
+        # rank would leave the others waiting forever); AdamW, EMA and global_step advance alike.
+        with self.timer("training"):
+            metrics.update(self.optimise(rollouts, stats))
         with self.timer("sync"):
             metrics["old_decay"] = self.sync_old_policy()
         metrics.update(self.timer.metrics())
