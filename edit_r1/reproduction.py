@@ -3,6 +3,8 @@
 Flags are those of the original scripts (``--pretrained_name_or_path --output_dir --seed
 [--lora_path]``, GEdit ``--gedit_bench_path``, ImgEdit ``--input_path --root_path``) plus
 overrides that default to the original settings (``--num_inference_steps``, ``--max_area``, ...).
+``--layout official`` writes what the benchmarks' own evaluators read instead of the original
+scripts' layout (``edit_r1.benchmarks``, ``docs/evaluation.md``).
 
 * resumable: an item whose output file exists is skipped (outputs are written atomically);
 * sharded: item ``i`` belongs to shard ``i % num_shards``. Under ``torchrun`` the shard is the
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edit_r1.benchmarks import BenchmarkItem, gedit_items, imgedit_items
+from edit_r1.benchmarks import LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
 from edit_r1.inference import (
     DEFAULT_MAX_AREA,
     SamplingSettings,
@@ -66,6 +68,12 @@ def build_parser(family: str, benchmark: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--root_path", required=True, help="folder the JSON's image paths are relative to"
         )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="original",
+        help="original: the original scripts' paths; official: what the benchmark's own evaluator reads",
+    )
     parser.add_argument("--num_inference_steps", type=int, default=defaults.num_inference_steps)
     parser.add_argument("--max_area", type=int, default=DEFAULT_MAX_AREA, help="output pixel area (1024^2)")
     if family == "qwen":
@@ -121,8 +129,8 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 def benchmark_items(benchmark: str, args: argparse.Namespace) -> list[BenchmarkItem]:
     if benchmark == "gedit":
-        return gedit_items(args.gedit_bench_path)
-    return imgedit_items(args.input_path, args.root_path)
+        return gedit_items(args.gedit_bench_path, layout=args.layout)
+    return imgedit_items(args.input_path, args.root_path, layout=args.layout)
 
 
 def run(
@@ -133,14 +141,18 @@ def run(
     shard: int = 0,
     num_shards: int = 1,
 ) -> dict:
-    """Edits the shard's items that have no output yet; returns {"done", "skipped", "failed": [...]}."""
+    """Edits the shard's items that have no output yet and writes their missing companion files;
+    returns {"done", "skipped", "failed": [...]}."""
     mine = list(items)[shard::num_shards]
-    todo = [item for item in mine if not (output_dir / item.output).exists()]
+    todo = [item for item in mine if not _complete(item, output_dir)]
     summary = {"done": 0, "skipped": len(mine) - len(todo), "failed": []}
     for item in tqdm(todo, desc=f"shard {shard}/{num_shards}", disable=None):
         try:
-            image = edit_fn(item)
-            save_atomically(image, output_dir / item.output)
+            if not (output_dir / item.output).exists():
+                save_atomically(edit_fn(item), output_dir / item.output)
+            for relpath, load in item.companions:
+                if not (output_dir / relpath).exists():
+                    save_atomically(load(), output_dir / relpath)
             summary["done"] += 1
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -150,6 +162,11 @@ def run(
             summary["failed"].append({"key": item.key, "output": item.output, "error": message,
                                       "traceback": traceback.format_exc()})  # fmt: skip
     return summary
+
+
+def _complete(item: BenchmarkItem, output_dir: Path) -> bool:
+    paths = [item.output, *(relpath for relpath, _ in item.companions)]
+    return all((output_dir / path).exists() for path in paths)
 
 
 def report(summary: dict, output_dir: Path, shard: int, num_shards: int) -> int:

@@ -5,8 +5,10 @@
     python scripts/evaluation.py --benchmark imgedit --input_path singleturn.json --root_path DIR \
         --output_dir OUT --reward_server host:12341
 
-Each benchmark item's output (GEdit ``OUT/{task_type}/{key}.png``, ImgEdit ``OUT/{key}.jpg``) is
-sent with its source image and instruction to the server, which returns the judge's expected
+Each benchmark item's output is read in either layout of the sampling scripts (``--layout``):
+``original`` (GEdit ``OUT/{task_type}/{key}.png``, ImgEdit ``OUT/{key}.jpg``) or ``official`` (GEdit
+``OUT/fullset/{task_type}/en/{key}.png``, ImgEdit ``OUT/{key}.png``); ``auto`` (the default) takes
+the layout with more outputs present. It is sent with its source image and instruction to the server, which returns the judge's expected
 0-5 rating mapped to [0, 1] (SPEC section 3). The result holds per-task means over scored items,
 the overall mean over all scored items, and counts of missing outputs and judge failures (NaN),
 which are excluded from the means and never counted as 0.
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edit_r1.benchmarks import BENCHMARKS, BenchmarkItem, gedit_items, imgedit_items
+from edit_r1.benchmarks import BENCHMARKS, LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
 from edit_r1.rewards.base import RewardSample
 from edit_r1.rewards.client import RewardClient
 
@@ -41,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root_path", help="folder the ImgEdit image paths are relative to (imgedit)")
     parser.add_argument("--output_dir", required=True, help="the sampling script's output folder")
     parser.add_argument(
+        "--layout",
+        choices=("auto", *LAYOUTS),
+        default="auto",
+        help="layout of --output_dir (the sampling scripts' --layout); auto: the one with more outputs",
+    )
+    parser.add_argument(
         "--reward_server", default=None, help="host:port[,host:port]; default: $REWARD_SERVER"
     )
     parser.add_argument("--batch_size", type=int, default=16, help="items per scoring call")
@@ -49,14 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_items(args: argparse.Namespace) -> list[BenchmarkItem]:
+def load_items(args: argparse.Namespace, layout: str) -> list[BenchmarkItem]:
     if args.benchmark == "gedit":
         if not args.gedit_bench_path:
             raise SystemExit("error: --benchmark gedit needs --gedit_bench_path")
-        return gedit_items(args.gedit_bench_path)
+        return gedit_items(args.gedit_bench_path, layout=layout)
     if not (args.input_path and args.root_path):
         raise SystemExit("error: --benchmark imgedit needs --input_path and --root_path")
-    return imgedit_items(args.input_path, args.root_path)
+    return imgedit_items(args.input_path, args.root_path, layout=layout)
+
+
+def resolve_layout(args: argparse.Namespace, output_dir: Path) -> tuple[str, list[BenchmarkItem]]:
+    """The layout to score and its items: ``--layout``, or for ``auto`` the layout with the most
+    outputs present in ``output_dir`` (``original`` on a tie)."""
+    if args.layout != "auto":
+        return args.layout, load_items(args, args.layout)
+    candidates = {layout: load_items(args, layout) for layout in LAYOUTS}
+    present = {
+        layout: sum((output_dir / item.output).is_file() for item in items)
+        for layout, items in candidates.items()
+    }
+    layout = max(LAYOUTS, key=lambda name: present[name])
+    return layout, candidates[layout]
 
 
 def score_items(
@@ -82,7 +104,9 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarise(benchmark: str, items: Sequence[BenchmarkItem], scores: Sequence[float | None]) -> dict:
+def summarise(
+    benchmark: str, items: Sequence[BenchmarkItem], scores: Sequence[float | None], layout: str = "original"
+) -> dict:
     """Per-task and overall means over scored items, with counts of missing and failed items."""
     tasks: dict[str, list[float]] = {}
     missing = failed = 0
@@ -97,6 +121,7 @@ def summarise(benchmark: str, items: Sequence[BenchmarkItem], scores: Sequence[f
     scored = [s for values in tasks.values() for s in values]
     return {
         "benchmark": benchmark,
+        "layout": layout,
         "num_items": len(items),
         "num_scored": len(scored),
         "num_missing": missing,
@@ -128,13 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     if not output_dir.is_dir():
         raise SystemExit(f"error: --output_dir {output_dir} is not a folder")
-    items = load_items(args)
+    layout, items = resolve_layout(args, output_dir)
+    print(f"scoring the {layout} layout of {output_dir}")
     client = RewardClient(args.reward_server) if args.reward_server else RewardClient.from_env()
     try:
         scores = score_items(client, items, output_dir, args.batch_size)
     finally:
         client.close()
-    result = summarise(args.benchmark, items, scores)
+    result = summarise(args.benchmark, items, scores, layout)
     json_path = Path(args.json or output_dir / "evaluation.json")
     markdown_path = Path(args.markdown or output_dir / "evaluation.md")
     json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -5,6 +5,7 @@ with Qwen-Image-Edit(-2509) (true CFG 4.0, negative " ", 28 steps), seed 42 per 
         --gedit_bench_path GEDIT_BENCH_DIR --output_dir OUT --seed 42 [--lora_path LORA]
     torchrun --nproc_per_node=8 reproduction/sampling/sampling_qwen_gedit.py ...   # one process per GPU
 
+Add --layout official for the paths the benchmark's own evaluator reads (reproduction/README.md).
 Resumable (existing outputs are skipped), sharded, and failures are summarised at the end (exit
 status 1). See reproduction/README.md and edit_r1/reproduction.py.
 """

@@ -2,7 +2,8 @@
 
 Covers: output layout for base and base + LoRA (from a training run folder), resume, a broken item
 reported with exit status 1, the LoRA converter against the stock pipeline's `load_lora_weights`,
-and `scripts/evaluation.py` against a real reward server.
+`--layout official` read the way the official GEdit-Bench / ImgEdit evaluators read it, and
+`scripts/evaluation.py` against a real reward server on either layout.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def benchmarks(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "task_type": ["color_alter", "subject-add", "color_alter"],
         "instruction": ["make the car red", "add a cat", "把车变成红色"],
         "instruction_language": ["en", "en", "cn"],
-        "input_image": images,
+        "input_image": [im.resize((32, 24)) for im in images],  # differs from raw: SRCIMG must be this
         "input_image_raw": images,
         "Intersection_exist": [True, False, True],
     }
@@ -260,3 +261,69 @@ def test_evaluation_scores_an_output_folder(tiny_kit, benchmarks, reward_server,
     markdown = table.read_text()
     assert "| color_alter |" in markdown and "| overall |" in markdown
     assert os.path.getsize(table) > 0
+
+
+def official_gedit_pairs(save_path: Path, gedit_dir: Path) -> dict[str, tuple[Image.Image, Image.Image]]:
+    """What GEdit-Bench's official scorer opens: for every item whose two files exist,
+    ``{save_path}/fullset/{task_type}/{language}/{key}_SRCIMG.png`` and ``.../{key}.png``."""
+    pairs = {}
+    for item in datasets.load_from_disk(str(gedit_dir)):
+        folder = save_path / "fullset" / item["task_type"] / item["instruction_language"]
+        source, edited = folder / f"{item['key']}_SRCIMG.png", folder / f"{item['key']}.png"
+        if source.exists() and edited.exists():
+            raw = Image.open(source)
+            pairs[item["key"]] = (raw, Image.open(edited).convert("RGB").resize(raw.size))
+    return pairs
+
+
+def test_official_layout_is_what_the_evaluators_read(tiny_kit, benchmarks, reward_server, tmp_path, capsys):
+    model = ["--pretrained_name_or_path", str(tiny_kit / KIT_DIRS["kontext"]), "--layout", "official"]
+    gedit_out, imgedit_out = tmp_path / "gedit", tmp_path / "imgedit"
+    assert run_sampling("kontext", "gedit", [*model, *benchmark_args("gedit", benchmarks),
+                                             "--output_dir", str(gedit_out)]) == 0  # fmt: skip
+    pairs = official_gedit_pairs(gedit_out, benchmarks / "gedit")
+    assert sorted(pairs) == ["a1", "b2"]  # the English items; the Chinese one is not sampled
+    expected_source = datasets.load_from_disk(str(benchmarks / "gedit"))[0]["input_image"]
+    np.testing.assert_array_equal(np.asarray(pairs["a1"][0]), np.asarray(expected_source))
+    written = sorted(str(p.relative_to(gedit_out)) for p in gedit_out.rglob("*.png"))
+    assert written == ["fullset/color_alter/en/a1.png", "fullset/color_alter/en/a1_SRCIMG.png",
+                       "fullset/subject-add/en/b2.png", "fullset/subject-add/en/b2_SRCIMG.png"]  # fmt: skip
+
+    assert run_sampling("kontext", "imgedit", [*model, *benchmark_args("imgedit", benchmarks),
+                                               "--output_dir", str(imgedit_out)]) == 0  # fmt: skip
+    for key in json.loads(
+        (benchmarks / "imgedit.json").read_text()
+    ):  # ImgEdit: {folder}/{key}.png, PNG bytes
+        assert (imgedit_out / f"{key}.png").read_bytes().startswith(b"\x89PNG")
+
+    evaluation = load_script("scripts/evaluation.py")
+    capsys.readouterr()
+    for benchmark, out in (("gedit", gedit_out), ("imgedit", imgedit_out)):
+        result_json = tmp_path / f"{benchmark}.json"
+        argv = ["--benchmark", benchmark, *benchmark_args(benchmark, benchmarks), "--output_dir", str(out),
+                "--reward_server", reward_server, "--json", str(result_json)]  # fmt: skip
+        assert evaluation.main(argv) == 0  # --layout auto finds the official layout
+        result = json.loads(result_json.read_text())
+        assert result["layout"] == "official" and result["num_scored"] == 2 and result["num_missing"] == 0
+        assert evaluation.main([*argv, "--layout", "original"]) == 0
+        assert json.loads(result_json.read_text())["num_missing"] == 2
+
+
+def test_official_layout_resume_restores_a_lost_source_copy(benchmarks, tmp_path):
+    from edit_r1.benchmarks import gedit_items
+    from edit_r1.reproduction import run
+
+    items = gedit_items(benchmarks / "gedit", layout="official")
+    edits = []
+
+    def fake_edit(item):
+        edits.append(item.key)
+        return item.load_image()
+
+    assert run(items, tmp_path, fake_edit)["done"] == 2 and edits == ["a1", "b2"]
+    source_copy, edited = tmp_path / items[0].companions[0][0], tmp_path / items[0].output
+    source_copy.unlink()
+    stamp = edited.stat().st_mtime_ns
+    summary = run(items, tmp_path, fake_edit)
+    assert (summary["done"], summary["skipped"], edits) == (1, 1, ["a1", "b2"])  # no new edit
+    assert source_copy.is_file() and edited.stat().st_mtime_ns == stamp
