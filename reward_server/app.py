@@ -2,6 +2,11 @@
 
 Every client mistake is answered with a 4xx JSON ``{"error": message}`` naming the field or item;
 only a bug in the server itself can give a 500, and no request can stop the process.
+
+``GET /health`` is open even with an API key (load balancers and orchestrators probe without
+credentials, as they do vLLM's server); without the key it reveals only the status, the backend
+and the template. Its status is ``ok``, ``degraded`` (a judge replica is down and being restarted;
+the others serve) or ``down`` (no replica alive; answered with 503). Every other route needs the key.
 """
 
 from __future__ import annotations
@@ -22,6 +27,24 @@ LOGGER = logging.getLogger("reward_server")
 
 def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
+
+
+_PUBLIC_HEALTH_FIELDS = ("status", "backend")
+
+
+def _public_health(health: Mapping[str, object]) -> dict:
+    """What an unauthenticated probe may see: status, backend and the template's name (and hash)."""
+    return {k: v for k, v in health.items() if k in _PUBLIC_HEALTH_FIELDS or k.startswith("template")}
+
+
+def _check_body_headers() -> None:
+    """``POST /score`` takes identity-encoded JSON only; anything else is a 415 naming the header."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported: send plain JSON")
+    if request.mimetype != "application/json":
+        got = request.headers.get("Content-Type") or "none"
+        raise ProtocolError(415, f"Content-Type must be application/json, got {got!r}")
 
 
 def _authorised(api_key: str | None) -> bool:
@@ -47,25 +70,35 @@ def create_app(
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    health = {"status": "ok", **dict(info)}
 
     @app.before_request
     def check_api_key():
+        if request.path == "/health" and request.method in ("GET", "HEAD"):
+            return None
         if not _authorised(api_key):
             return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
         return None
 
     @app.get("/health")
     def health_check():
-        return jsonify(health)
+        alive, total = batcher.replicas_alive()
+        status = "ok" if alive == total else "degraded" if alive else "down"
+        health = {"status": status, **dict(info), "replicas_alive": alive, "replicas": total}
+        body = health if _authorised(api_key) else _public_health(health)
+        return jsonify(body), 503 if status == "down" else 200
 
     @app.post("/score")
     def score():
         try:
+            _check_body_headers()
             raw_items = parse_score_request(request.get_data(cache=False), limits)
             items = [decode_item(raw, index, limits) for index, raw in enumerate(raw_items)]
         except ProtocolError as error:
             return _error(error.status, error.message)
+        if batcher.replicas_alive()[0] == 0:
+            response, status = _error(503, "no judge replica is alive (restarting); retry later")
+            response.headers["Retry-After"] = "5"
+            return response, status
         if batcher.queued() + len(items) > max_queued_items:
             response, status = _error(503, f"server busy: more than {max_queued_items} items queued")
             response.headers["Retry-After"] = "1"

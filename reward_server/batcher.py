@@ -31,6 +31,14 @@ LOGGER = logging.getLogger("reward_server")
 ScoreOrError = tuple[float | None, str | None]
 
 
+class ReplicaDied(RuntimeError):
+    """A replica process died while it held a batch: those items fail, none is retried on it.
+
+    Retrying item by item would send them to the same (restarting) replica; resubmitting them
+    elsewhere could let one poisonous item take every replica down in turn.
+    """
+
+
 @dataclass
 class _Pending:
     item: JudgeItem
@@ -59,8 +67,8 @@ def score_isolating_failures(
             raise RuntimeError(f"backend returned {len(results)} results for {len(items)} items")
         return [_as_score_or_error(result) for result in results]
     except Exception as batch_error:  # noqa: BLE001 - any engine failure is reported per item below
-        if len(items) == 1:
-            return [_as_score_or_error(batch_error)]
+        if len(items) == 1 or isinstance(batch_error, ReplicaDied):
+            return [_as_score_or_error(batch_error)] * len(items)
         LOGGER.warning("batch of %d failed (%s); scoring its items one by one", len(items), batch_error)
         return [score_isolating_failures(backend, [item])[0] for item in items]
 
@@ -79,6 +87,7 @@ class DynamicBatcher:
         self._stop = threading.Event()
         self._request_ids = iter(range(1, 2**62))
         self._id_lock = threading.Lock()
+        self._backends = list(backends)
         self._workers = [
             thread for replica, backend in enumerate(backends) for thread in self._threads(backend, replica)
         ]
@@ -112,6 +121,11 @@ class DynamicBatcher:
             self._queue.put(entry)
         return [entry.future for entry in pending]
 
+    def replicas_alive(self) -> tuple[int, int]:
+        """(replicas able to score now, replicas in total); in-process backends are always alive."""
+        alive = sum(bool(getattr(backend, "alive", lambda: True)()) for backend in self._backends)
+        return alive, len(self._backends)
+
     def queued(self) -> int:
         """Items waiting for a replica (approximate, for overload checks)."""
         return self._queue.qsize()
@@ -144,8 +158,16 @@ class DynamicBatcher:
                 break
         return batch
 
+    @staticmethod
+    def _ready(backend: Backend) -> bool:
+        """Lets a replica process restart itself before it takes new items (see ``ReplicaProcess``)."""
+        ensure_running = getattr(backend, "ensure_running", None)
+        return True if ensure_running is None else bool(ensure_running())
+
     def _run(self, backend: Backend, replica: int) -> None:
         while not self._stop.is_set():
+            if not self._ready(backend):
+                continue  # its items stay queued for the live replicas
             batch = self._collect_batch()
             if batch:
                 self._score_and_deliver(backend, replica, batch, prepared=None)

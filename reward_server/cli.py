@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -104,7 +105,14 @@ def build_replicas(args: argparse.Namespace, limits: Limits) -> list:
     slices = gpu_slices(
         args.tensor_parallel_size, args.data_parallel_size, os.environ.get("CUDA_VISIBLE_DEVICES")
     )
-    return [ReplicaProcess(args.backend, options, gpus, limits.max_image_pixels) for gpus in slices]
+    return [
+        ReplicaProcess(args.backend, options, gpus, limits.max_image_pixels, index=index)
+        for index, gpus in enumerate(slices)
+    ]
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -134,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.backend,
         "on" if api_key else "off",
     )
+    # SIGTERM (a scheduler, ``kill``) shuts down like Ctrl-C: replica processes are stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
     except KeyboardInterrupt:

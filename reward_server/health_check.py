@@ -62,20 +62,37 @@ def _request(url: str, headers: dict, body: bytes | None = None, timeout: float 
         return json.loads(response.read())
 
 
-def wait_for_health(url: str, headers: dict, wait_s: float) -> dict:
-    """Poll ``/health`` every second until it answers ``status: ok`` or ``wait_s`` passes."""
-    deadline = time.monotonic() + wait_s
+def _reason(error: Exception) -> str:
+    reason = getattr(error, "reason", error)
+    return str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)
+
+
+def wait_for_health(url: str, headers: dict, wait_s: float, report_every_s: float = 10.0) -> dict:
+    """Poll ``/health`` every second until it answers ``ok`` or ``degraded`` or ``wait_s`` passes,
+    printing what it waits for and how long is left every ``report_every_s`` seconds."""
+    started = time.monotonic()
+    next_report = started
     while True:
         try:
             health = _request(f"{url}/health", headers, timeout=5.0)
-            if health.get("status") == "ok":
+            if health.get("status") in ("ok", "degraded"):
                 return health
-            last = f"unexpected health answer {health}"
+            last = f"it answered {health}"
+        except urllib.error.HTTPError as error:
+            last = f"it answered HTTP {error.code}"
         except (urllib.error.URLError, OSError, ValueError) as error:
-            last = str(error)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url}/health did not answer within {wait_s:.0f}s: {last}")
-        time.sleep(1.0)
+            last = _reason(error)
+        now = time.monotonic()
+        if now - started >= wait_s:
+            raise RuntimeError(
+                f"no reward server answered at {url}/health within {wait_s:.0f}s (last: {last}); "
+                "start one with `python reward_server/reward_server.py ...` or pass --url"
+            )
+        if now >= next_report:
+            left = wait_s - (now - started)
+            print(f"waiting for {url}/health ({last}); {left:.0f}s left", flush=True)
+            next_report = now + report_every_s
+        time.sleep(min(1.0, max(wait_s - (now - started), 0.0)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``
 
 - ``GET /health`` -> ``{"status": "ok", "backend", "model", "template"}`` once the judge is loaded.
 - ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?}, ...]}``
-  (images are base64-encoded PNG or JPEG files) -> ``{"scores": [float | null], "errors": [str | null]}``
+  (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null]}``
   in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the
   judge could not score has ``null`` and an error message, never a made-up number.
 
@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,9 +28,12 @@ ITEM_FIELDS = ("image", "source_image", "instruction", "requirement")
 REQUIRED_ITEM_FIELDS = ("image", "source_image", "instruction")
 IMAGE_FIELDS = ("image", "source_image")
 TEXT_FIELDS = ("instruction", "requirement")
-# File signatures of the two accepted image formats; anything else is rejected before decoding.
+# File signatures of the accepted image formats; anything else is rejected before decoding.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+GIF_MAGICS = (b"GIF87a", b"GIF89a")
+ACCEPTED_FORMATS = "PNG, JPEG, WebP or GIF"
+_BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class RawItem:
-    """One validated request item; the images are still encoded file bytes (PNG or JPEG)."""
+    """One validated request item; the images are still encoded files (PNG, JPEG, WebP or GIF)."""
 
     image: bytes
     source_image: bytes
@@ -67,16 +71,20 @@ class RawItem:
 
 
 def image_format(data: bytes) -> str | None:
-    """Return ``"png"`` or ``"jpeg"`` from the file signature, or None for anything else."""
+    """``"png"``, ``"jpeg"``, ``"webp"`` or ``"gif"`` from the file signature, else None."""
     if data.startswith(PNG_MAGIC):
         return "png"
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith(GIF_MAGICS):
+        return "gif"
     return None
 
 
 def encode_image_bytes(data: bytes) -> str:
-    """Base64-encode an image file (PNG or JPEG bytes) for the ``image``/``source_image`` fields."""
+    """Base64-encode an image file (PNG, JPEG, WebP or GIF bytes) for the ``image``/``source_image`` fields."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -86,13 +94,31 @@ def _decode_base64_image(value: object, where: str, limits: Limits) -> bytes:
     # Base64 inflates by 4/3; reject before decoding so a huge string costs no memory twice.
     if len(value) > (limits.max_image_bytes * 4) // 3 + 4:
         raise ProtocolError(413, f"{where}: image larger than {limits.max_image_bytes} bytes")
+    data = decode_base64(value, where)
+    if image_format(data) is None:
+        raise ProtocolError(400, f"{where}: not a {ACCEPTED_FORMATS} file")
+    return data
+
+
+def decode_base64(value: str, where: str) -> bytes:
+    """Standard or URL-safe base64, with or without line breaks and padding (all are in use).
+
+    Any other character is an error; mixing the two alphabets is refused (it is a corrupted string).
+    """
     try:
-        data = base64.b64decode(value, validate=True)
+        compact = _BASE64_WHITESPACE.sub(b"", value.encode("ascii"))
+    except UnicodeEncodeError:
+        raise ProtocolError(400, f"{where}: not valid base64 (non-ASCII characters)") from None
+    url_safe = b"-" in compact or b"_" in compact
+    if url_safe and (b"+" in compact or b"/" in compact):
+        raise ProtocolError(400, f"{where}: not valid base64 (standard and URL-safe alphabets mixed)")
+    if url_safe:
+        compact = compact.translate(bytes.maketrans(b"-_", b"+/"))
+    compact += b"=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as error:
         raise ProtocolError(400, f"{where}: not valid base64 ({error})") from None
-    if image_format(data) is None:
-        raise ProtocolError(400, f"{where}: not a PNG or JPEG file")
-    return data
 
 
 def _check_text(value: object, where: str, limits: Limits) -> str:
@@ -100,6 +126,11 @@ def _check_text(value: object, where: str, limits: Limits) -> str:
         raise ProtocolError(400, f"{where}: expected a string, got {type(value).__name__}")
     if len(value) > limits.max_text_chars:
         raise ProtocolError(400, f"{where}: {len(value)} characters, at most {limits.max_text_chars} allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\\ud800") is valid JSON but no tokenizer can take it.
+        raise ProtocolError(400, f"{where}: not valid Unicode text (lone surrogate escape)") from None
     return value
 
 
@@ -122,14 +153,36 @@ def parse_item(raw: object, index: int, limits: Limits) -> RawItem:
     return RawItem(images["image"], images["source_image"], instruction, requirement)
 
 
+def _refuse_constant(name: str) -> None:
+    raise ProtocolError(400, f"request body is not valid JSON: {name} is not a JSON number")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """Duplicate keys are ambiguous (parsers disagree on which wins), so they are refused."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ProtocolError(400, f"request body: duplicate key {duplicate!r} in one object")
+    return result
+
+
+def parse_json(body: bytes) -> object:
+    """Strict JSON: UTF-8 (or the UTF-16/32 that RFC 8259 parsers detect), no ``NaN``/``Infinity``,
+    no duplicate keys; nesting too deep for the parser is a 400 like any other malformed body."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(400, f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError(400, "request body is not valid JSON: nested too deeply") from None
+
+
 def parse_score_request(body: bytes, limits: Limits) -> list[RawItem]:
     """Parse and validate a ``POST /score`` body; raises :class:`ProtocolError` with a 4xx status."""
     if len(body) > limits.max_body_bytes:
         raise ProtocolError(413, f"request body of {len(body)} bytes exceeds {limits.max_body_bytes}")
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtocolError(400, f"request body is not valid JSON: {error}") from None
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ProtocolError(400, f"request body: expected a JSON object, got {type(payload).__name__}")
     if "items" not in payload:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from reward_server.backends import build_backend
 from reward_server.backends.base import BackendOptions, ItemResult
-from reward_server.batcher import score_isolating_failures
+from reward_server.batcher import ReplicaDied, score_isolating_failures
 from reward_server.images import JudgeItem, decode_item
 from reward_server.protocol import (
     Limits,
@@ -31,6 +33,7 @@ from reward_server.protocol import (
     parse_score_response,
 )
 
+LOGGER = logging.getLogger("reward_server")
 # The parent has validated every item already; inside the worker only the pipe's size matters.
 _WORKER_LIMITS = Limits(max_items=1 << 20, max_body_bytes=1 << 40, max_image_bytes=1 << 30)
 
@@ -62,49 +65,124 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 class ReplicaProcess:
-    """A backend running in a worker process on its own GPUs; same interface as a backend."""
+    """A backend running in a worker process on its own GPUs; same interface as a backend.
+
+    If the process dies, the batch it held fails with :class:`ReplicaDied` (nothing is scored
+    twice), :meth:`alive` turns false (``/health`` says ``degraded``) and the batcher's next call
+    to :meth:`ensure_running` starts a new process; until it is ready the other replicas take the
+    queued items. A failed restart is retried with a growing pause (at most a minute).
+    """
 
     def __init__(
-        self, backend: str, options: BackendOptions, gpus: Sequence[str], max_image_pixels: int
+        self,
+        backend: str,
+        options: BackendOptions,
+        gpus: Sequence[str],
+        max_image_pixels: int,
+        index: int = 0,
     ) -> None:
         self.name, self.model, self.template = backend, options.model, options.template
-        env = dict(os.environ)
+        self.index, self.gpus = index, list(gpus)
+        self._env = dict(os.environ)
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            self._env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         options_json = json.dumps({**options.__dict__, "data_parallel_size": 1})
-        command = [sys.executable, "-m", "reward_server.worker", "--backend", backend]
-        command += ["--options", options_json, "--max-image-pixels", str(max_image_pixels)]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._command = [sys.executable, "-m", "reward_server.worker", "--backend", backend]
+        self._command += ["--options", options_json, "--max-image-pixels", str(max_image_pixels)]
         self._lock = threading.Lock()
-        ready = self._read_line()
-        if not ready.get("ready"):
-            raise RuntimeError(f"replica on GPUs {gpus} did not start: {ready}")
+        self._closing = False
+        self.restarts = 0
+        self._failed_starts = 0
+        self._retry_at = 0.0
+        self._process = self._start()
 
-    def _read_line(self) -> dict:
-        line = self._process.stdout.readline()
+    def _start(self) -> subprocess.Popen:
+        process = subprocess.Popen(
+            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env
+        )
+        ready = self._read_line(process)
+        if not ready.get("ready"):
+            process.kill()
+            raise RuntimeError(f"judge replica {self.index} on GPUs {self.gpus} did not start: {ready}")
+        LOGGER.info("judge replica %d ready (pid %d, GPUs %s)", self.index, process.pid, self.gpus or "-")
+        return process
+
+    def _read_line(self, process: subprocess.Popen) -> dict:
+        line = process.stdout.readline()
         if not line:
-            code = self._process.wait()
-            raise RuntimeError(f"backend replica process exited with code {code} (see its log above)")
+            code = process.wait()
+            raise ReplicaDied(
+                f"judge replica {self.index} (pid {process.pid}) exited with code {code} (see its log above)"
+            )
         return json.loads(line)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        """Whether the worker process is running (False from the moment it dies until restarted)."""
+        return self._process.poll() is None
+
+    def ensure_running(self) -> bool:
+        """Restart a dead worker; False while it cannot be restarted (the caller then skips it)."""
+        if self.alive() or self._closing:
+            return self.alive()
+        if time.monotonic() < self._retry_at:
+            time.sleep(0.1)
+            return False
+        with self._lock:
+            LOGGER.warning(
+                "judge replica %d (pid %d) is dead (exit code %s); restarting it",
+                self.index,
+                self._process.pid,
+                self._process.returncode,
+            )
+            try:
+                self._process = self._start()
+            except (OSError, RuntimeError, ValueError) as error:
+                self._failed_starts += 1
+                pause = min(2.0**self._failed_starts, 60.0)
+                self._retry_at = time.monotonic() + pause
+                LOGGER.error(
+                    "restarting judge replica %d failed (%s); next try in %.0fs", self.index, error, pause
+                )
+                return False
+            self._failed_starts = 0
+            self.restarts += 1
+            LOGGER.info("judge replica %d restarted (pid %d)", self.index, self._process.pid)
+            return True
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         request = build_score_request([item.raw.__dict__ for item in items])
         with self._lock:
-            self._process.stdin.write(json.dumps(request).encode() + b"\n")
-            self._process.stdin.flush()
-            scores, errors = parse_score_response(self._read_line(), len(items))
+            process = self._process
+            try:
+                process.stdin.write(json.dumps(request).encode() + b"\n")
+                process.stdin.flush()
+                answer = self._read_line(process)
+            except (BrokenPipeError, ReplicaDied) as error:
+                code = process.wait()
+                raise ReplicaDied(
+                    f"judge replica {self.index} (pid {process.pid}) died with exit code {code} while "
+                    f"scoring this batch of {len(items)}; these items were not scored and the replica "
+                    "is being restarted"
+                ) from error
+        scores, errors = parse_score_response(answer, len(items))
         return [
             RuntimeError(error) if score is None else score
             for score, error in zip(scores, errors, strict=True)
         ]
 
     def close(self) -> None:
+        self._closing = True
         if self._process.poll() is None:
             self._process.stdin.close()
             try:
                 self._process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+                self._process.wait()
 
 
 def gpu_slices(tensor_parallel_size: int, data_parallel_size: int, visible: str | None) -> list[list[str]]:

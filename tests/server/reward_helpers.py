@@ -101,3 +101,58 @@ def png_bytes(image: Image.Image) -> bytes:
 def random_image(seed: int, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def encode_file(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _halves(size=(20, 10)) -> Image.Image:
+    """Left half red, right half blue: any rotation or mirroring shows."""
+    array = np.zeros((size[1], size[0], 3), np.uint8)
+    array[:, : size[0] // 2] = (255, 0, 0)
+    array[:, size[0] // 2 :] = (0, 0, 255)
+    return Image.fromarray(array)
+
+
+def unusual_images() -> dict[str, tuple[bytes, np.ndarray]]:
+    """Each legitimate unusual file and the RGB pixels a viewer shows for it."""
+    halves = _halves()
+    gradient16 = (np.arange(16 * 8).reshape(8, 16) * 500).astype(np.uint16)
+    palette = Image.new("P", (6, 4), 0)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.paste(1, (3, 0, 6, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    frames = [Image.new("RGB", (8, 8), (250, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 250))]
+    animated = io.BytesIO()
+    frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    ramp = np.arange(32) * 8
+    photo = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), -1)
+    return {
+        "1x1 png": (png_bytes(Image.new("RGB", (1, 1), (9, 8, 7))), np.array([[[9, 8, 7]]])),
+        "16-bit grey png": (
+            encode_file(Image.fromarray(gradient16), "PNG"),
+            np.repeat((gradient16 // 257)[..., None], 3, 2),
+        ),
+        "cmyk jpeg": (
+            encode_file(halves.convert("CMYK"), "JPEG", quality=95),
+            np.asarray(halves).astype(int),
+        ),
+        "progressive jpeg": (
+            encode_file(Image.fromarray(photo.astype(np.uint8)), "JPEG", quality=95, progressive=True),
+            photo,
+        ),
+        "palette png with transparency": (
+            encode_file(palette, "PNG", transparency=0),
+            np.array([[[255, 255, 255]] * 3 + [[0, 255, 0]] * 3] * 4),  # transparent -> white
+        ),
+        "animated gif (first frame)": (animated.getvalue(), np.full((8, 8, 3), (250, 0, 0))),
+        "lossless webp": (encode_file(halves, "WEBP", lossless=True), np.asarray(halves).astype(int)),
+        "exif-rotated jpeg": (
+            encode_file(halves, "JPEG", quality=95, exif=exif),
+            np.asarray(halves.transpose(Image.Transpose.ROTATE_270)).astype(int),
+        ),
+    }

@@ -6,16 +6,19 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
-from reward_helpers import png_bytes, random_image, reward_app_server
+from reward_helpers import free_port, png_bytes, random_image, reward_app_server, unusual_images
 
 from reward_server.backends import BackendOptions, build_backend
 from reward_server.images import decode_item
@@ -73,7 +76,24 @@ def test_health_reports_the_judge(server, tiny_kit):
         "backend": "transformers",
         "model": str(tiny_kit / "judge_qwen2_5_vl"),
         "template": "edit_r1_v1",
+        "replicas_alive": 1,
+        "replicas": 1,
     }
+
+
+def test_unusual_but_legitimate_images_are_scored_by_the_judge(server):
+    """16-bit, CMYK, progressive, palette+transparency, animated GIF, WebP, EXIF-rotated, 1x1."""
+    source = base64.b64encode(png_bytes(random_image(3, 32))).decode()
+    cases = unusual_images()
+    items = [
+        {"image": base64.b64encode(data).decode(), "source_image": source, "instruction": case}
+        for case, (data, _pixels) in cases.items()
+    ]
+    response = requests.post(f"{server}/score", json={"items": items}, timeout=120)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["errors"] == [None] * len(cases)
+    assert all(0.0 <= score <= 1.0 for score in payload["scores"])
 
 
 def test_http_batched_scores_equal_in_process_one_by_one(server, items, reference_scores):
@@ -168,68 +188,167 @@ def test_malformed_input_gets_4xx_and_the_server_lives_on(server, case, body, st
 
 def test_api_key_is_required_when_configured(judge, items):
     with reward_app_server([judge], api_key="s3cret", limits=LIMITS) as url:
-        assert requests.get(f"{url}/health", timeout=10).status_code == 401
+        # The health probe stays open but shows only status, backend and template.
+        probe = requests.get(f"{url}/health", timeout=10)
+        assert probe.status_code == 200
+        assert probe.json() == {"status": "ok", "backend": "transformers", "template": "edit_r1_v1"}
+        full = requests.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        assert full.json()["model"] == judge.model and full.json()["replicas"] == 1
+        assert requests.post(f"{url}/health", timeout=10).status_code == 401
+        assert requests.get(f"{url}/nope", timeout=10).status_code == 401
         assert _post(url, items[:1]).status_code == 401
         assert _post(url, items[:1], headers={"Authorization": "Bearer wrong"}).status_code == 401
         good = _post(url, items[:1], headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200 and good.json()["errors"] == [None]
 
 
-def test_cli_with_two_replica_processes_passes_the_health_check(tiny_kit, items, reference_scores):
-    """``python reward_server/reward_server.py`` (DP 2 worker processes), then the health-check script."""
+@pytest.fixture(scope="module")
+def cli_server(tiny_kit):
+    """``python reward_server/reward_server.py`` with two replica worker processes (DP 2) and a key;
+    yields its URL, the environment and the lines it has logged so far (read by a thread)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REWARD_SERVER_API_KEY": "k3y", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers"]
     command += ["--model", str(tiny_kit / "judge_qwen2_5_vl"), "--port", "0", "--data-parallel-size", "2"]
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    log: list[str] = []
+    listening = threading.Event()
+    reader = threading.Thread(target=_collect_lines, args=(process.stdout, log, listening), daemon=True)
+    reader.start()
     try:
-        url, log = None, []
-        deadline = time.monotonic() + 180
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            log.append(line)
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "server did not start:\n" + "".join(log[-30:])
-        check = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "reward_server" / "test_reward_server.py"),
-                "--url",
-                url,
-                "--wait",
-                "60",
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert "OK" in check.stdout and "latency" in check.stdout
-        response = _post(url, items, headers={"Authorization": "Bearer k3y"})
-        assert response.json()["scores"] == pytest.approx(reference_scores, abs=1e-5)
-        denied = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "reward_server" / "test_reward_server.py"),
-                "--url",
-                url,
-                "--wait",
-                "1",
-            ],
-            cwd=REPO,
-            env={**env, "REWARD_SERVER_API_KEY": ""},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert denied.returncode != 0
+        listening.wait(timeout=180)
+        urls = [
+            m.group(1) for line in log if (m := re.search(r"listening on (http://127\.0\.0\.1:\d+)", line))
+        ]
+        assert urls, "server did not start:\n" + "".join(log[-30:])
+        yield urls[0], env, log
     finally:
         process.terminate()
-        output, _ = process.communicate(timeout=30)
-    assert re.search(r"batch replica=\d items=\d+ requests=\d+ failed=0 latency_ms=", "".join(log) + output)
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+    assert process.returncode == 0, "".join(log[-20:])  # SIGTERM is a clean shutdown
+    assert not [pid for pid in _replica_pids(log) if _running(pid)], "replica processes outlived the server"
+
+
+def _collect_lines(stream, log: list[str], listening: threading.Event) -> None:
+    for line in stream:
+        log.append(line)
+        if "listening on" in line:
+            listening.set()
+    listening.set()
+
+
+def _replica_pids(log: list[str]) -> list[int]:
+    return [int(m.group(1)) for line in log if (m := re.search(r"judge replica \d ready \(pid (\d+)", line))]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _check_script(url: str, env: dict, wait_s: float) -> subprocess.CompletedProcess:
+    script = str(REPO / "reward_server" / "test_reward_server.py")
+    return subprocess.run(
+        [sys.executable, script, "--url", url, "--wait", str(wait_s)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_with_two_replica_processes_passes_the_health_check(cli_server, items, reference_scores):
+    """The health-check script against the CLI server; without the key it fails with one clear line."""
+    url, env, log = cli_server
+    check = _check_script(url, env, 60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "OK" in check.stdout and "latency" in check.stdout
+    response = _post(url, items, headers={"Authorization": "Bearer k3y"})
+    assert response.json()["scores"] == pytest.approx(reference_scores, abs=1e-5)
+    denied = _check_script(url, {**env, "REWARD_SERVER_API_KEY": ""}, 1)
+    assert denied.returncode != 0
+    assert denied.stderr.strip().splitlines()[-1].startswith("FAILED: HTTP Error 401")
+    assert re.search(r"batch replica=\d items=\d+ requests=\d+ failed=0 latency_ms=", "".join(log))
+
+
+def test_the_check_script_says_what_it_waits_for(tmp_path):
+    result = _check_script(f"http://127.0.0.1:{free_port()}", dict(os.environ), 2.5)
+    assert result.returncode == 1
+    assert re.search(
+        r"waiting for http://127\.0\.0\.1:\d+/health \(Connection refused\); \d+s left", result.stdout
+    )
+    last = result.stderr.strip().splitlines()
+    assert (
+        len(last) == 1
+        and last[0].startswith("FAILED: no reward server answered at")
+        and "within 2s" in last[0]
+    )
+
+
+def test_a_killed_replica_fails_only_its_batch_and_is_restarted(cli_server, items, reference_scores):
+    """Fault: one of two judge replica processes dies while it holds a batch.
+
+    It is frozen (SIGSTOP) until a request is stuck on it, then killed: exactly that batch fails with
+    a clear error, the other replica keeps serving, ``/health`` says degraded until the replica is
+    restarted, and the server's log accounts for every item exactly once.
+    """
+    url, _env, log = cli_server
+    auth = {"Authorization": "Bearer k3y"}
+    batches_before = _logged_batches(log)
+    victim = _replica_pids(log)[-1]
+    os.kill(victim, signal.SIGSTOP)
+    pool = ThreadPoolExecutor(8)
+    sent, stuck = [], None
+    try:
+        for attempt in range(24):
+            pick = attempt % len(items)
+            future = pool.submit(_post, url, [items[pick]], headers=auth)
+            sent.append((pick, future))
+            try:
+                future.result(timeout=0.5)
+            except FuturesTimeout:
+                stuck = pick
+                break
+        assert stuck is not None, "no request reached the frozen replica"
+        served_meanwhile = _post(url, items[:3], headers=auth).json()
+        assert served_meanwhile["scores"] == pytest.approx(reference_scores[:3], abs=1e-5)
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    assert _wait_for_health(url, "degraded", auth)["replicas_alive"] == 1
+    answers = [(pick, future.result(timeout=60).json()) for pick, future in sent]
+    failed = [(pick, a) for pick, a in answers if a["scores"] == [None]]
+    assert [pick for pick, _ in failed] == [stuck]
+    assert "died with exit code -9 while scoring this batch" in failed[0][1]["errors"][0]
+    for pick, answer in answers:
+        if pick != stuck:
+            assert answer["scores"] == pytest.approx([reference_scores[pick]], abs=1e-5)
+    assert _wait_for_health(url, "ok", auth, timeout_s=120)["replicas_alive"] == 2
+    again = _post(url, items, headers=auth).json()
+    assert again["scores"] == pytest.approx(reference_scores, abs=1e-5)
+    pool.shutdown()
+    # Every item was in exactly one engine batch: nothing lost, nothing scored twice.
+    new_batches = _logged_batches(log)[len(batches_before) :]
+    assert sum(n for n, _ in new_batches) == len(sent) + 3 + len(items)
+    assert sum(f for _, f in new_batches) == 1
+    assert any("restarted (pid" in line for line in log)
+
+
+def _logged_batches(log: list[str]) -> list[tuple[int, int]]:
+    pattern = r"batch replica=\d items=(\d+) requests=\d+ failed=(\d+)"
+    return [(int(m.group(1)), int(m.group(2))) for line in list(log) if (m := re.search(pattern, line))]
+
+
+def _wait_for_health(url: str, status: str, headers: dict, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = requests.get(f"{url}/health", headers=headers, timeout=10).json()
+        if health["status"] == status or time.monotonic() > deadline:
+            assert health["status"] == status, health
+            return health
+        time.sleep(0.05)

@@ -92,9 +92,9 @@ def test_round_trip_keeps_order_bytes_and_texts():
         (_body([_item(requirement=["a"])]), 400, "items[0].requirement"),
         (_body([_item(source_image="@@@")]), 400, "items[0].source_image: not valid base64"),
         (
-            _body([_item(image=base64.b64encode(b"GIF89a....").decode())]),
+            _body([_item(image=base64.b64encode(b"BM6\x00\x00\x00....").decode())]),
             400,
-            "items[0].image: not a PNG or JPEG",
+            "items[0].image: not a PNG, JPEG, WebP or GIF",
         ),
         (_body([_item(extra=1)]), 400, "unknown field"),
         (_body([_item(instruction="   ")]), 400, "items[0].instruction: empty"),
