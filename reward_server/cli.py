@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
     parser.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    parser.add_argument(
+        "--vllm-logprobs-mode",
+        default="processed_logprobs",
+        choices=("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"),
+        help="vllm: the engine's logprobs_mode (docs/reward-server.md)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="openai: local folder of the judge's tokenizer, for upstream servers without /tokenize",
+    )
     limits = Limits()
     parser.add_argument("--max-items", type=int, default=limits.max_items, help="items per request")
     parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / 2**20)
@@ -90,6 +101,8 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
         upstream_api_key=os.environ.get(UPSTREAM_API_KEY_ENV, ""),
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_model_len=args.max_model_len,
+        logprobs_mode=args.vllm_logprobs_mode,
+        tokenizer=args.tokenizer,
     )
 
 

@@ -23,8 +23,9 @@ class BackendOptions:
     """Everything a backend may need, from the command line.
 
     ``model`` is a local path or a hub id (vLLM/transformers) or the served model name (openai);
-    ``base_url``/``api_key`` address an OpenAI-compatible server; ``device``/``dtype`` apply to
-    transformers ("auto": bf16 on GPU, float32 on CPU).
+    ``base_url``/``api_key`` address an OpenAI-compatible server and ``tokenizer`` is a local copy of
+    its judge's tokenizer (only needed when the server has no ``/tokenize``); ``device``/``dtype``
+    apply to transformers ("auto": bf16 on GPU, float32 on CPU); ``logprobs_mode`` to vllm.
     """
 
     model: str
@@ -39,6 +40,8 @@ class BackendOptions:
     request_timeout_s: float = 120.0
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
+    logprobs_mode: str = "processed_logprobs"
+    tokenizer: str = ""
 
 
 class Backend(Protocol):

@@ -1,16 +1,29 @@
-"""The OpenAI-compatible backend: score with a remote ``/v1/chat/completions`` server.
+"""The OpenAI-compatible backend: score with a remote ``/v1/chat/completions`` server (``vllm serve``).
 
-Meant for ``vllm serve JUDGE --tensor-parallel-size 2 --data-parallel-size 4`` (vLLM scales the
-judge across GPUs and nodes itself) or any server that returns ``top_logprobs``. Each item is one
-chat request with ``max_tokens=1``, ``logprobs=true`` and ``top_logprobs`` (20 by default, vLLM's
-usual cap); the upstream server batches concurrent requests. The score is the SPEC expectation
-over the digits found among the top tokens, renormalised over those digits; an item whose top
-tokens contain no digit gets an error, never a number.
+Each item is one chat request for one generated token; the upstream server batches concurrent
+requests and scales the judge itself (``--data-parallel-size``, ``--tensor-parallel-size``). Written
+against vLLM's chat API, read in the source of 0.10.2 and 0.33.0 (``docs/reward-server.md``):
+
+- ``logprob_token_ids`` = the six digit token ids, so the server returns exactly their logprobs
+  whatever their rank and whatever its ``--logprobs-mode``. The ids come from the server's own
+  ``/tokenize`` endpoint, or from ``--tokenizer`` (a local copy of the judge's tokenizer).
+- ``top_logprobs=20`` as well: a server without ``logprob_token_ids`` (vLLM 0.10.2 ignores unknown
+  fields with a warning) answers with its top 20 instead, which holds all six digits when it runs
+  with ``--logprobs-mode processed_logprobs`` (``allowed_token_ids`` masks the rest). Otherwise some
+  digit may be missing, and the item is refused with an error naming the cause: a missing digit is
+  never counted as probability 0.
+- ``return_tokens_as_token_ids`` so answers are keyed by token id (``"token_id:N"``), not by text.
+- every sampling field explicitly: ``vllm serve`` fills unset ones from the model's
+  ``generation_config`` (Qwen-VL checkpoints set a repetition penalty, which changes processed
+  logprobs), and ``max_completion_tokens`` (``max_tokens`` is deprecated).
+
+The score is the softmax over the six digit logprobs (:func:`reward_server.scoring.answer_probabilities`).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -19,42 +32,71 @@ from concurrent.futures import ThreadPoolExecutor
 from reward_server.backends.base import BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri
 from reward_server.prompt_template import chat_messages, render_prompt
-from reward_server.scoring import DIGITS, expected_score_from_token_map
+from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, expected_score_from_token_map
 
-TOP_LOGPROBS = 20
+TOP_LOGPROBS = 20  # vLLM's default --max-logprobs and the OpenAI API's maximum
+TOKEN_ID_PREFIX = "token_id:"
+NEUTRAL_SAMPLING = {
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 
 
-def chat_request(model: str, item: JudgeItem, template: str) -> dict:
-    """The ``/v1/chat/completions`` body for one item (images as data URIs, one generated token)."""
+def chat_request(model: str, item: JudgeItem, template: str, digit_ids: Sequence[int]) -> dict:
+    """The ``/v1/chat/completions`` body for one item: one digit token, its six logprobs requested."""
     text = render_prompt(item.instruction, item.requirement, template)
     source = {"type": "image_url", "image_url": {"url": data_uri(item.raw.source_image)}}
     edited = {"type": "image_url", "image_url": {"url": data_uri(item.raw.image)}}
     return {
         "model": model,
         "messages": chat_messages(text, source, edited),
-        "max_tokens": 1,
-        "temperature": 0.0,
+        "max_completion_tokens": 1,
+        "n": 1,
+        **NEUTRAL_SAMPLING,
         "logprobs": True,
         "top_logprobs": TOP_LOGPROBS,
+        "logprob_token_ids": list(digit_ids),
+        "allowed_token_ids": list(digit_ids),
+        "return_tokens_as_token_ids": True,
     }
 
 
-def score_from_chat_response(response: Mapping) -> float:
-    """Expected score from ``choices[0].logprobs.content[0].top_logprobs`` of a chat completion."""
+def _token_key(token: str, text_to_id: Mapping[str, int]) -> int | None:
+    if token.startswith(TOKEN_ID_PREFIX):
+        try:
+            return int(token[len(TOKEN_ID_PREFIX) :])
+        except ValueError:
+            return None
+    return text_to_id.get(token)  # a server that ignored return_tokens_as_token_ids
+
+
+def score_from_chat_response(response: Mapping, digit_ids: Sequence[int]) -> float:
+    """Expected score from ``choices[0].logprobs.content[0].top_logprobs``; all six digits needed."""
     try:
-        first = response["choices"][0]["logprobs"]["content"][0]
-        candidates = first["top_logprobs"]
-    except (KeyError, IndexError, TypeError) as error:
+        candidates = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        text_to_id = dict(zip(DIGITS, digit_ids, strict=True))
+        logprob_by_id: dict[int, float] = {}
+        for candidate in candidates:
+            key = _token_key(str(candidate["token"]), text_to_id)
+            if key is not None and key not in logprob_by_id:
+                logprob_by_id[key] = float(candidate["logprob"])
+    except (KeyError, IndexError, TypeError, ValueError) as error:
         raise ValueError(
             f"the upstream response has no top_logprobs for the first token ({error!r})"
         ) from None
-    logprob_by_token: dict[str, float] = {}
-    for candidate in candidates:
-        token = candidate.get("token")
-        # Keep the best entry per text: some servers list byte-level variants of one digit.
-        if token in DIGITS and token not in logprob_by_token:
-            logprob_by_token[token] = float(candidate["logprob"])
-    return expected_score_from_token_map(logprob_by_token, DIGITS)
+    try:
+        return expected_score_from_token_map(logprob_by_id, list(digit_ids))
+    except MissingAnswerError as error:
+        raise MissingAnswerError(
+            f"{error}: the upstream ignored logprob_token_ids (a vLLM without it, e.g. 0.10.2) and its "
+            f"top {TOP_LOGPROBS} did not hold every digit; start `vllm serve` with --logprobs-mode "
+            "processed_logprobs, or use a vLLM that has logprob_token_ids (0.33.0 does)"
+        ) from None
 
 
 class OpenAIBackend:
@@ -66,29 +108,54 @@ class OpenAIBackend:
         if not options.base_url:
             raise ValueError("the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1")
         self.model, self.template = options.model, options.template
-        self.url = options.base_url.rstrip("/") + "/chat/completions"
+        base = options.base_url.rstrip("/")
+        self.url = base + "/chat/completions"
+        # vLLM serves /tokenize at the root, beside /v1.
+        self.tokenize_url = (base[: -len("/v1")] if base.endswith("/v1") else base) + "/tokenize"
+        self.tokenizer_path = options.tokenizer
         self.timeout_s = options.request_timeout_s
         self.headers = {"Content-Type": "application/json"}
         if options.upstream_api_key:
             self.headers["Authorization"] = f"Bearer {options.upstream_api_key}"
+        self._digit_ids: list[int] | None = None
+        self._ids_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, options.max_batch_size), thread_name_prefix="openai"
         )
 
-    def _post(self, body: dict) -> dict:
+    def post(self, url: str, body: dict) -> dict:
         request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), headers=self.headers, method="POST"
+            url, data=json.dumps(body).encode(), headers=self.headers, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             detail = error.read()[:500].decode(errors="replace")
-            raise RuntimeError(f"upstream {self.url} answered HTTP {error.code}: {detail}") from None
+            raise RuntimeError(f"upstream {url} answered HTTP {error.code}: {detail}") from None
+
+    def digit_ids(self) -> list[int]:
+        """The judge's token ids of "0".."5": ``--tokenizer`` if given, else the upstream's /tokenize.
+
+        Looked up on first use (the upstream may still be loading when this server starts) and kept.
+        """
+        with self._ids_lock:
+            if self._digit_ids is None:
+                self._digit_ids = digit_token_ids(self._tokenizer())
+            return self._digit_ids
+
+    def _tokenizer(self):
+        if self.tokenizer_path:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(self.tokenizer_path)
+        return _RemoteTokenizer(self)
 
     def score_one(self, item: JudgeItem) -> ItemResult:
         try:
-            return score_from_chat_response(self._post(chat_request(self.model, item, self.template)))
+            digit_ids = self.digit_ids()
+            response = self.post(self.url, chat_request(self.model, item, self.template, digit_ids))
+            return score_from_chat_response(response, digit_ids)
         except Exception as error:  # noqa: BLE001 - reported as this item's error
             return error
 
@@ -98,3 +165,21 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+class _RemoteTokenizer:
+    """``encode`` through vLLM's ``POST /tokenize`` ({"prompt", "add_special_tokens"} -> {"tokens"})."""
+
+    def __init__(self, backend: OpenAIBackend) -> None:
+        self.backend = backend
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        body = {"model": self.backend.model, "prompt": text, "add_special_tokens": add_special_tokens}
+        try:
+            tokens = self.backend.post(self.backend.tokenize_url, body)["tokens"]
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
+            raise RuntimeError(
+                f"cannot look up the judge's digit token ids at {self.backend.tokenize_url} ({error}); "
+                "pass --tokenizer with a local copy of the judge's tokenizer"
+            ) from None
+        return [int(token) for token in tokens]

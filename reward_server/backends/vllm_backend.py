@@ -1,19 +1,33 @@
 """The vLLM backend (production): one batched ``LLM.chat`` call per batch.
 
-Written against vLLM's current offline API (V1 engine; no version pin):
+Checked against the source of vLLM 0.10.2 (the floor in ``pyproject.toml``) and 0.33.0
+(``docs/reward-server.md``, "vLLM versions"):
 
-- ``LLM(model, tensor_parallel_size=TP, limit_mm_per_prompt={"image": 2},
-  logprobs_mode="processed_logprobs")`` — processed logprobs are taken *after* the
-  ``allowed_token_ids`` mask, so the returned distribution is already over the six digits;
-- ``SamplingParams(max_tokens=1, temperature=0, logprobs=6, allowed_token_ids=<digit ids>)``;
-- ``outputs[i].outputs[0].logprobs[0]`` maps token id -> ``Logprob(logprob=...)``.
+- ``LLM(model, tensor_parallel_size=TP, limit_mm_per_prompt={"image": 2}, max_logprobs=20,
+  logprobs_mode=--vllm-logprobs-mode)``; the default ``processed_logprobs`` makes the returned
+  logprobs a log-softmax taken after the ``allowed_token_ids`` mask and the penalties, so over the six
+  digits only. vLLM's own default, ``raw_logprobs``, is a log-softmax over the whole vocabulary taken
+  before any masking.
+- The six digit ids are requested explicitly with ``SamplingParams(logprob_token_ids=...)`` where the
+  installed vLLM has that field (0.33.0 does, 0.10.2 does not; chosen by trying it): the engine then
+  returns exactly those six, whatever their rank, in every logprobs mode. Without it the request asks
+  for ``logprobs=6`` top tokens, which are the six digits only in the processed modes.
+- Every penalty is set to its neutral value explicitly (they change processed logprobs) and
+  ``temperature=0``, ``max_tokens=1``.
 
-The score is renormalised over the digit tokens (as the original release did), so it is the same
-number whether the engine returns processed or raw logprobs. Data parallelism is
-``--data-parallel-size`` worker processes (``reward_server/worker.py``), each owning one engine on
-its own ``TP`` GPUs. vLLM is not installable on the project's CI machines: this module is covered
-by contract tests against a fake engine with vLLM's call signature and output structure
-(``tests/server/test_vllm_backend_contract.py``), and by a real test marked ``vllm``.
+The score is the softmax over the six digit logprobs (:func:`reward_server.scoring.answer_probabilities`);
+the additive constant of a full-vocabulary log-softmax cancels, so raw and processed logprobs give the
+same number *when all six digits are returned*. When one is missing (raw mode without
+``logprob_token_ids``: the top 6 of the vocabulary) the item is refused with an error, never scored
+as if the missing digit had probability 0. ``LLM.chat`` renders every conversation before generating,
+so one bad conversation (an image vLLM cannot use, too many images) fails the whole call; the
+batcher then scores the batch's items one by one (:func:`reward_server.batcher.score_isolating_failures`).
+
+vLLM does not install on the project's CI machines: the contract tests
+(``tests/server/test_reward_backends.py``) put a fake ``vllm`` module with this API and the engine's
+logprobs behaviour in each mode into ``sys.modules``; a real run is the test marked ``vllm``.
+Data parallelism is ``--data-parallel-size`` worker processes (``reward_server/worker.py``), each
+owning one engine on its own ``TP`` GPUs.
 """
 
 from __future__ import annotations
@@ -23,18 +37,37 @@ from collections.abc import Callable, Sequence
 from reward_server.backends.base import BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri
 from reward_server.prompt_template import chat_messages, render_prompt
-from reward_server.scoring import DIGITS, digit_token_ids, expected_score_from_token_map
+from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, expected_score_from_token_map
+
+LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
+IMAGES_PER_PROMPT = 2
+# Sampling fields that change the logits the logprobs are read from; every one set to its neutral
+# value so that nothing (a model's generation_config, a vLLM default) can move the score.
+NEUTRAL_SAMPLING = {
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 
 
 def make_vllm_engine(options: BackendOptions):
-    """A vLLM ``LLM`` for the judge, with processed logprobs so the digit mask is applied first."""
+    """A vLLM ``LLM`` for the judge (two images per prompt, logprobs mode from the options)."""
     from vllm import LLM
 
+    if options.logprobs_mode not in LOGPROBS_MODES:
+        raise ValueError(
+            f"unknown --vllm-logprobs-mode {options.logprobs_mode!r}; choose one of {LOGPROBS_MODES}"
+        )
     kwargs = {
         "model": options.model,
         "tensor_parallel_size": options.tensor_parallel_size,
-        "limit_mm_per_prompt": {"image": 2},
-        "logprobs_mode": "processed_logprobs",
+        "limit_mm_per_prompt": {"image": IMAGES_PER_PROMPT},
+        "logprobs_mode": options.logprobs_mode,
+        "max_logprobs": 20,
         "gpu_memory_utilization": options.gpu_memory_utilization,
     }
     if options.max_model_len:
@@ -48,6 +81,20 @@ def vllm_sampling_params(**kwargs):
     return SamplingParams(**kwargs)
 
 
+def digit_sampling_params(make: Callable[..., object], digit_ids: Sequence[int]) -> tuple[object, bool]:
+    """``(SamplingParams, explicit)``: with ``logprob_token_ids`` where supported (``explicit``), else top-6.
+
+    Both restrict generation to the digits (``allowed_token_ids``) and neutralise every penalty.
+    vLLM refuses ``logprobs`` together with ``logprob_token_ids`` unless they agree, so the
+    explicit form leaves ``logprobs`` unset.
+    """
+    common = {"max_tokens": 1, "allowed_token_ids": list(digit_ids), **NEUTRAL_SAMPLING}
+    try:
+        return make(logprob_token_ids=list(digit_ids), **common), True
+    except TypeError:  # vLLM without SamplingParams.logprob_token_ids (0.10.2)
+        return make(logprobs=len(DIGITS), **common), False
+
+
 def conversation(item: JudgeItem, template: str) -> list[dict]:
     """The judge's user turn with both images as data URIs (the request's own file bytes)."""
     text = render_prompt(item.instruction, item.requirement, template)
@@ -56,18 +103,21 @@ def conversation(item: JudgeItem, template: str) -> list[dict]:
     return chat_messages(text, source, edited)
 
 
-def score_from_request_output(output, digit_ids: Sequence[int]) -> float:
-    """Expected score from one ``RequestOutput``: first generated position's logprobs over the digits."""
+def first_position_logprobs(output) -> dict[int, float]:
+    """{token id: logprob} at the first generated position of one ``RequestOutput``."""
     completions = getattr(output, "outputs", None)
     if not completions or not completions[0].logprobs:
         raise ValueError("vLLM returned no logprobs for the first generated token")
-    first_position = completions[0].logprobs[0]
-    logprob_by_id = {int(token_id): float(entry.logprob) for token_id, entry in first_position.items()}
-    return expected_score_from_token_map(logprob_by_id, list(digit_ids))
+    return {int(token_id): float(entry.logprob) for token_id, entry in completions[0].logprobs[0].items()}
+
+
+def score_from_request_output(output, digit_ids: Sequence[int]) -> float:
+    """Expected score from one ``RequestOutput``; refused unless all six digit ids were returned."""
+    return expected_score_from_token_map(first_position_logprobs(output), list(digit_ids))
 
 
 class VLLMBackend:
-    """Judge on an in-process vLLM engine; ``engine_factory``/``sampling_params`` are injectable for tests."""
+    """Judge on an in-process vLLM engine; ``engine_factory``/``sampling_params`` are injectable."""
 
     name = "vllm"
 
@@ -78,14 +128,15 @@ class VLLMBackend:
         sampling_params: Callable[..., object] = vllm_sampling_params,
     ) -> None:
         self.model, self.template = options.model, options.template
+        self.logprobs_mode = options.logprobs_mode
         self.engine = engine_factory(options)
         self.digit_ids = digit_token_ids(self.engine.get_tokenizer())
-        self.sampling_params = sampling_params(
-            max_tokens=1, temperature=0.0, logprobs=len(DIGITS), allowed_token_ids=list(self.digit_ids)
+        self.sampling_params, self.explicit_digit_logprobs = digit_sampling_params(
+            sampling_params, self.digit_ids
         )
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
-        """One ``LLM.chat`` call for the whole batch; per-item parsing failures stay per item."""
+        """One ``LLM.chat`` call for the whole batch; a missing digit fails only its item."""
         conversations = [conversation(item, self.template) for item in items]
         outputs = self.engine.chat(conversations, sampling_params=self.sampling_params, use_tqdm=False)
         if len(outputs) != len(items):
@@ -95,8 +146,17 @@ class VLLMBackend:
             try:
                 results.append(score_from_request_output(output, self.digit_ids))
             except ValueError as error:
-                results.append(error)
+                results.append(self._explain(error))
         return results
+
+    def _explain(self, error: ValueError) -> ValueError:
+        if not isinstance(error, MissingAnswerError) or self.explicit_digit_logprobs:
+            return error
+        return MissingAnswerError(
+            f"{error}: this vLLM has no SamplingParams.logprob_token_ids and logprobs_mode="
+            f"{self.logprobs_mode} returns the top tokens of the whole vocabulary; use "
+            "--vllm-logprobs-mode processed_logprobs or a vLLM with logprob_token_ids"
+        )
 
     def close(self) -> None:
         self.engine = None

@@ -1,248 +1,256 @@
-"""vLLM backend contract tests (fake engine with vLLM's signature and outputs), the OpenAI backend
-against recorded response shapes, and the real vLLM test (marked ``vllm``, skipped without vLLM/GPU)."""
+"""Contract tests of the vLLM and OpenAI-compatible backends against a fake vLLM (``fake_vllm.py``).
+
+The fake behaves like vLLM 0.10.2 and 0.33.0 in each ``logprobs_mode``; the offline fake is put into
+``sys.modules["vllm"]`` so the backend's own ``LLM(...)``/``SamplingParams(...)`` calls are the ones
+checked, and the OpenAI fake is a real HTTP server on 127.0.0.1. Each backend must score exactly the
+softmax over the six digit logits, or refuse the item with an error, whatever the version and mode.
+The real engine is the test marked ``vllm`` at the end (skipped without vLLM and a GPU).
+"""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.util
-import math
 import os
-from dataclasses import dataclass, field
 
 import pytest
-from flask import Flask, jsonify, request
+from fake_vllm import MODES, VERSIONS, FakeJudge, FakeVLLM, FakeVLLMServer, is_exact
 from reward_helpers import png_bytes, random_image, serve_in_thread
 
 from reward_server.backends import BackendOptions
 from reward_server.backends.openai_backend import OpenAIBackend
 from reward_server.backends.vllm_backend import VLLMBackend
+from reward_server.batcher import score_isolating_failures
 from reward_server.images import decode_item
 from reward_server.protocol import Limits, RawItem
+from reward_server.scoring import MissingAnswerError
 
-DIGIT_IDS = [15, 16, 17, 18, 19, 20]
-VOCAB = 64
-
-
-# ---- a fake vLLM engine: same call signature and output structure as vllm.LLM.chat -------------
-@dataclass
-class Logprob:  # vllm.sequence.Logprob
-    logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
-
-
-@dataclass
-class CompletionOutput:  # vllm.outputs.CompletionOutput
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float | None
-    logprobs: list[dict[int, Logprob]] | None
-    finish_reason: str | None = "length"
+NEUTRAL = {
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 
 
-@dataclass
-class RequestOutput:  # vllm.outputs.RequestOutput
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    prompt_logprobs: None
-    outputs: list[CompletionOutput]
-    finished: bool = True
-
-
-@dataclass
-class SamplingParams:  # the vllm.SamplingParams fields the backend sets
-    max_tokens: int = 16
-    temperature: float = 1.0
-    logprobs: int | None = None
-    allowed_token_ids: list[int] | None = None
-
-
-class FakeTokenizer:
-    def __init__(self, split_digit: str | None = None):
-        self.split_digit = split_digit
-
-    def encode(self, text, add_special_tokens=False):
-        if text == self.split_digit:
-            return [1, 2]
-        return [DIGIT_IDS[int(text)]]
-
-
-def fake_logits(conversation) -> list[float]:
-    """Deterministic per-conversation logits over a small vocabulary (a stand-in for the model)."""
-    seed = hashlib.sha256(repr(conversation).encode()).digest()
-    return [(seed[i % 32] + 7 * i) % 23 / 4.0 for i in range(VOCAB)]
-
-
-@dataclass
-class FakeLLM:
-    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
-    calls: list = field(default_factory=list)
-    drop_logprobs_for: set = field(default_factory=set)
-
-    def get_tokenizer(self):
-        return self.tokenizer
-
-    def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None, chat_template=None,
-             chat_template_content_format="auto", add_generation_prompt=True, continue_final_message=False,
-             tools=None, chat_template_kwargs=None, mm_processor_kwargs=None):  # fmt: skip
-        self.calls.append((messages, sampling_params, use_tqdm))
-        outputs = []
-        for index, conversation in enumerate(messages):
-            logits = fake_logits(conversation)
-            allowed = sampling_params.allowed_token_ids or range(VOCAB)
-            # processed_logprobs: log-softmax after the allowed-token mask, top-k returned.
-            top = max(logits[t] for t in allowed)
-            log_z = top + math.log(sum(math.exp(logits[t] - top) for t in allowed))
-            ranked = sorted(allowed, key=lambda t: -logits[t])[: sampling_params.logprobs]
-            entry = {t: Logprob(logits[t] - log_z, rank + 1) for rank, t in enumerate(ranked)}
-            logprobs = None if index in self.drop_logprobs_for else [entry]
-            completion = CompletionOutput(0, str(ranked[0]), [ranked[0]], None, logprobs)
-            outputs.append(RequestOutput(str(index), None, [1, 2, 3], None, [completion]))
-        return outputs
-
-
-def _items(n):
+def _items(n: int, small: set[int] = frozenset()):
     raws = [
-        RawItem(png_bytes(random_image(i)), png_bytes(random_image(50)), f"edit number {i}", "r" * (i % 2))
+        RawItem(
+            png_bytes(random_image(i, size=16 if i in small else 32)),
+            png_bytes(random_image(50)),
+            f"edit number {i}",
+            "r" * (i % 2),
+        )
         for i in range(n)
     ]
     return [decode_item(raw, i, Limits()) for i, raw in enumerate(raws)]
 
 
-def _vllm_backend(engine):
-    return VLLMBackend(
-        BackendOptions(model="judge", tensor_parallel_size=2), lambda options: engine, SamplingParams
-    )
+def _conversations(fake: FakeVLLM) -> list:
+    return [conversation for messages, _ in fake.chat_calls for conversation in messages]
 
 
-def test_vllm_backend_one_chat_call_per_batch_with_digit_restricted_logprobs():
-    engine = FakeLLM()
-    items = _items(5)
-    scores = _vllm_backend(engine).score_batch(items)
-    assert len(engine.calls) == 1
-    conversations, params, use_tqdm = engine.calls[0]
-    assert params == SamplingParams(max_tokens=1, temperature=0.0, logprobs=6, allowed_token_ids=DIGIT_IDS)
-    assert use_tqdm is False and len(conversations) == 5
+# ---- the offline vLLM backend ------------------------------------------------------------------
+@pytest.fixture
+def fake_vllm(monkeypatch, request):
+    fake = FakeVLLM(version=getattr(request, "param", "0.33.0"))
+    monkeypatch.setitem(__import__("sys").modules, "vllm", fake.module())
+    return fake
+
+
+def _vllm_backend(mode: str = "processed_logprobs") -> VLLMBackend:
+    return VLLMBackend(BackendOptions(model="judge", tensor_parallel_size=2, logprobs_mode=mode))
+
+
+@pytest.mark.parametrize("fake_vllm", VERSIONS, indirect=True)
+def test_vllm_backend_builds_the_engine_and_requests_the_digits(fake_vllm):
+    backend = _vllm_backend()
+    (kwargs,) = fake_vllm.constructed
+    assert kwargs == {
+        "model": "judge",
+        "tensor_parallel_size": 2,
+        "limit_mm_per_prompt": {"image": 2},
+        "logprobs_mode": "processed_logprobs",
+        "max_logprobs": 20,
+        "gpu_memory_utilization": 0.9,
+    }
+    items = _items(3)
+    backend.score_batch(items)
+    ((conversations, params),) = fake_vllm.chat_calls
+    digit_ids = list(fake_vllm.judge.digit_ids)
+    expected = {**NEUTRAL, "max_tokens": 1, "allowed_token_ids": digit_ids}
+    if fake_vllm.version == "0.10.2":  # no logprob_token_ids: the top 6 of the masked distribution
+        assert not backend.explicit_digit_logprobs
+        expected["logprobs"] = 6
+    else:
+        assert backend.explicit_digit_logprobs
+        expected["logprob_token_ids"] = digit_ids
+    assert {k: v for k, v in params.as_dict().items() if k in expected} == expected
     for item, conversation in zip(items, conversations, strict=True):
         (turn,) = conversation
         source, edited, text = turn["content"]
-        assert turn["role"] == "user" and text["type"] == "text" and item.instruction in text["text"]
+        assert turn["role"] == "user" and item.instruction in text["text"]
         assert base64.b64decode(source["image_url"]["url"].split(",", 1)[1]) == item.raw.source_image
         assert base64.b64decode(edited["image_url"]["url"].split(",", 1)[1]) == item.raw.image
-        assert edited["image_url"]["url"].startswith("data:image/png;base64,")
-    for score, conversation in zip(scores, conversations, strict=True):
-        logits = fake_logits(conversation)
-        weights = [math.exp(logits[t]) for t in DIGIT_IDS]
-        assert score == pytest.approx(sum(k * w for k, w in enumerate(weights)) / sum(weights) / 5, abs=1e-12)
 
 
-def test_vllm_backend_missing_logprobs_fail_only_that_item():
-    results = _vllm_backend(FakeLLM(drop_logprobs_for={1})).score_batch(_items(3))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fake_vllm", VERSIONS, indirect=True)
+def test_vllm_backend_scores_the_digit_softmax_or_refuses(fake_vllm, mode):
+    """Exact in every mode where the engine can return all six digits; an error, never a number, elsewhere."""
+    results = _vllm_backend(mode).score_batch(_items(4))
+    truths = [fake_vllm.judge.exact_digit_softmax(c) for c in _conversations(fake_vllm)]
+    if fake_vllm.version == "0.10.2" and mode.startswith("raw"):
+        # The raw top 6 of the vocabulary: no digit is among them; the backend must not make a score up.
+        assert all(isinstance(r, MissingAnswerError) for r in results), results
+        assert "processed_logprobs" in str(results[0]) and "logprob_token_ids" in str(results[0])
+    else:
+        assert all(is_exact(r, t) for r, t in zip(results, truths, strict=True)), (results, truths)
+
+
+def test_vllm_backend_a_render_error_fails_the_batch_and_the_items_are_rescored_alone(fake_vllm):
+    """``LLM.chat`` renders every conversation first: one image vLLM refuses fails the whole call."""
+    backend = _vllm_backend()
+    items = _items(4, small={2})  # a 16-pixel image: below Qwen-VL's 28-pixel factor
+    with pytest.raises(ValueError, match="smaller than the factor"):
+        backend.score_batch(items)
+    fake_vllm.chat_calls.clear()
+    results = score_isolating_failures(backend, items)
+    assert len(fake_vllm.chat_calls) == 1 + len(items)  # the batch, then each item alone
+    assert results[2][0] is None and "smaller than the factor" in results[2][1]
+    for index in (0, 1, 3):
+        conversation = fake_vllm.chat_calls[1 + index][0][0]
+        assert is_exact(results[index][0], fake_vllm.judge.exact_digit_softmax(conversation))
+
+
+def test_vllm_fake_enforces_the_engine_limits(fake_vllm):
+    """The fake refuses what vLLM refuses, so a backend that asked for more would fail these tests."""
+    vllm = __import__("sys").modules["vllm"]
+    llm = vllm.LLM(model="judge", limit_mm_per_prompt={"image": 1})
+    conversation = _vllm_conversation(_items(1)[0])
+    with pytest.raises(ValueError, match="At most 1 image"):
+        llm.chat([conversation], sampling_params=vllm.SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="max allowed: 20"):
+        llm.chat([conversation], sampling_params=vllm.SamplingParams(max_tokens=1, logprobs=21))
+
+
+def _vllm_conversation(item):
+    from reward_server.backends.vllm_backend import conversation
+
+    return conversation(item, "edit_r1_v1")
+
+
+def test_vllm_backend_missing_logprobs_fail_only_that_item(fake_vllm):
+    fake_vllm.drop_logprobs_for = {1}
+    results = _vllm_backend().score_batch(_items(3))
     assert isinstance(results[1], ValueError) and "no logprobs" in str(results[1])
     assert all(isinstance(r, float) for r in (results[0], results[2]))
 
 
-def test_vllm_backend_refuses_a_tokenizer_that_splits_digits():
+def test_vllm_backend_refuses_a_tokenizer_that_splits_digits(fake_vllm):
+    fake_vllm.judge.encode = lambda text, add_special_tokens=False: [1, 2] if text == "4" else [15]
     with pytest.raises(ValueError, match="'4'"):
-        _vllm_backend(FakeLLM(tokenizer=FakeTokenizer(split_digit="4")))
+        _vllm_backend()
 
 
-# ---- OpenAI-compatible backend against a recorded response shape -------------------------------
-def recorded_chat_completion(top):
-    """The shape vLLM's ``/v1/chat/completions`` returns with ``logprobs=true, top_logprobs=k``."""
-    return {
-        "id": "chatcmpl-0f6c",
-        "object": "chat.completion",
-        "created": 1760000000,
-        "model": "Qwen/Qwen2.5-VL-32B-Instruct",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": top[0][0], "tool_calls": []},
-                "logprobs": {
-                    "content": [
-                        {
-                            "token": top[0][0],
-                            "logprob": top[0][1],
-                            "bytes": list(top[0][0].encode()),
-                            "top_logprobs": [
-                                {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top
-                            ],
-                        }
-                    ]
-                },
-                "finish_reason": "length",
-                "stop_reason": None,
-            }
-        ],
-        "usage": {"prompt_tokens": 812, "total_tokens": 813, "completion_tokens": 1},
-    }
+# ---- the OpenAI-compatible backend against a fake ``vllm serve`` --------------------------------
+def _openai_scores(server: FakeVLLMServer, items, **options) -> list:
+    with serve_in_thread(server.app()) as url:
+        backend = OpenAIBackend(BackendOptions(model="judge", base_url=f"{url}/v1", **options))
+        try:
+            return backend.score_batch(items)
+        finally:
+            backend.close()
 
 
-TOP = [("4", -0.3), ("3", -1.6), ("5", -2.4), ("The", -4.0), ("2", -5.1), (" 4", -6.0)]
+def _truths(server: FakeVLLMServer, items) -> list:
+    """The exact digit softmax of each item's request (requests arrive concurrently, in any order)."""
+    by_text = {body["messages"][0]["content"][2]["text"]: body["messages"] for body in server.bodies}
+    return [
+        server.judge.exact_digit_softmax(next(m for text, m in by_text.items() if item.instruction in text))
+        for item in items
+    ]
 
 
-def _upstream(responses):
-    app = Flask("fake_upstream")
-    seen = []
-
-    @app.post("/v1/chat/completions")
-    def chat():
-        body = request.get_json()
-        seen.append((body, request.headers.get("Authorization")))
-        instruction = body["messages"][0]["content"][2]["text"]
-        for key, (status, payload) in responses.items():
-            if key in instruction:
-                return jsonify(payload), status
-        raise AssertionError("unexpected request")
-
-    return app, seen
-
-
-def test_openai_backend_scores_from_top_logprobs():
-    responses = {
-        "number 0": (200, recorded_chat_completion(TOP)),
-        "number 1": (200, recorded_chat_completion([("The", -0.1), ("A", -2.0)])),
-        "number 2": (500, {"error": "engine died"}),
-    }
-    app, seen = _upstream(responses)
-    with serve_in_thread(app) as url:
-        options = BackendOptions(
-            model="Qwen/Qwen2.5-VL-32B-Instruct", base_url=f"{url}/v1", upstream_api_key="up"
-        )
-        results = OpenAIBackend(options).score_batch(_items(3))
-    digits = {t: lp for t, lp in TOP if t in "012345" and len(t) == 1}
-    expected = (
-        sum(int(t) * math.exp(lp) for t, lp in digits.items())
-        / sum(math.exp(lp) for lp in digits.values())
-        / 5
-    )
-    assert results[0] == pytest.approx(expected, abs=1e-12)
-    assert isinstance(results[1], ValueError) and "no probability" in str(results[1])
-    assert isinstance(results[2], RuntimeError) and "HTTP 500" in str(results[2])
-    body, auth = seen[0]
-    assert auth == "Bearer up"
-    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
-    assert body["model"] == "Qwen/Qwen2.5-VL-32B-Instruct"
+@pytest.mark.parametrize("mode", MODES)
+def test_openai_backend_requests_the_digit_ids_and_scores_exactly(mode):
+    """vLLM 0.33 returns exactly the requested ids; the server's generation_config must not leak in."""
+    server = FakeVLLMServer(version="0.33.0", mode=mode)
+    items = _items(3)
+    results = _openai_scores(server, items, upstream_api_key="up")
+    assert all(is_exact(r, t) for r, t in zip(results, _truths(server, items), strict=True)), results
+    body = server.bodies[0]
+    assert body["logprob_token_ids"] == list(server.judge.digit_ids)  # looked up through /tokenize
+    assert body["allowed_token_ids"] == list(server.judge.digit_ids)
+    assert {k: body[k] for k in NEUTRAL} == NEUTRAL
+    assert body["max_completion_tokens"] == 1 and "max_tokens" not in body
+    assert body["logprobs"] is True and body["return_tokens_as_token_ids"] is True
     assert [part["type"] for part in body["messages"][0]["content"]] == ["image_url", "image_url", "text"]
+    assert server.headers[0]["Authorization"] == "Bearer up"
+
+
+def test_openai_backend_on_a_server_without_logprob_token_ids():
+    """vLLM 0.10.2 ignores the field: exact with processed logprobs, refused when the top 20 lacks digits."""
+    processed = FakeVLLMServer(version="0.10.2", mode="processed_logprobs")
+    items = _items(3)
+    results = _openai_scores(processed, items)
+    assert all(is_exact(r, t) for r, t in zip(results, _truths(processed, items), strict=True)), results
+
+    raw = FakeVLLMServer(version="0.10.2", mode="raw_logprobs")
+    results = _openai_scores(raw, _items(3))
+    for result in results:
+        assert isinstance(result, MissingAnswerError), result
+        assert "--logprobs-mode processed_logprobs" in str(result)
+    # Each response did carry some digits, not all six: a partial top-k is never scored.
+    for response in raw.responses:
+        listed = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        digits = {entry["token"] for entry in listed} & {f"token_id:{t}" for t in raw.judge.digit_ids}
+        assert 0 < len(digits) < 6, listed
+
+
+def test_openai_backend_reads_token_ids_from_a_local_tokenizer_without_tokenize(tiny_judge):
+    from transformers import AutoTokenizer
+
+    from reward_server.scoring import digit_token_ids
+
+    ids = tuple(digit_token_ids(AutoTokenizer.from_pretrained(tiny_judge)))
+    judge = FakeJudge(digit_ids=ids, vocab_size=max(ids) + 40)
+    without = FakeVLLMServer(version="0.33.0", judge=judge, tokenize_endpoint=False)
+    refused = _openai_scores(without, _items(1))
+    assert isinstance(refused[0], RuntimeError) and "--tokenizer" in str(refused[0])
+    items = _items(2)
+    results = _openai_scores(without, items, tokenizer=str(tiny_judge))
+    assert without.bodies[0]["logprob_token_ids"] == list(ids)
+    assert all(is_exact(r, t) for r, t in zip(results, _truths(without, items), strict=True)), results
+
+
+def test_openai_backend_reports_upstream_failures_per_item():
+    server = FakeVLLMServer(version="0.33.0", max_logprobs=20)
+    results = _openai_scores(server, _items(3, small={1}))
+    assert isinstance(results[1], RuntimeError) and "HTTP 400" in str(results[1])
+    assert isinstance(results[0], float) and isinstance(results[2], float)
 
 
 # ---- the real engine, where it exists ----------------------------------------------------------
 @pytest.mark.vllm
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
-def test_real_vllm_matches_transformers(tiny_kit):
+def test_real_vllm_matches_transformers(tiny_judge):
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
     from reward_server.backends.transformers_backend import TransformersBackend
 
-    model = os.environ.get("EDIT_R1_VLLM_JUDGE", str(tiny_kit / "judge_qwen2_5_vl"))
+    model = os.environ.get("EDIT_R1_VLLM_JUDGE", str(tiny_judge))
     items = _items(4)
-    engine = VLLMBackend(BackendOptions(model=model, gpu_memory_utilization=0.3, max_model_len=4096))
     reference = TransformersBackend(BackendOptions(model=model, dtype="float32")).score_batch(items)
-    assert engine.score_batch(items) == pytest.approx(reference, abs=2e-2)
+    for mode in ("processed_logprobs", "raw_logprobs"):
+        engine = VLLMBackend(
+            BackendOptions(model=model, gpu_memory_utilization=0.3, max_model_len=4096, logprobs_mode=mode)
+        )
+        assert engine.score_batch(items) == pytest.approx(reference, abs=2e-2)
+        engine.close()

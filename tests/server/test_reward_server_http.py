@@ -32,8 +32,8 @@ INSTRUCTIONS = ["make the sky red", "remove the ball", "add a hat", "turn it ups
 
 
 @pytest.fixture(scope="module")
-def judge(tiny_kit):
-    backend = build_backend("transformers", BackendOptions(model=str(tiny_kit / "judge_qwen2_5_vl")))
+def judge(tiny_judge):
+    backend = build_backend("transformers", BackendOptions(model=str(tiny_judge)))
     yield backend
     backend.close()
 
@@ -69,12 +69,12 @@ def _post(url, raws, **kwargs):
     return requests.post(f"{url}/score", json=body, timeout=120, **kwargs)
 
 
-def test_health_reports_the_judge(server, tiny_kit):
+def test_health_reports_the_judge(server, tiny_judge):
     health = requests.get(f"{server}/health", timeout=10).json()
     assert health == {
         "status": "ok",
         "backend": "transformers",
-        "model": str(tiny_kit / "judge_qwen2_5_vl"),
+        "model": str(tiny_judge),
         "template": "edit_r1_v1",
         "replicas_alive": 1,
         "replicas": 1,
@@ -203,12 +203,12 @@ def test_api_key_is_required_when_configured(judge, items):
 
 
 @pytest.fixture(scope="module")
-def cli_server(tiny_kit):
+def cli_server(tiny_judge):
     """``python reward_server/reward_server.py`` with two replica worker processes (DP 2) and a key;
     yields its URL, the environment and the lines it has logged so far (read by a thread)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REWARD_SERVER_API_KEY": "k3y", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers"]
-    command += ["--model", str(tiny_kit / "judge_qwen2_5_vl"), "--port", "0", "--data-parallel-size", "2"]
+    command += ["--model", str(tiny_judge), "--port", "0", "--data-parallel-size", "2"]
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -139,9 +139,15 @@ def test_expected_score_is_the_spec_formula():
     # An additive constant (full-vocabulary log-softmax vs. raw logits) does not change the score.
     assert expected_score_from_logprobs(list(logits - 7.0)) == pytest.approx(expected, abs=1e-12)
     assert expected_score_from_logprobs([-math.inf] * 5 + [0.0]) == 1.0
-    assert expected_score_from_token_map({"0": 0.0, "junk": 5.0}, ["0", "1", "2", "3", "4", "5"]) == 0.0
+    digits = ["0", "1", "2", "3", "4", "5"]
+    # A digit absent from the map has an unknown logit: refused, never counted as probability 0.
+    with pytest.raises(ValueError, match=r"lack the digit token\(s\) \['1', '2', '3', '4', '5'\]"):
+        expected_score_from_token_map({"0": 0.0, "junk": 5.0}, digits)
+    # vLLM's -9999 clamp is a present digit with probability 0.
+    clamped = dict.fromkeys(digits[:5], -9999.0) | {"5": -3.0, "junk": 5.0}
+    assert expected_score_from_token_map(clamped, digits) == 1.0
     with pytest.raises(ValueError, match="no probability"):
-        expected_score_from_token_map({}, ["0", "1", "2", "3", "4", "5"])
+        expected_score_from_token_map(dict.fromkeys(digits, -math.inf), digits)
 
 
 class _Tokenizer:
