@@ -17,6 +17,13 @@ leaves either the previous checkpoints untouched plus a hidden temp directory (i
 cleaned up by the next save) or the new complete checkpoint. Readers only accept directories named
 ``checkpoint-<int>`` that hold a parseable ``COMPLETE`` manifest.
 
+Integrity: the manifest records the size and SHA-256 of every file in the checkpoint directory
+(whatever wrote it), so a flipped byte or a truncated file is found at resume
+(:func:`verify_checkpoint`); :func:`resolve_resume_checkpoint` then falls back to the previous
+complete checkpoint with a warning naming the bad file, or stops with :class:`CheckpointCorrupted`.
+A failed write (e.g. ENOSPC) raises :class:`CheckpointWriteError` on every rank, naming the file
+and the reason; the temp directory is removed and the previous checkpoints stay as they were.
+
 No arbitrary unpickling: tensors use safetensors; the ``states/*.pt`` files are written with
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers/numbers/strings (an optimizer's state dict) and refuses any other object.
@@ -29,6 +36,8 @@ rank can see (as for any multi-node run that saves from rank 0 and resumes on al
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -53,6 +62,10 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "checkpoint_epoch",
+    "verify_checkpoint",
+    "resolve_resume_checkpoint",
+    "CheckpointCorrupted",
+    "CheckpointWriteError",
     "CHECKPOINTS_DIRNAME",
     "COMPLETE_MARKER",
 ]
@@ -64,6 +77,15 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+_HASH_CHUNK = 8 << 20
+
+
+class CheckpointCorrupted(ValueError):
+    """A checkpoint file is missing, has the wrong size or the wrong SHA-256; the message names it."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (on any rank); the message says which file and why."""
 
 
 @dataclass
@@ -238,7 +260,11 @@ def _write_rng(tmp: Path, rank: int, rng: Mapping[str, torch.Tensor] | None) -> 
 
 def _finalize(tmp: Path, final: Path, epoch: int, world_size: int) -> None:
     _fsync_tree(tmp)
-    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = {
+        str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
     manifest = {
         "format": FORMAT_VERSION,
         "epoch": epoch,
@@ -252,6 +278,22 @@ def _finalize(tmp: Path, final: Path, epoch: int, world_size: int) -> None:
     _remove_dir(final)  # re-saving the same epoch (e.g. after a resume) replaces the old one
     os.replace(tmp, final)
     _fsync_path(final.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _describe_write_error(error: BaseException, where: Path) -> str:
+    """One line: what failed, where, and what to do when the disk is full."""
+    text = f"{type(error).__name__}: {error}"
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+        text += f" -- the device holding {where} is full; free space there or set logdir elsewhere"
+    return text
 
 
 def _prune(folder: Path, keep_last: int | None) -> None:
@@ -294,27 +336,98 @@ def save_checkpoint(
         _clean_stale(folder)
         (tmp / "rng").mkdir(parents=True)
     distributed.barrier()
+    failure = None
     try:
         _write_rng(tmp, info.rank, state.rng)
         if info.is_main:
             _write_shared(tmp, state, exporters)
-    except BaseException:
-        if info.is_main:
+    except (TypeError, ValueError):
+        if info.is_main:  # a caller's mistake (names, non-JSON metadata): not a disk problem
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    distributed.barrier()
+    except Exception as error:  # noqa: BLE001 - OSError, SafetensorError, torch's writer errors
+        failure = f"rank {info.rank}: {_describe_write_error(error, folder)}"
+    _raise_if_any_rank_failed(failure, tmp, final, info)
     if info.is_main:
-        _finalize(tmp, final, epoch, info.world_size)
+        try:
+            _finalize(tmp, final, epoch, info.world_size)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"finishing {final} failed: {_describe_write_error(error, folder)}; {_previous_note(folder)}"
+            ) from error
         _prune(folder, keep_last)
     distributed.barrier()
     return final
 
 
-def _verify_files(ckpt: Path, manifest: Mapping[str, Any]) -> None:
-    for rel, size in manifest.get("files", {}).items():
+def _previous_note(folder: Path) -> str:
+    previous = list_checkpoints(folder)
+    return f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+
+
+def _raise_if_any_rank_failed(failure: str | None, tmp: Path, final: Path, info) -> None:
+    """Every rank learns whether any rank failed to write (instead of waiting at a barrier forever)."""
+    failures = [f for f in distributed.all_gather_json(failure) if f]
+    if not failures:
+        return
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise CheckpointWriteError(
+        f"writing {final.name} under {final.parent} failed ({'; '.join(failures)}); "
+        f"{_previous_note(final.parent)}"
+    )
+
+
+def _verify_files(ckpt: Path, manifest: Mapping[str, Any], checksums: bool = True) -> None:
+    """Every file the manifest lists is there with its size (and SHA-256, when recorded and asked)."""
+    for rel, record in manifest.get("files", {}).items():
+        size, digest = (record, None) if isinstance(record, int) else (record["size"], record.get("sha256"))
         p = ckpt / rel
-        if not p.is_file() or p.stat().st_size != size:
-            raise ValueError(f"checkpoint {ckpt} is damaged: {rel} is missing or has the wrong size")
+        if not p.is_file():
+            raise CheckpointCorrupted(f"checkpoint {ckpt} is damaged: {rel} is missing")
+        if p.stat().st_size != size:
+            raise CheckpointCorrupted(
+                f"checkpoint {ckpt} is damaged: {rel} has {p.stat().st_size} bytes, {size} were written"
+            )
+        if checksums and digest is not None and _sha256(p) != digest:
+            raise CheckpointCorrupted(
+                f"checkpoint {ckpt} is damaged: {rel} does not match the SHA-256 recorded when it was written"
+            )
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> None:
+    """Check a complete checkpoint's files against its manifest; raises :class:`CheckpointCorrupted`."""
+    path = Path(ckpt)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise CheckpointCorrupted(f"checkpoint {path} has no valid {COMPLETE_MARKER} manifest")
+    _verify_files(path, manifest)
+
+
+def resolve_resume_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: the newest intact one at ``path`` (see :func:`latest_checkpoint`).
+
+    Each candidate is verified (sizes and SHA-256); a damaged one is skipped with a warning naming
+    the bad file, falling back to the previous complete checkpoint of the same folder. ``None`` if
+    there is no complete checkpoint at all; :class:`CheckpointCorrupted` if every one is damaged.
+    """
+    newest = latest_checkpoint(path)
+    if newest is None:
+        return None
+    older = [p for p in list_checkpoints(newest.parent) if checkpoint_epoch(p) < checkpoint_epoch(newest)]
+    problems = []
+    for candidate in [newest, *reversed(older)]:
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointCorrupted as error:
+            problems.append(str(error))
+            warnings.warn(f"{error}; falling back to the previous complete checkpoint", stacklevel=2)
+            continue
+        return candidate
+    raise CheckpointCorrupted(
+        f"no intact checkpoint to resume from under {newest.parent}: {'; '.join(problems)}"
+    )
 
 
 def _load_json(path: Path) -> Any:
@@ -325,20 +438,25 @@ def _load_json(path: Path) -> Any:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, rank: int | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    *,
+    rank: int | None = None,
+    map_location: str | torch.device = "cpu",
+    checksums: bool = True,
 ) -> CheckpointState:
     """Load a checkpoint (or the latest complete one of a run directory).
 
     ``rank`` selects the RNG file (default: this process's rank). If the checkpoint holds RNG states
     but none for this rank (written with a different world size), ``rng`` is ``None`` and a warning
-    says the resume will not be bit-exact. Files are checked against the manifest's sizes.
+    says the resume will not be bit-exact. Files are checked against the manifest's sizes and, with
+    ``checksums`` (pass False when :func:`resolve_resume_checkpoint` has just verified it), SHA-256.
     """
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"no complete checkpoint under {path}")
     manifest = _read_manifest(ckpt)
     assert manifest is not None  # latest_checkpoint only returns complete checkpoints
-    _verify_files(ckpt, manifest)
+    _verify_files(ckpt, manifest, checksums)
     if rank is None:
         rank = distributed.current_dist_info().rank
     state = CheckpointState(path=ckpt, epoch=int(manifest["epoch"]), world_size=int(manifest["world_size"]))

@@ -30,6 +30,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -48,7 +49,14 @@ from edit_r1.algo import (
     old_policy_decay,
     update_old_policy,
 )
-from edit_r1.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
+from edit_r1.checkpoint import (
+    CheckpointCorrupted,
+    CheckpointState,
+    CheckpointWriteError,
+    load_checkpoint,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
 from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
 from edit_r1.data import EditDataset, GroupBatchSampler
 from edit_r1.data.dataset import center_crop_resize
@@ -602,14 +610,18 @@ class Trainer:
             config=self.config.to_dict(),
             rng=distributed.get_rng_state(),
         )
-        path = save_checkpoint(
-            self.run_dir,
-            epoch,
-            state,
-            keep_last=self.config.num_checkpoint_limit,
-            dist_info=self.dist,
-            exporters=[self._export_weights],
-        )
+        try:
+            path = save_checkpoint(
+                self.run_dir,
+                epoch,
+                state,
+                keep_last=self.config.num_checkpoint_limit,
+                dist_info=self.dist,
+                exporters=[self._export_weights],
+            )
+        except CheckpointWriteError as error:
+            # Stop: training on without a checkpoint would risk more work than it saves.
+            raise TrainingError(f"checkpoint after epoch {epoch} not saved: {error}") from error
         distributed.rank0_print(f"saved {path}")
         return path
 
@@ -627,11 +639,28 @@ class Trainer:
         else:
             self.policy.save_full(directory / "transformer", weights=weights)
 
+    def _resume_checkpoint(self, path: str) -> Path:
+        """Rank 0 picks the newest intact checkpoint (SHA-256 of every file, falling back past damaged
+        ones with a warning) and tells every rank, so the files are hashed once, not once per rank."""
+        choice: dict[str, str] = {}
+        if self.dist.is_main:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    found = resolve_resume_checkpoint(path)
+                for warning in caught:
+                    distributed.rank0_print(f"warning: {warning.message}")
+                choice = {"path": str(found)} if found else {"error": "no complete checkpoint there"}
+            except (CheckpointCorrupted, FileNotFoundError, ValueError) as error:
+                choice = {"error": str(error)}
+        choice = distributed.broadcast_object(choice)
+        if "error" in choice:
+            raise TrainingError(f"resume_from={path!r}: {choice['error']}")
+        return Path(choice["path"])
+
     def _resume(self, path: str) -> None:
-        checkpoint = latest_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"resume_from={path!r}: no complete checkpoint there")
-        state = load_checkpoint(checkpoint, rank=self.dist.rank)
+        checkpoint = self._resume_checkpoint(path)
+        state = load_checkpoint(checkpoint, rank=self.dist.rank, checksums=False)  # verified just now
         self.policy.load_policy_state_dict({"default": state.tensors["default"], "old": state.tensors["old"]})
         if self.ema is not None:
             shadow = state.tensors["ema"]

@@ -61,16 +61,24 @@ def checkpoint_tensors(run_dir: Path, epoch: int) -> dict[str, dict[str, torch.T
     return {f.stem: load_file(f) for f in folder.glob("*.safetensors")}
 
 
-def test_resume_continues_bit_for_bit(make_config):
+def test_resume_continues_bit_for_bit(make_config, capsys):
+    """Also the corrupted-checkpoint fault: the newest checkpoint has a flipped byte, so the resume
+    falls back to the one before it (with a warning naming the file) and still ends bit for bit."""
     straight = train(make_config("straight", num_epochs=3, save_freq=10))
-    train(make_config("resumed", num_epochs=2, save_freq=10))
+    interrupted = train(make_config("resumed", num_epochs=2, save_freq=1))
+    damaged = interrupted.run_dir / "checkpoints" / "checkpoint-2" / "tensors" / "default.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0x01
+    damaged.write_bytes(bytes(data))
     resumed = train(
         make_config(
             "resumed", num_epochs=3, save_freq=10, resume_from=str(straight.run_dir.parent / "resumed")
         )
     )
 
-    assert resumed.first_epoch == 2
+    assert resumed.first_epoch == 1
+    out = capsys.readouterr().out
+    assert "warning: checkpoint" in out and "checkpoint-2 is damaged: tensors/default.safetensors" in out
     a, b = checkpoint_tensors(straight.run_dir, 3), checkpoint_tensors(resumed.run_dir, 3)
     assert a.keys() == b.keys() == {"default", "old", "ema"}
     for group in a:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import subprocess
 import sys
@@ -13,14 +15,19 @@ import numpy as np
 import pytest
 import torch
 
+from edit_r1 import checkpoint as checkpoint_module
 from edit_r1.checkpoint import (
     COMPLETE_MARKER,
+    CheckpointCorrupted,
     CheckpointState,
+    CheckpointWriteError,
     checkpoint_epoch,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    resolve_resume_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from edit_r1.distributed import get_rng_state, set_rng_state
 
@@ -116,7 +123,7 @@ def test_exception_during_save_keeps_previous_checkpoint_latest(tmp_path: Path) 
         (folder / "lora" / "half_written.bin").write_bytes(b"\0" * 10)
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match="RuntimeError: disk full"):
         save_checkpoint(tmp_path, 2, _state(2.0), exporters=[failing_export])
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "checkpoint-1"
     assert not (tmp_path / "checkpoints" / "checkpoint-2").exists()
@@ -253,3 +260,77 @@ def test_cuda_rng_state_restore(tmp_path: Path) -> None:
     torch.cuda.manual_seed_all(8)
     set_rng_state(load_checkpoint(tmp_path).rng)
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def _flip_byte(path: Path, offset: int = -5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_manifest_records_size_and_sha256_of_every_file(tmp_path: Path) -> None:
+    state = _state()
+    state.rng = get_rng_state()
+    path = save_checkpoint(
+        tmp_path,
+        1,
+        state,
+        exporters=[lambda d: (d / "lora").mkdir() or (d / "lora" / "w.bin").write_bytes(b"x")],
+    )
+    files = json.loads((path / COMPLETE_MARKER).read_text())["files"]
+    on_disk = sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER
+    )
+    assert sorted(files) == on_disk and "rng/rank0.safetensors" in files and "lora/w.bin" in files
+    assert all(len(record["sha256"]) == 64 and record["size"] > 0 for record in files.values())
+    verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_damaged_latest_checkpoint_falls_back_with_a_warning_naming_the_file(tmp_path: Path, damage) -> None:
+    save_checkpoint(tmp_path, 1, _state(1.0))
+    latest = save_checkpoint(tmp_path, 2, _state(2.0))
+    bad = latest / "tensors" / "ema.safetensors"
+    if damage == "flipped byte":
+        _flip_byte(bad)  # same size: only the checksum can tell
+    else:
+        bad.write_bytes(bad.read_bytes()[:-7])
+    with pytest.raises(CheckpointCorrupted, match="tensors/ema.safetensors"):
+        load_checkpoint(latest)
+    with pytest.warns(UserWarning, match=r"checkpoint-2 is damaged: tensors/ema.safetensors .*falling back"):
+        chosen = resolve_resume_checkpoint(tmp_path)
+    assert chosen == tmp_path / "checkpoints" / "checkpoint-1"
+    assert torch.equal(load_checkpoint(chosen).tensors["ema"]["w"], torch.full((2, 3), 1.0))
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    only = save_checkpoint(tmp_path, 1, _state())
+    _flip_byte(only / "metadata.json", offset=3)
+    with pytest.warns(UserWarning), pytest.raises(CheckpointCorrupted) as raised:
+        resolve_resume_checkpoint(only)
+    assert "no intact checkpoint to resume from" in str(raised.value) and "metadata.json" in str(raised.value)
+
+
+def _disk_full_after(limit: int):
+    """A stand-in for safetensors' writer on a full disk: some bytes land, then ENOSPC."""
+
+    def write(tensors, filename, metadata=None):  # noqa: ARG001 - same signature
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * limit)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    return write
+
+
+def test_no_space_left_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    save_checkpoint(tmp_path, 1, _state(1.0))
+    monkeypatch.setattr(checkpoint_module, "save_file", _disk_full_after(1000))
+    with pytest.raises(CheckpointWriteError) as raised:
+        save_checkpoint(tmp_path, 2, _state(2.0))
+    message = str(raised.value)
+    assert "No space left on device" in message and "ema.safetensors" in message
+    assert f"the device holding {tmp_path / 'checkpoints'} is full" in message
+    assert f"the previous checkpoint {tmp_path / 'checkpoints' / 'checkpoint-1'} is intact" in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-1"]  # temp dir removed
+    verify_checkpoint(tmp_path / "checkpoints" / "checkpoint-1")
+    assert torch.equal(load_checkpoint(tmp_path).tensors["ema"]["w"], torch.full((2, 3), 1.0))
