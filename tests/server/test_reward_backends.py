@@ -254,3 +254,18 @@ def test_real_vllm_matches_transformers(tiny_judge):
         )
         assert engine.score_batch(items) == pytest.approx(reference, abs=2e-2)
         engine.close()
+
+
+def test_the_command_line_reaches_the_backend_options():
+    from reward_server.cli import build_parser, options_from_args
+
+    args = build_parser().parse_args(
+        ["--model", "judge", "--vllm-logprobs-mode", "raw_logprobs", "--tokenizer", "/judge/tok"]
+    )
+    options = options_from_args(args)
+    assert (options.logprobs_mode, options.tokenizer) == ("raw_logprobs", "/judge/tok")
+    assert (
+        options_from_args(build_parser().parse_args(["--model", "j"])).logprobs_mode == "processed_logprobs"
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "j", "--vllm-logprobs-mode", "sampled"])
