@@ -10,8 +10,17 @@ Named configs (``--config config/qwen_image_edit_nft.py:NAME``; without ``:NAME`
           scripts/train_nft_qwen_image_edit.py --config config/qwen_image_edit_nft.py:qwen_mllm_reward \\
           --config.dataset=/path/to/edit_data
 
+* ``qwen_2511_mllm_reward`` -- the same recipe on Qwen-Image-Edit-2511 (``QwenImageEditPlusPipeline``
+  with a ``zero_cond_t`` transformer). The original release trained 2509 only; its settings are
+  reused unchanged (``docs/models.md``)::
+
+      REWARD_SERVER=judge-host:12341 torchrun --nproc_per_node=8 \\
+          scripts/train_nft_qwen_image_edit.py --config config/qwen_image_edit_nft.py:qwen_2511_mllm_reward \\
+          --config.dataset=/path/to/edit_data
+
 * ``tiny`` -- CPU smoke run on the tiny local pipeline and the toy dataset, rule reward ``toy_color``.
 * ``tiny_mllm`` -- ``tiny`` scored by the (tiny) MLLM judge through the reward server.
+* ``tiny_2511`` -- ``tiny`` on the tiny 2511 pipeline (``.tiny/kit/qwen_image_edit_2511``).
 
 The tiny configs expect ``make demo`` layout under the repository root: ``.tiny/kit/qwen_image_edit_plus``
 (``python -m edit_r1.models.tiny build --out .tiny/kit``) and ``.tiny/toy_data``
@@ -50,6 +59,17 @@ def qwen_mllm_reward() -> ml_collections.ConfigDict:
     return config
 
 
+def qwen_2511_mllm_reward() -> ml_collections.ConfigDict:
+    """The shipped recipe on Qwen-Image-Edit-2511; launch as ``qwen_mllm_reward`` with this name.
+
+    2511 loads with the same pipeline class; its transformer config sets ``zero_cond_t`` (the
+    reference-image tokens are modulated with timestep 0), which the adapter needs no option for.
+    """
+    config = qwen_mllm_reward()
+    config.pretrained.model = "Qwen/Qwen-Image-Edit-2511"
+    return config
+
+
 def tiny() -> ml_collections.ConfigDict:
     """CPU smoke run: tiny random Qwen-Image-Edit pipeline, toy dataset, ``toy_color`` reward.
 
@@ -69,7 +89,20 @@ def tiny_mllm() -> ml_collections.ConfigDict:
     return config
 
 
-NAMED_CONFIGS = {"qwen_mllm_reward": qwen_mllm_reward, "tiny": tiny, "tiny_mllm": tiny_mllm}
+def tiny_2511() -> ml_collections.ConfigDict:
+    """``tiny`` on the tiny Qwen-Image-Edit-2511 pipeline; launch as ``tiny`` with ``:tiny_2511``."""
+    config = tiny()
+    config.pretrained.model = str(REPO_ROOT / ".tiny" / "kit" / "qwen_image_edit_2511")
+    return config
+
+
+NAMED_CONFIGS = {
+    "qwen_mllm_reward": qwen_mllm_reward,
+    "tiny": tiny,
+    "tiny_mllm": tiny_mllm,
+    "qwen_2511_mllm_reward": qwen_2511_mllm_reward,
+    "tiny_2511": tiny_2511,
+}
 
 
 def get_config(name: str = "qwen_mllm_reward") -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""DiffusionNFT training of Qwen-Image-Edit(-2509) with the MLLM judge reward.
+"""DiffusionNFT training of Qwen-Image-Edit-2509 / -2511 with the MLLM judge reward.
 
     torchrun --nproc_per_node=8 scripts/train_nft_qwen_image_edit.py \\
         --config config/qwen_image_edit_nft.py:qwen_mllm_reward

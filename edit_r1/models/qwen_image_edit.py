@@ -1,4 +1,8 @@
-"""Qwen-Image-Edit adapter (2509 "Plus" and the original release) behind `EditPolicy`.
+"""Qwen-Image-Edit adapter (2509 / 2511 "Plus" and the original release) behind `EditPolicy`.
+
+2511 is the Plus pipeline with a transformer configured `zero_cond_t=True`: the transformer itself
+modulates the reference-image tokens with timestep 0, using the `img_shapes` passed here, so the
+adapter needs no option for it (`docs/models.md`).
 
 Conditioning (SPEC section 2), per (instruction, source image):
 
@@ -128,11 +132,11 @@ def unpack_latents(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 class QwenImageEditPolicy(EditPolicy):
-    """Qwen-Image-Edit(-2509) as trained / old / reference policies.
+    """Qwen-Image-Edit(-2509/-2511) as trained / old / reference policies.
 
     Args (beyond `EditPolicy`):
         text_encoder, processor: Qwen2.5-VL and its image+text processor.
-        variant: "plus" (QwenImageEditPlusPipeline, 2509) or "original" (QwenImageEditPipeline).
+        variant: "plus" (QwenImageEditPlusPipeline, 2509 and 2511) or "original" (QwenImageEditPipeline).
         reference_area: pixel area of the VAE reference image (default: height * width).
         condition_area: pixel area of the vision-encoder image (default: 384^2 for Plus, the
             reference area for the original model, as the stock pipelines).

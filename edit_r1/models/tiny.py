@@ -2,7 +2,7 @@
 
 Nothing can be downloaded from a model hub here, yet the adapters, the trainer and the reward
 server must be tested against the real loading code. This module builds, from fixed seeds and
-without any network, three checkpoint folders that the *standard* classmethods load:
+without any network, four checkpoint folders that the *standard* classmethods load:
 
 ``qwen_image_edit_plus/`` -- ``diffusers.QwenImageEditPlusPipeline.from_pretrained``
     transformer  ``QwenImageTransformer2DModel`` patch 2, in 16 / out 4 channels, 2 layers, 3 heads x 16,
@@ -29,6 +29,10 @@ without any network, three checkpoint folders that the *standard* classmethods l
                  ``load_qwen_vl_processor(DIR, subfolder="processor")`` loads the same folder too.
     scheduler    ``FlowMatchEulerDiscreteScheduler`` with the Qwen-Image constants: seq 256 / 8192, shift
                  0.5 / 0.9, shift_terminal 0.02, exponential dynamic shifting
+
+``qwen_image_edit_2511/`` -- the same pipeline, components and weights as ``qwen_image_edit_plus/``
+    with the transformer configured as Qwen-Image-Edit-2511 (``zero_cond_t=True``: reference-image
+    tokens are modulated with timestep 0). Same weights, so any difference in output is the flag's.
 
 ``flux_kontext/`` -- ``diffusers.FluxKontextPipeline.from_pretrained``
     transformer  ``FluxTransformer2DModel`` patch 1, in 16 channels, 1 + 1 layers, 2 heads x 16,
@@ -58,7 +62,7 @@ Determinism: every model is initialised right after ``torch.manual_seed`` with i
 ``torch.random.fork_rng``, so the caller's RNG is untouched) and saved as safetensors; the tokenizers are
 trained on the built-in :func:`tiny_corpus`, BPE ids are put in a canonical order and the sentencepiece
 model is stored without the temporary paths it was trained from. Building twice gives bit-identical
-files (tested). Building all three takes about 4 s (measured 3.8-8 s on a shared 2-core machine,
+files (tested). Building all four takes about 5 s (measured 3.8-8 s on a shared 2-core machine,
 excluding the ~3 s of importing torch/diffusers/transformers).
 
 CLI: ``python -m edit_r1.models.tiny build --out DIR [--only NAME ...]``.
@@ -74,7 +78,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-KIT_NAMES = ("qwen_image_edit_plus", "flux_kontext", "judge_qwen2_5_vl")
+KIT_NAMES = ("qwen_image_edit_plus", "qwen_image_edit_2511", "flux_kontext", "judge_qwen2_5_vl")
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -409,8 +413,9 @@ def _pipeline_processor(tokenizer):
 # --------------------------------------------------------------------------------------------- builders
 
 
-def build_qwen_image_edit_plus(out_dir: str | os.PathLike) -> Path:
-    """Write a tiny Qwen-Image-Edit-2509 pipeline to ``out_dir`` (loads with QwenImageEditPlusPipeline)."""
+def build_qwen_image_edit_plus(out_dir: str | os.PathLike, zero_cond_t: bool = False) -> Path:
+    """Write a tiny Qwen-Image-Edit-2509 pipeline to ``out_dir`` (loads with QwenImageEditPlusPipeline);
+    with ``zero_cond_t`` the transformer is configured as 2511."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -432,6 +437,7 @@ def build_qwen_image_edit_plus(out_dir: str | os.PathLike) -> Path:
             joint_attention_dim=16,
             guidance_embeds=False,
             axes_dims_rope=(8, 4, 4),
+            zero_cond_t=zero_cond_t,
         ),
     )
     vae = _seeded(
@@ -457,6 +463,11 @@ def build_qwen_image_edit_plus(out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def build_qwen_image_edit_2511(out_dir: str | os.PathLike) -> Path:
+    """Write a tiny Qwen-Image-Edit-2511 pipeline: the 2509 kit with ``zero_cond_t=True``."""
+    return build_qwen_image_edit_plus(out_dir, zero_cond_t=True)
 
 
 def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
@@ -587,6 +598,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 BUILDERS: dict[str, Callable[[str | os.PathLike], Path]] = {
     "qwen_image_edit_plus": build_qwen_image_edit_plus,
+    "qwen_image_edit_2511": build_qwen_image_edit_2511,
     "flux_kontext": build_flux_kontext,
     "judge_qwen2_5_vl": build_judge,
 }

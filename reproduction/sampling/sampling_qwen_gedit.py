@@ -1,5 +1,5 @@
 """Sample GEdit-Bench (English items; output OUT/{task_type}/{key}.png)
-with Qwen-Image-Edit(-2509) (true CFG 4.0, negative " ", 28 steps), seed 42 per item.
+with Qwen-Image-Edit-2509 or -2511 (true CFG 4.0, negative " ", 28 steps), seed 42 per item.
 
     python reproduction/sampling/sampling_qwen_gedit.py --pretrained_name_or_path MODEL \
         --gedit_bench_path GEDIT_BENCH_DIR --output_dir OUT --seed 42 [--lora_path LORA]

@@ -1,5 +1,5 @@
 """Sample ImgEdit single-turn (output OUT/{key}.jpg)
-with Qwen-Image-Edit(-2509) (true CFG 4.0, negative " ", 28 steps), seed 42 per item.
+with Qwen-Image-Edit-2509 or -2511 (true CFG 4.0, negative " ", 28 steps), seed 42 per item.
 
     python reproduction/sampling/sampling_qwen_imgedit.py --pretrained_name_or_path MODEL \
         --input_path singleturn.json --root_path SINGLETURN_DIR --output_dir OUT --seed 42 [--lora_path LORA]

@@ -151,3 +151,31 @@ def test_kontext_matches_stock_pipeline(tiny_kit):
         pipe, image, guidance_scale=2.5, max_sequence_length=32, max_area=SIZE * SIZE, _auto_resize=False
     )
     assert_same(run_ours(policy, image), stock)
+
+
+def test_qwen_2511_matches_stock_pipeline_and_differs_from_2509(tiny_kit, qwen_stock, monkeypatch):
+    """Qwen-Image-Edit-2511 = the Plus pipeline with a `zero_cond_t` transformer; the tiny 2511 kit
+    has the 2509 kit's weights, so the 2509 output differing shows that the flag takes effect."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
+    from diffusers import QwenImageEditPlusPipeline
+
+    from edit_r1.models.qwen_image_edit import QwenImageEditPolicy
+    from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+
+    path = tiny_kit / "qwen_image_edit_2511"
+    condition_area, reference_area = 48 * 48, SIZE * SIZE
+    monkeypatch.setattr(plus_module, "CONDITION_IMAGE_SIZE", condition_area)
+    monkeypatch.setattr(plus_module, "VAE_IMAGE_SIZE", reference_area)
+    stock_2511 = QwenImageEditPlusPipeline.from_pretrained(
+        path, processor=load_qwen_vl_processor(path, subfolder="processor")
+    )
+    stock_2511.set_progress_bar_config(disable=True)
+    policy = QwenImageEditPolicy.from_pretrained(
+        path, resolution=SIZE, condition_area=condition_area, max_text_length=1024, true_cfg_scale=4.0
+    )
+    assert policy.variant == "plus" and policy.transformer.config.zero_cond_t
+    image = source_image()
+    ours = run_ours(policy, image)
+    assert_same(ours, run_stock(stock_2511, image, true_cfg_scale=4.0, negative_prompt=""))
+    latents_2509, _ = run_stock(qwen_stock, image, true_cfg_scale=4.0, negative_prompt="")
+    assert (ours[0] - latents_2509).abs().max() > 1e-3

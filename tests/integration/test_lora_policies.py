@@ -24,12 +24,19 @@ def random_image(seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
 
 
+# Model -> tiny kit folder; "qwen_2511" is the Qwen family on the 2511 (zero_cond_t) checkpoint.
+KIT_FOLDERS = {
+    "qwen_image_edit": "qwen_image_edit_plus",
+    "qwen_2511": "qwen_image_edit_2511",
+    "kontext": "flux_kontext",
+}
+
+
 def make_policy(tiny_kit, family: str, **options):
-    if family == "qwen_image_edit":
-        path = tiny_kit / "qwen_image_edit_plus"
-        options = {"condition_area": 48 * 48, "max_text_length": 400, **options}
+    path = tiny_kit / KIT_FOLDERS[family]
+    if family.startswith("qwen"):
+        family, options = "qwen_image_edit", {"condition_area": 48 * 48, "max_text_length": 400, **options}
     else:
-        path = tiny_kit / "flux_kontext"
         options = {"max_text_length": 24, **options}
     return load_policy(family, path, resolution=SIZE, lora=SMALL_LORA, **options)
 
@@ -52,7 +59,7 @@ def inputs(policy, batch: int = 2):
 FAMILIES = ["qwen_image_edit", "kontext"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "qwen_2511"])
 def test_default_old_ref_switching_and_fused_forward(tiny_kit, family):
     policy = make_policy(tiny_kit, family)
     z, sigma, cond = inputs(policy)
@@ -163,7 +170,7 @@ def rollout(policy, prompt: str, image: Image.Image) -> torch.Tensor:
 
 
 def stock_images(pipe, family: str, prompt: str, image: Image.Image, monkeypatch) -> torch.Tensor:
-    if family == "qwen_image_edit":
+    if family.startswith("qwen"):
         import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
 
         monkeypatch.setattr(plus_module, "CONDITION_IMAGE_SIZE", 48 * 48)
@@ -190,12 +197,12 @@ def stock_images(pipe, family: str, prompt: str, image: Image.Image, monkeypatch
 
 
 def fresh_stock_pipeline(tiny_kit, family: str):
-    if family == "qwen_image_edit":
+    if family.startswith("qwen"):
         from diffusers import QwenImageEditPlusPipeline
 
         from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
 
-        path = tiny_kit / "qwen_image_edit_plus"
+        path = tiny_kit / KIT_FOLDERS[family]
         return QwenImageEditPlusPipeline.from_pretrained(
             path, processor=load_qwen_vl_processor(path, subfolder="processor")
         )
@@ -204,7 +211,7 @@ def fresh_stock_pipeline(tiny_kit, family: str):
     return FluxKontextPipeline.from_pretrained(tiny_kit / "flux_kontext")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "qwen_2511"])
 def test_saved_lora_loads_into_the_stock_pipeline(tiny_kit, tmp_path, monkeypatch, family):
     policy = make_policy(tiny_kit, family)
     perturb(policy.trainable_parameters(), seed=8, scale=0.3)

@@ -289,8 +289,9 @@ def test_official_layout_is_what_the_evaluators_read(tiny_kit, benchmarks, rewar
     assert written == ["fullset/color_alter/en/a1.png", "fullset/color_alter/en/a1_SRCIMG.png",
                        "fullset/subject-add/en/b2.png", "fullset/subject-add/en/b2_SRCIMG.png"]  # fmt: skip
 
-    assert run_sampling("kontext", "imgedit", [*model, *benchmark_args("imgedit", benchmarks),
-                                               "--output_dir", str(imgedit_out)]) == 0  # fmt: skip
+    qwen_2511 = ["--pretrained_name_or_path", str(tiny_kit / "qwen_image_edit_2511"), "--layout", "official"]
+    assert run_sampling("qwen", "imgedit", [*qwen_2511, *benchmark_args("imgedit", benchmarks),
+                                            "--output_dir", str(imgedit_out)]) == 0  # the 2511 model too  # fmt: skip
     for key in json.loads(
         (benchmarks / "imgedit.json").read_text()
     ):  # ImgEdit: {folder}/{key}.png, PNG bytes

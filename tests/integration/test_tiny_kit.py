@@ -47,9 +47,9 @@ def _relative_files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
-def test_kit_has_the_three_checkpoint_folders(tiny_kit: Path) -> None:
+def test_kit_has_the_four_checkpoint_folders(tiny_kit: Path) -> None:
     assert {p.name for p in tiny_kit.iterdir() if p.is_dir()} >= set(KIT_NAMES)
-    for pipeline in ("qwen_image_edit_plus", "flux_kontext"):
+    for pipeline in ("qwen_image_edit_plus", "qwen_image_edit_2511", "flux_kontext"):
         assert (tiny_kit / pipeline / "model_index.json").is_file()
         assert (tiny_kit / pipeline / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tiny_kit / "flux_kontext" / "tokenizer_2" / "spiece.model").is_file()
@@ -67,12 +67,12 @@ def test_building_twice_gives_identical_files(tmp_path: Path) -> None:
         f"from edit_r1.models.tiny import main; main(['build', '--out', {str(tmp_path / 'b')!r}])"
     )
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "built 3 model(s)" in cli.stdout
+    assert "built 4 model(s)" in cli.stdout
 
     files = _relative_files(tmp_path / "a")
     assert files == _relative_files(tmp_path / "b")
     weights = [f for f in files if f.suffix == ".safetensors"]
-    assert len(weights) == 8  # Qwen: transformer, VAE, text encoder; FLUX: + text encoder 2; judge
+    assert len(weights) == 11  # 2 x Qwen: transformer, VAE, text encoder; FLUX: + text encoder 2; judge
     for rel in weights:
         first, second = load_file(tmp_path / "a" / rel), load_file(tmp_path / "b" / rel)
         assert first.keys() == second.keys(), rel

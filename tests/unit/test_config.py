@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 QWEN = REPO / "config" / "qwen_image_edit_nft.py"
 KONTEXT = REPO / "config" / "kontext_nft.py"
 NAMED = {
-    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm"),
+    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm", "qwen_2511_mllm_reward", "tiny_2511"),
     KONTEXT: ("kontext_mllm_reward", "kontext_mllm_reward_ban_prompt", "tiny", "tiny_mllm"),
 }
 ALL_SPECS = [f"{path}:{name}" for path, names in NAMED.items() for name in names]
@@ -59,7 +59,9 @@ def test_config_file_without_name_gives_the_shipped_recipe() -> None:
 
 
 def test_unknown_name_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="valid names: qwen_mllm_reward, tiny, tiny_mllm"):
+    with pytest.raises(
+        ValueError, match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, tiny, tiny_2511, tiny_mllm"
+    ):
         load_config(f"{QWEN}:qwen_typo")
 
 
@@ -138,6 +140,18 @@ def test_shipped_qwen_defaults_equal_the_spec() -> None:
         f"attn.{m}"
         for m in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
     }
+
+
+def test_2511_configs_differ_from_2509_only_in_the_model() -> None:
+    recipe, tiny = load_config(f"{QWEN}:qwen_mllm_reward"), load_config(f"{QWEN}:tiny")
+    for name, base, model in [
+        ("qwen_2511_mllm_reward", recipe, "Qwen/Qwen-Image-Edit-2511"),
+        ("tiny_2511", tiny, str(REPO / ".tiny" / "kit" / "qwen_image_edit_2511")),
+    ]:
+        config = load_config(f"{QWEN}:{name}")
+        assert config.pretrained.model == model
+        config.pretrained.model = base.pretrained.model
+        assert config.to_dict() == base.to_dict()
 
 
 def test_kontext_configs_differ_only_where_the_spec_says() -> None:
