@@ -83,9 +83,10 @@ def _reward_client_config() -> ml_collections.ConfigDict:
     client = ml_collections.ConfigDict()
     client.server = ""  # host:port[,host:port...] of the judge(s); "" = read REWARD_SERVER (SPEC 4)
     client.request_timeout_s = 300.0  # per HTTP request: a 32B judge scoring a full chunk under load is slow
-    client.deadline_s = 900.0  # total per chunk incl. retries; then its samples are masked (NaN), never 0
+    client.deadline_s = 900.0  # total per chunk incl. retries; then training stops naming the servers
     client.initial_backoff_s = 1.0  # first retry delay; doubles per attempt (the original retried 1000x)
     client.max_backoff_s = 30.0  # cap of the retry delay
+    client.server_cooldown_s = 30.0  # a server that failed is skipped this long while another one answers
     client.chunk_size = 32  # images per request; each chunk carries only its own prompts (SPEC defect 3)
     return client
 

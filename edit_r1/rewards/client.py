@@ -9,7 +9,9 @@ Failures, by kind:
 - connection errors, time-outs and ``503`` are retried with exponential backoff
   (``initial_backoff_s`` doubling up to ``max_backoff_s``), moving to the next server on each
   retry, until ``deadline_s`` has passed; then :class:`RewardServerUnavailable` stops the trainer
-  with a message naming the servers and the last error;
+  with a message naming the servers and the last error. A server that failed this way is skipped
+  for ``server_cooldown_s`` (its chunks go to the others at once, without a backoff pause) while
+  any other server is not in cooldown; a restarted server is used again after its cooldown;
 - any other HTTP error (4xx: a bug in what we sent; 500: a bug in the server) raises
   :class:`RewardRequestRejected` at once, never retried;
 - an item the judge could not score comes back as ``NaN`` (masked by the algorithm, never 0).
@@ -53,6 +55,7 @@ class RetryPolicy:
     initial_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     request_timeout_s: float = 300.0
+    server_cooldown_s: float = 30.0
 
     def backoff(self, attempt: int) -> float:
         return min(self.initial_backoff_s * 2**attempt, self.max_backoff_s)
@@ -109,6 +112,7 @@ class RewardClient:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_chunks or 2 * len(self.servers))
+        self._down_until: dict[str, float] = {}  # server -> monotonic time its cooldown ends
 
     @classmethod
     def from_env(cls, default: str | None = None, **kwargs) -> RewardClient:
@@ -155,11 +159,23 @@ class RewardClient:
         )
         return [np.nan if score is None else score for score in scores]
 
+    def _pick_server(self, position: int) -> tuple[int, bool]:
+        """The first server from ``position`` on (round robin) that is not in cooldown, and whether
+        one was found; with every server in cooldown, the one at ``position``."""
+        now = time.monotonic()
+        for offset in range(len(self.servers)):
+            candidate = (position + offset) % len(self.servers)
+            if self._down_until.get(self.servers[candidate], 0.0) <= now:
+                return candidate, True
+        return position % len(self.servers), False
+
     def _post_with_retries(self, payload: dict, expected: int, first_server: int):
         started = time.monotonic()
         attempt, last_error, tried = 0, "", []
+        position = first_server
         while True:
-            server = self.servers[(first_server + attempt) % len(self.servers)]
+            position, healthy = self._pick_server(position)
+            server = self.servers[position]
             tried.append(server)
             remaining = self.retry.deadline_s - (time.monotonic() - started)
             try:
@@ -170,6 +186,7 @@ class RewardClient:
                     timeout=max(0.1, min(self.retry.request_timeout_s, remaining)),
                 )
                 if response.status_code == 200:
+                    self._down_until.pop(server, None)
                     return parse_score_response(response.json(), expected)
                 if response.status_code not in RETRYABLE_STATUS:
                     raise RewardRequestRejected(
@@ -178,6 +195,7 @@ class RewardClient:
                 last_error = f"HTTP {response.status_code} from {server}: {response.text[:200]}"
             except (requests.ConnectionError, requests.Timeout) as error:
                 last_error = f"{type(error).__name__} from {server}: {error}"
+            self._down_until[server] = time.monotonic() + self.retry.server_cooldown_s
             remaining = self.retry.deadline_s - (time.monotonic() - started)
             if remaining <= 0:
                 raise RewardServerUnavailable(
@@ -185,5 +203,8 @@ class RewardClient:
                     f"(tried {sorted(set(tried))}, {len(tried)} attempts); last error: {last_error}. "
                     f"Start one with `python reward_server/reward_server.py ...` and set {SERVER_ENV}=host:port."
                 )
-            time.sleep(min(self.retry.backoff(attempt), remaining))
-            attempt += 1
+            position += 1
+            if not healthy or not self._pick_server(position)[1]:
+                # Every server is failing: back off before the next round (a restarting server).
+                time.sleep(min(self.retry.backoff(attempt), remaining))
+                attempt += 1

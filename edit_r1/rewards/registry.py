@@ -23,7 +23,13 @@ from edit_r1.rewards.combine import CombinedReward, parse_reward_spec
 def _mllm_score(options: Mapping[str, Any]) -> RewardFn:
     from edit_r1.rewards.client import RetryPolicy, RewardClient
 
-    retry_keys = ("deadline_s", "initial_backoff_s", "max_backoff_s", "request_timeout_s")
+    retry_keys = (
+        "deadline_s",
+        "initial_backoff_s",
+        "max_backoff_s",
+        "request_timeout_s",
+        "server_cooldown_s",
+    )
     retry = RetryPolicy(**{key: float(options[key]) for key in retry_keys if key in options})
     client_kwargs = {"retry": retry, "chunk_size": int(options.get("chunk_size", 32))}
     if options.get("server"):

@@ -25,9 +25,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app, threads: int = 8) -> Iterator[str]:
-    """Serve a WSGI app with waitress on a free 127.0.0.1 port; yields its base URL."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+def serve_in_thread(app, threads: int = 8, port: int = 0) -> Iterator[str]:
+    """Serve a WSGI app with waitress on 127.0.0.1 (a free port unless given); yields its base URL."""
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -53,13 +53,15 @@ def _close_all(server) -> None:
 
 @contextmanager
 def reward_app_server(
-    backends: Sequence, api_key: str | None = None, max_batch_size: int = 8, limits=Limits()
+    backends: Sequence, api_key: str | None = None, max_batch_size: int = 8, limits=Limits(), port: int = 0
 ):
     """A real reward-server app (batcher + Flask + waitress) around the given backend replicas."""
     batcher = DynamicBatcher(backends, max_batch_size=max_batch_size, max_wait_s=0.005)
     info = {"backend": backends[0].name, "model": backends[0].model, "template": backends[0].template}
     try:
-        with serve_in_thread(create_app(batcher, info, limits, api_key=api_key), threads=24) as url:
+        with serve_in_thread(
+            create_app(batcher, info, limits, api_key=api_key), threads=24, port=port
+        ) as url:
             yield url
     finally:
         batcher.close()

@@ -103,3 +103,47 @@ def test_a_slow_server_times_out_and_hits_the_deadline():
     with serve_in_thread(app) as url, pytest.raises(RewardServerUnavailable, match="ReadTimeout"):
         RewardClient(url, retry=FAST_RETRY).score(_samples([0.1]))
     assert len(calls) >= 2  # timed out, backed off, retried
+
+
+def test_a_restarting_server_is_waited_for_and_scores_stay_aligned():
+    """Fault: the only judge server goes away mid-run and comes back on the same port; the client
+    waits (within its deadline) and every score still belongs to its own sample."""
+    port = free_port()
+    client = RewardClient(
+        f"127.0.0.1:{port}",
+        chunk_size=2,
+        retry=RetryPolicy(deadline_s=30, initial_backoff_s=0.1, max_backoff_s=0.4, server_cooldown_s=0.5),
+    )
+    first, second = [0.1, 0.2, 0.3], [0.45, None, 0.65, 0.7, 0.05]
+    with reward_app_server([InstructionScoreBackend()], port=port):
+        np.testing.assert_array_equal(client.score(_samples(first)), first)
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(scores=client.score(_samples(second))))
+    started = time.monotonic()
+    waiting.start()
+    time.sleep(1.0)
+    assert waiting.is_alive()  # still retrying: the server is down
+    with reward_app_server([InstructionScoreBackend()], port=port):
+        waiting.join(timeout=20)
+        elapsed = time.monotonic() - started
+    assert not waiting.is_alive()
+    np.testing.assert_array_equal(result["scores"], [0.45, np.nan, 0.65, 0.7, 0.05])
+    assert 1.0 <= elapsed < 20
+
+
+def test_a_dead_server_among_several_is_skipped_without_waiting():
+    backends = [InstructionScoreBackend(), InstructionScoreBackend()]
+    slow_retry = RetryPolicy(deadline_s=60, initial_backoff_s=5.0, max_backoff_s=5.0, server_cooldown_s=60)
+    with reward_app_server([backends[0]]) as live:
+        with reward_app_server([backends[1]]) as dying:
+            client = RewardClient(f"{dying},{live}", chunk_size=1, retry=slow_retry)
+            np.testing.assert_array_equal(client.score(_samples([0.1, 0.2])), [0.1, 0.2])
+            assert backends[1].batches  # both servers were used while both were up
+        taken_before = sum(backends[0].batches)
+        started = time.monotonic()
+        wanted = [round(0.1 * k, 1) for k in range(8)]
+        for _ in range(3):
+            np.testing.assert_array_equal(client.score(_samples(wanted)), wanted)
+        elapsed = time.monotonic() - started
+    assert elapsed < slow_retry.initial_backoff_s  # no backoff pause: chunks went to the live one
+    assert sum(backends[0].batches) - taken_before == 3 * len(wanted)
