@@ -22,6 +22,7 @@ from reward_helpers import free_port, png_bytes, random_image, reward_app_server
 
 from reward_server.backends import BackendOptions, build_backend
 from reward_server.images import decode_item
+from reward_server.load_test import run_load
 from reward_server.protocol import Limits, RawItem, build_score_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,6 +185,16 @@ def test_malformed_input_gets_4xx_and_the_server_lives_on(server, case, body, st
     assert response.status_code == status, response.text
     assert names in response.json()["error"]
     assert requests.get(f"{server}/health", timeout=10).status_code == 200
+
+
+def test_load_of_64_clients_with_valid_and_malformed_requests(server):
+    """The short load test (the long one: ``scripts/load_test_reward_server.py``): under 64 concurrent
+    clients every valid request gets the scores its items get alone, every malformed one a 4xx."""
+    report = run_load(server, 64, duration_s=1.0, item_count=6, pid=os.getpid(), max_items_per_request=1)
+    print(report.summary())
+    assert not report.problems(), report.problems()[:5]
+    assert len(report.valid_latencies_s) >= 20 and sum(report.malformed_statuses.values()) >= 5
+    assert report.rss_after_kb - report.rss_before_kb < 256 * 1024  # bounded (in-process: KiB)
 
 
 def test_api_key_is_required_when_configured(judge, items):
