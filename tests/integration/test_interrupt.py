@@ -1,0 +1,122 @@
+"""Fault: SIGTERM to ``torchrun`` during training (2 CPU ranks, gloo, the real training script).
+
+Every rank stops within 30 s, no process of the run outlives ``torchrun``, the last complete
+checkpoint verifies, and resuming from it ends bit for bit where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from edit_r1.checkpoint import list_checkpoints, verify_checkpoint
+from edit_r1.data.toy import write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+STOP_WITHIN_S = 30.0
+
+
+def _launch(tiny_kit: Path, data: Path, logdir: Path, run_name: str, epochs: int, resume: str = ""):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "scripts" / "train_nft_qwen_image_edit.py"),
+               f"--config={REPO}/config/qwen_image_edit_nft.py:tiny",
+               f"--config.pretrained.model={tiny_kit / 'qwen_image_edit_plus'}",
+               f"--config.dataset={data}", f"--config.logdir={logdir}", f"--config.run_name={run_name}",
+               f"--config.num_epochs={epochs}", "--config.save_freq=1", "--config.eval_freq=100",
+               f"--config.resume_from={resume}"]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own session: every process it starts can be found afterwards
+    )  # fmt: skip
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(process.stdout), daemon=True).start()
+    return process, log
+
+
+def _session_members(session: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # state, ppid, pgrp, session
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _finish(process, log, timeout_s: float = 600) -> None:
+    assert process.wait(timeout=timeout_s) == 0, "".join(log[-40:])
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_dataset(root, 8, 2, size=64, seed=0)
+    return root
+
+
+def _interrupt_after_first_checkpoint(tiny_kit, toy_data, logdir: Path, run_name: str, send) -> Path:
+    """Start a 2-epoch run, ``send(torchrun_pid)`` once checkpoint-1 is complete, check the stop."""
+    run_dir = logdir / run_name
+    process, log = _launch(tiny_kit, toy_data, logdir, run_name, epochs=2)
+    try:
+        deadline = time.monotonic() + 600
+        while not list_checkpoints(run_dir) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list_checkpoints(run_dir), "no checkpoint before the deadline:\n" + "".join(log[-40:])
+        sent = time.monotonic()
+        send(process.pid)
+        code = process.wait(timeout=120)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert stopped_after < STOP_WITHIN_S, f"torchrun took {stopped_after:.1f}s to stop"
+    assert code != 0, "".join(log[-40:])  # interrupted, not finished
+    time.sleep(0.5)
+    assert _session_members(process.pid) == [], "processes of the run outlived torchrun"
+    output = "".join(log)
+    assert "interrupted: stopping (the last complete checkpoint is intact)" in output, output[-3000:]
+    last = list_checkpoints(run_dir)[-1]
+    verify_checkpoint(last)
+    return last
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_and_the_last_checkpoint_resumes_exactly(
+    tiny_kit, toy_data, tmp_path
+):
+    logdir = tmp_path / "runs"
+    run_dir = logdir / "interrupted"
+    last = _interrupt_after_first_checkpoint(
+        tiny_kit, toy_data, logdir, "interrupted", lambda pid: os.kill(pid, signal.SIGTERM)
+    )
+    resumed = _launch(tiny_kit, toy_data, logdir, "interrupted", epochs=2, resume=str(run_dir))
+    straight = _launch(tiny_kit, toy_data, logdir, "straight", epochs=2)
+    _finish(*resumed)
+    _finish(*straight)
+    assert f"resumed from {last}" in "".join(resumed[1])
+    for group in ("default", "old", "ema"):
+        a = load_file(
+            logdir / "straight" / "checkpoints" / "checkpoint-2" / "tensors" / f"{group}.safetensors"
+        )
+        b = load_file(run_dir / "checkpoints" / "checkpoint-2" / "tensors" / f"{group}.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{group} differs after resume"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank(tiny_kit, toy_data, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to torchrun and its workers at once (the foreground group)."""
+    _interrupt_after_first_checkpoint(
+        tiny_kit, toy_data, tmp_path / "runs", "ctrl_c", lambda pid: os.killpg(pid, signal.SIGINT)
+    )
