@@ -172,7 +172,9 @@ def parse_json(body: bytes) -> object:
     no duplicate keys; nesting too deep for the parser is a 400 like any other malformed body."""
     try:
         return json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ProtocolError:
+        raise
+    except ValueError as error:  # decoding, syntax, and integers beyond Python's digit limit
         raise ProtocolError(400, f"request body is not valid JSON: {error}") from None
     except RecursionError:
         raise ProtocolError(400, "request body is not valid JSON: nested too deeply") from None

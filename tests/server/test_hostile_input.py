@@ -113,6 +113,7 @@ BODY_CASES = [
     ("number for a string", _json([_item(instruction=7)]), 400, "items[0].instruction: expected a string"),
     ("number for an image", _json([_item(image=12345)]), 400, "items[0].image: expected a base64 string"),
     ("string for the list", b'{"items": "3"}', 400, "items: expected a list"),
+    ("integer of 10,000 digits", b'{"items": ' + b"7" * 10_000 + b"}", 400, "not valid JSON"),
     ("object for an item", _json([_item(), 5]), 400, "items[1]: expected an object"),
     ("lone surrogate", _json([_item(requirement="\ud800")]), 400, "items[0].requirement: not valid Unicode"),
     ("gzip without saying so", gzip.compress(_json([_item()])), 400, "not valid JSON"),
