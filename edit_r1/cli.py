@@ -7,6 +7,7 @@ single process.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -48,6 +49,12 @@ def make_main(default_config: str, model_family: str):
             code = 130
         finally:
             distributed.shutdown()
+        if code == 130:
+            # Reward requests still in flight run on worker threads that the interpreter would
+            # wait for at exit (up to the request time-out): leave now, as the signal asked.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         sys.exit(code)
 
     return main

@@ -259,6 +259,7 @@ class Trainer:
         """All epochs from ``first_epoch``; a final checkpoint is always written."""
         config = self.config
         epoch = self.first_epoch
+        finished = False
         try:
             for epoch in range(self.first_epoch, config.num_epochs):
                 self.train_epoch(epoch)
@@ -266,8 +267,10 @@ class Trainer:
                     self.save(epoch + 1)
             if config.num_epochs > self.first_epoch:
                 self.save(config.num_epochs)
+            finished = True
         finally:
-            self.reward.close()
+            # Stopping on an error or a signal: pending rewards are useless, do not wait for them.
+            self.reward.close(wait=finished)
             self.tracker.finish()
         distributed.rank0_print(f"done: run directory {self.run_dir.resolve()}")
 

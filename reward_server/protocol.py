@@ -3,7 +3,8 @@
 Standard library only, so the client can import it without pulling in the server's dependencies.
 The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``:
 
-- ``GET /health`` -> ``{"status": "ok", "backend", "model", "template"}`` once the judge is loaded.
+- ``GET /health`` -> ``{"status": "ok"|"degraded"|"down", "backend", "model", "template", "replicas_alive",
+  "replicas"}`` once the judge is loaded (open without the API key, then only status/backend/template).
 - ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?}, ...]}``
   (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null]}``
   in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the

@@ -121,5 +121,7 @@ class AsyncRewardScorer:
         """A future resolving to the reward's output for ``samples`` (a copy of the list is scored)."""
         return self._pool.submit(self.reward, list(samples))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker; ``wait=False`` drops queued batches and returns at once (a batch being
+        scored finishes in the background, its result is discarded)."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +25,20 @@ REPO = Path(__file__).resolve().parents[2]
 STOP_WITHIN_S = 30.0
 
 
-def _launch(tiny_kit: Path, data: Path, logdir: Path, run_name: str, epochs: int, resume: str = ""):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "scripts" / "train_nft_qwen_image_edit.py"),
-               f"--config={REPO}/config/qwen_image_edit_nft.py:tiny",
+def _launch(
+    tiny_kit: Path, data: Path, logdir: Path, run_name: str, epochs: int, resume: str = "", **options
+):
+    """The training script under torchrun (2 ranks), or as one plain process with ``ranks=1``."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    if options.get("ranks") == 1:
+        launcher = []
+    command = [sys.executable, *launcher, str(REPO / "scripts" / "train_nft_qwen_image_edit.py"),
+               f"--config={REPO}/config/qwen_image_edit_nft.py:{options.get('config', 'tiny')}",
                f"--config.pretrained.model={tiny_kit / 'qwen_image_edit_plus'}",
                f"--config.dataset={data}", f"--config.logdir={logdir}", f"--config.run_name={run_name}",
                f"--config.num_epochs={epochs}", "--config.save_freq=1", "--config.eval_freq=100",
-               f"--config.resume_from={resume}"]  # fmt: skip
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+               f"--config.resume_from={resume}", *options.get("extra", [])]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", **options.get("env", {}))
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own session: every process it starts can be found afterwards
@@ -120,3 +126,44 @@ def test_ctrl_c_stops_every_rank(tiny_kit, toy_data, tmp_path):
     _interrupt_after_first_checkpoint(
         tiny_kit, toy_data, tmp_path / "runs", "ctrl_c", lambda pid: os.killpg(pid, signal.SIGINT)
     )
+
+
+def test_sigterm_while_waiting_for_the_judge_exits_at_once(tiny_kit, toy_data, tmp_path):
+    """A judge that accepts the connection and never answers (request time-out 600 s): SIGTERM still
+    ends the run at once, without waiting for the reward request's thread."""
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    held, reached = [], threading.Event()
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(black_hole.accept()[0])
+            except OSError:
+                return
+            reached.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = black_hole.getsockname()[1]
+    process, log = _launch(
+        tiny_kit, toy_data, tmp_path / "runs", "stalled", epochs=1, ranks=1, config="tiny_mllm",
+        env={"REWARD_SERVER": f"127.0.0.1:{port}"},
+        extra=["--config.reward_client.request_timeout_s=600", "--config.reward_client.deadline_s=900"],
+    )  # fmt: skip
+    try:
+        assert reached.wait(timeout=600), "the trainer never asked the judge:\n" + "".join(log[-40:])
+        time.sleep(0.5)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        black_hole.close()
+        for connection in held:
+            connection.close()
+    assert code == 130, "".join(log[-40:])
+    assert stopped_after < 10, f"took {stopped_after:.1f}s"
+    assert "interrupted: stopping" in "".join(log)
