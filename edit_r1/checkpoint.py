@@ -373,6 +373,7 @@ def _raise_if_any_rank_failed(failure: str | None, tmp: Path, final: Path, info)
         return
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()  # every rank returns once the temp directory is gone
     raise CheckpointWriteError(
         f"writing {final.name} under {final.parent} failed ({'; '.join(failures)}); "
         f"{_previous_note(final.parent)}"

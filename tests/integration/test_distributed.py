@@ -64,6 +64,24 @@ _WORKER = textwrap.dedent(
     result["loaded_world_size"] = loaded.world_size
     result["loaded_ema"] = loaded.tensors["ema"]["w"].tolist()
 
+    # ENOSPC on rank 1 only (its RNG file): every rank raises the same error instead of hanging.
+    import errno, os
+    from edit_r1 import checkpoint as C
+    real_save_file = C.save_file
+    def disk_full(tensors, filename, metadata=None):
+        if "rank1" in str(filename):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        real_save_file(tensors, filename, metadata)
+    C.save_file = disk_full
+    try:
+        save_checkpoint(out_dir / "run", 4, CheckpointState(metadata={"epoch": 4}, rng=D.get_rng_state()),
+                        dist_info=info, keep_last=1)
+        result["enospc_error"] = None
+    except C.CheckpointWriteError as error:
+        result["enospc_error"] = str(error)
+    C.save_file = real_save_file
+    result["after_enospc"] = [p.name for p in sorted((out_dir / "run" / "checkpoints").iterdir())]
+
     # FSDP2 sharding of a frozen module gives the same outputs as the full module.
     torch.manual_seed(0)  # identical weights on both ranks
     class Encoder(nn.Module):
@@ -125,6 +143,20 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_torchrun_a_failed_checkpoint_write_on_one_rank_fails_every_rank(
+    two_rank_results: list[dict],
+) -> None:
+    for rank in two_rank_results:
+        error = rank["enospc_error"]
+        assert (
+            error
+            and "rank 1: OSError: [Errno 28] No space left on device" in error
+            and "rank1.safetensors" in error
+        )
+        assert "checkpoint-3 is intact" in error
+        assert rank["after_enospc"] == ["checkpoint-3"]
 
 
 def test_torchrun_world_and_device(two_rank_results: list[dict]) -> None:
