@@ -36,6 +36,7 @@ from pathlib import Path
 from PIL import Image
 
 SCORE_TOLERANCE = 1e-5
+RSS_EVERY_S = 5.0
 
 
 def _png(seed: int, size: int) -> bytes:
@@ -93,6 +94,7 @@ class LoadReport:
     malformed_statuses: Counter = field(default_factory=Counter)
     rss_before_kb: int | None = None
     rss_after_kb: int | None = None
+    rss_samples_kb: list[int] = field(default_factory=list)  # every ~5 s during the run
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.valid_latencies_s)
@@ -103,8 +105,10 @@ class LoadReport:
         return self.failures + self.wrong_scores + bad
 
     def summary(self) -> str:
+        samples = ", ".join(f"{kb / 1024:.0f}" for kb in self.rss_samples_kb)
         rss = (
             f"server RSS {self.rss_before_kb / 1024:.0f} MiB before, {self.rss_after_kb / 1024:.0f} MiB after"
+            f" (during: {samples} MiB)"
             if self.rss_before_kb and self.rss_after_kb
             else "server RSS not measured"
         )
@@ -218,8 +222,11 @@ def run_load(
     ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    started = time.monotonic()
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.1)
+        if pid and time.monotonic() - started >= RSS_EVERY_S * (len(report.rss_samples_kb) + 1):
+            report.rss_samples_kb.append(rss_kb(pid))
     report.rss_after_kb = rss_kb(pid) if pid else None
     return report
 
