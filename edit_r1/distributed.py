@@ -11,17 +11,16 @@ Launch modes, all handled by :func:`init_distributed`:
 * multi-node — torchrun's usual ``--nnodes/--node_rank/--rdzv_endpoint`` (or ``--master_addr``)
   flags; nothing extra is needed here.
 
-Object collectives (:func:`broadcast_object`, :func:`all_gather_json`) move JSON encoded as a byte
+The object collective (:func:`broadcast_object`) moves JSON encoded as a byte
 tensor, never pickle, so a rank can only ever receive data, never code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +40,10 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "broadcast_object",
-    "all_gather_json",
     "rank0_print",
     "seed_everything",
     "get_rng_state",
     "set_rng_state",
-    "gradient_sync",
     "sharded_frozen_module",
 ]
 
@@ -262,21 +259,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return _from_json_bytes(payload)
 
 
-def all_gather_json(obj: Any) -> list[Any]:
-    """Gather one JSON-able object per rank; returns the list in rank order on every rank."""
-    payload = _json_bytes(obj)
-    if _world_size() == 1:
-        return [_from_json_bytes(payload)]
-    comm = _comm_device()
-    lengths = all_gather_tensor(torch.tensor([payload.numel()], dtype=torch.int64, device=comm))
-    flat = all_gather_tensor(payload.to(comm)).cpu()
-    out, start = [], 0
-    for n in lengths.tolist():
-        out.append(_from_json_bytes(flat[start : start + n]))
-        start += n
-    return out
-
-
 def rank0_print(*args: Any, **kwargs: Any) -> None:
     """``print`` on global rank 0 only (rank taken from the process group, else ``$RANK``)."""
     rank = dist.get_rank() if is_dist_active() else _env_int("RANK", 0)
@@ -363,28 +345,6 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
                 "devices are visible; resume on the same hardware layout"
             )
         torch.cuda.set_rng_state_all([state[k].to(torch.uint8).cpu() for k in cuda_keys])
-
-
-@contextlib.contextmanager
-def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on accumulation micro-steps (``sync=False``).
-
-    Works with DDP (``no_sync()``) and FSDP2 (``set_requires_gradient_sync``); a no-op for an
-    unwrapped module or when ``sync`` is true.
-    """
-    if sync:
-        yield
-    elif hasattr(model, "no_sync"):
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:
-        yield
 
 
 def _default_shard_units(module: nn.Module) -> list[nn.Module]:

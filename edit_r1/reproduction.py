@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edit_r1.benchmarks import LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
+from edit_r1.eval_sets import LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
 from edit_r1.inference import (
     DEFAULT_MAX_AREA,
     SamplingSettings,

@@ -66,6 +66,7 @@ from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.sampling import sample, sigma_schedule
+from edit_r1.settings import LossSettings
 from edit_r1.tracking import (
     Timer,
     Tracker,
@@ -109,6 +110,43 @@ def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 def _mean_ignoring_nan(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else None
+
+
+def nft_train_timestep(
+    policy: EditPolicy,
+    loss_settings: LossSettings,
+    x0: torch.Tensor,
+    cond: Any,
+    t: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    divisor: int = 1,
+) -> dict[str, torch.Tensor]:
+    """One training timestep: a backward of ``nft_loss / divisor`` at per-sample times ``t``.
+
+    ``x_t = (1 - t) x0 + t eps`` with fresh ``eps``; ``v_old`` and ``v_ref`` come from one fused
+    no-grad forward, ``v`` from the trained forward. Returns the loss terms as detached device
+    tensors (a ``float()`` here would sync the GPU every timestep).
+    """
+    eps = torch.randn_like(x0)
+    t_b = t.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - t_b) * x0 + t_b * eps
+    v_old, v_ref = policy.velocity_old_and_ref(x_t, t, cond)
+    v = policy.velocity(x_t, t, cond, adapter="default")
+    loss, info = nft_loss(
+        v,
+        v_old,
+        v_ref,
+        x_t,
+        x0,
+        t,
+        advantages.to(x0.device),
+        mask.to(x0.device),
+        **loss_settings.as_kwargs(),
+    )
+    (loss / divisor).backward()
+    return {key: torch.as_tensor(value).detach() for key, value in info.items()}
 
 
 class Trainer:
@@ -488,30 +526,17 @@ class Trainer:
         )
 
     def _train_timestep(self, x0, cond, t, stats, rows, divisor: int) -> dict[str, torch.Tensor]:
-        """One backward of the NFT loss at per-sample times ``t`` (``x_t = (1-t) x0 + t eps``)."""
-        config = self.config
-        eps = torch.randn_like(x0)
-        t_b = t.view(-1, *([1] * (x0.dim() - 1)))
-        x_t = (1 - t_b) * x0 + t_b * eps
-        v_old, v_ref = self.policy.velocity_old_and_ref(x_t, t, cond)
-        v = self.policy.velocity(x_t, t, cond, adapter="default")
-        loss, info = nft_loss(
-            v,
-            v_old,
-            v_ref,
-            x_t,
+        """One backward of the NFT loss for micro-batch ``rows`` (see :func:`nft_train_timestep`)."""
+        return nft_train_timestep(
+            self.policy,
+            LossSettings.from_config(self.config),
             x0,
+            cond,
             t,
-            stats["advantages"][rows].to(x0.device),
-            stats["mask"][rows].to(x0.device),
-            nft_beta=config.beta,
-            kl_beta=config.train.beta,
-            adv_clip_max=config.train.adv_clip_max,
-            adv_mode=config.train.adv_mode,
+            stats["advantages"][rows],
+            stats["mask"][rows],
+            divisor=divisor,
         )
-        (loss / divisor).backward()
-        # Detached tensors, summed on the device: a float() here would sync the GPU every timestep.
-        return {key: torch.as_tensor(value).detach() for key, value in info.items()}
 
     def optimizer_step(self) -> float:
         """All-reduce (mean) the accumulated gradients once, clip, AdamW, EMA; returns the grad norm."""

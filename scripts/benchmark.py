@@ -7,7 +7,8 @@
 
 Prints a table and, with ``--json PATH``, writes ``{"scenario", "ratios", ...}``. CPU with the tiny
 kit by default; ``--device cuda --size full`` builds randomly initialised real-size transformers
-(Qwen-Image 20B / FLUX 12B). See docs/performance.md and ``edit_r1/benchmarking.py``.
+(Qwen-Image 20B / FLUX 12B). See docs/performance.md and the ``benchmarks/`` folder
+(one module per scenario).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import os
 import sys
 from pathlib import Path
 
+# benchmarks/ sits beside the installed package (it is not part of it): import it from this checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edit_r1.benchmarking import SCENARIOS, BenchmarkError, Settings, format_table, run_scenario  # noqa: E402
+from benchmarks import SCENARIOS, BenchmarkError, Settings, format_table, run_scenario  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

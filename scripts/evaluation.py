@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edit_r1.benchmarks import BENCHMARKS, LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
+from edit_r1.eval_sets import BENCHMARKS, LAYOUTS, BenchmarkItem, gedit_items, imgedit_items
 from edit_r1.rewards.base import RewardSample
 from edit_r1.rewards.client import RewardClient
 

@@ -7,14 +7,11 @@
 ``python scripts/train_nft_kontext.py --config config/kontext_nft.py:tiny``.
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+from absl import app
 
-from absl import app  # noqa: E402
-
-from edit_r1.cli import make_main  # noqa: E402
+from edit_r1.cli import make_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 main = make_main(f"{REPO_ROOT}/config/kontext_nft.py:kontext_mllm_reward", "kontext")

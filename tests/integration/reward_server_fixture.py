@@ -9,7 +9,7 @@ Use from a test module in tests/integration/ (its folder is on sys.path under py
         with start_reward_server(tiny_kit, tmp_path_factory.mktemp("server")) as address:
             yield address           # "127.0.0.1:<port>"
 
-The launcher is the one the benchmarks use (``edit_r1.benchmarking.reward_server``): a free port,
+The launcher is the one the benchmarks use (``benchmarks.reward_server_process``): a free port,
 ``/health`` polled until ready, the server log quoted if it dies, terminated on exit.
 """
 
@@ -19,13 +19,13 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from edit_r1.benchmarking import reward_server
+from benchmarks.reward_server_process import launch_reward_server
 
 
 @contextlib.contextmanager
 def start_reward_server(tiny_kit: Path, log_dir: Path) -> Iterator[str]:
     """Runs ``reward_server/reward_server.py`` with the tiny judge on CPU; yields ``host:port``."""
-    with reward_server(
+    with launch_reward_server(
         tiny_kit / "judge_qwen2_5_vl", max_batch_size=32, device="cpu", log=log_dir / "server.log"
     ) as address:
         yield address

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edit_r1 import benchmarking
-from edit_r1.benchmarking import BenchmarkError, Settings, epoch_summary, run_scenario
+from benchmarks import BenchmarkError, Settings, run_scenario
+from benchmarks.common import percentile
+from benchmarks.epoch import epoch_summary
+from benchmarks.policies import build_policy, random_transformer, real_vae_on_meta
+from benchmarks.train_step import TrainStepInputs, default_loss_settings, framework_step, original_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,16 +52,16 @@ def test_rollout_encodes_once_per_group(tiny_kit):
 def test_fused_and_three_pass_steps_give_the_same_gradients(tiny_kit):
     """The framework's fused timestep and the original three-pass one are the same computation."""
     settings = tiny_settings(tiny_kit)
-    policy, cond = benchmarking.build_policy(settings)
-    host = benchmarking.TimestepHost(policy, benchmarking.ml_collections.ConfigDict(benchmarking.LOSS_CONFIG))
-    inputs = benchmarking.TrainStepInputs(policy, cond, torch.Generator().manual_seed(3))
+    policy, cond = build_policy(settings)
+    loss = default_loss_settings()
+    inputs = TrainStepInputs(policy, cond, torch.Generator().manual_seed(3))
     with torch.no_grad():  # make old differ from default so v_old != v
         for old in policy.old_parameters():
             old.add_(0.01)
     grads = []
-    for step in (benchmarking.framework_step, benchmarking.original_step):
+    for step in (framework_step, original_step):
         torch.manual_seed(5)  # the same eps in both
-        step(host, inputs)
+        step(policy, loss, inputs)
         grads.append([p.grad.clone() if p.grad is not None else None for p in policy.trainable_parameters()])
         for p in policy.trainable_parameters():
             p.grad = None
@@ -92,9 +95,9 @@ def test_epoch_summary_rejects_a_file_without_timings(tmp_path):
 
 def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
-    assert benchmarking.percentile(values, 50) == 50.0
-    assert benchmarking.percentile(values, 99) == 99.0
-    assert benchmarking.percentile([2.0], 99) == 2.0
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([2.0], 99) == 2.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -134,10 +137,10 @@ def test_epoch_scenario_with_torchrun(tiny_kit):
 @pytest.mark.parametrize(("family", "billions"), [("qwen_image_edit", 20.43), ("kontext", 11.90)])
 def test_full_size_architectures_are_the_real_ones(family, billions):
     """`--size full` builds the real architectures (checked on the meta device: no memory)."""
-    transformer = benchmarking.random_transformer(family, "full", torch.device("meta"), torch.bfloat16)
+    transformer = random_transformer(family, "full", torch.device("meta"), torch.bfloat16)
     count = sum(p.numel() for p in transformer.parameters())
     assert round(count / 1e9, 2) == billions
     assert next(transformer.parameters()).dtype == torch.bfloat16
-    vae = benchmarking.real_vae_on_meta(family)
+    vae = real_vae_on_meta(family)
     assert {p.device.type for p in vae.parameters()} == {"meta"}
     assert vae.config.get("latent_channels", vae.config.get("z_dim")) == 16
