@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from edit_r1.models.registry import family_names, policy_class
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KIT = REPO_ROOT / ".tiny" / "kit"
-KIT_FOLDER = {"qwen_image_edit": "qwen_image_edit_plus", "kontext": "flux_kontext"}
 
 
 @dataclasses.dataclass
@@ -25,7 +26,7 @@ class Settings:
 
     device: str = "cpu"
     size: str = "tiny"
-    family: str = "qwen_image_edit"
+    family: str = dataclasses.field(default_factory=lambda: family_names()[0])
     kit: Path | None = None
     repeats: int = 5
     warmup: int = 1
@@ -126,13 +127,14 @@ def peak_memory(device: torch.device, out: dict[str, Any], key: str) -> Iterator
 # ----------------------------------------------------------------------------------- tiny kit
 def resolve_kit(settings: Settings) -> Path:
     """The tiny kit folder: ``settings.kit``, else ``.tiny/kit``, else a fresh build in a temp dir."""
-    from edit_r1.models.tiny import build_all
+    from edit_r1.models.tiny import KIT_NAMES, build_all
 
     if settings.kit is not None:
-        if not (Path(settings.kit) / KIT_FOLDER[settings.family]).is_dir():
-            raise BenchmarkError(f"--kit {settings.kit}: no {KIT_FOLDER[settings.family]}/ inside")
+        folder = policy_class(settings.family).tiny_kit_folder
+        if not (Path(settings.kit) / folder).is_dir():
+            raise BenchmarkError(f"--kit {settings.kit}: no {folder}/ inside")
         return Path(settings.kit)
-    if all((DEFAULT_KIT / name).is_dir() for name in KIT_FOLDER.values()):
+    if all((DEFAULT_KIT / name).is_dir() for name in KIT_NAMES):
         return DEFAULT_KIT
     out = Path(tempfile.mkdtemp(prefix="edit_r1_bench_kit_"))
     build_all(out)

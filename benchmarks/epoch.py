@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import KIT_FOLDER, REPO_ROOT, BenchmarkError, Settings, describe, median, resolve_kit
+from benchmarks.common import REPO_ROOT, BenchmarkError, Settings, describe, median, resolve_kit
 
 EPOCH_PHASES = ("sampling", "scoring_wait", "training", "sync")
 
@@ -42,8 +42,10 @@ def epoch_summary(metrics_path: Path) -> dict[str, Any]:
 
 
 def run_epoch(settings: Settings) -> dict[str, Any]:
-    """``settings.epochs`` tiny epochs with torchrun and ``settings.nproc`` CPU processes."""
+    """``settings.epochs`` tiny epochs of ``settings.family`` (its ``scripts/train_nft_<family>.py``
+    with ``config/<family>_nft.py:tiny``) with torchrun and ``settings.nproc`` CPU processes."""
     from edit_r1.data.toy import write_toy_dataset
+    from edit_r1.models.registry import policy_class
 
     kit = resolve_kit(settings)
     with tempfile.TemporaryDirectory(prefix="edit_r1_bench_epoch_") as tmp:
@@ -51,10 +53,11 @@ def run_epoch(settings: Settings) -> dict[str, Any]:
         write_toy_dataset(data, num_train=16, num_test=4)
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={settings.nproc}",
-            str(REPO_ROOT / "scripts" / "train_nft_qwen_image_edit.py"),
-            "--config", str(REPO_ROOT / "config" / "qwen_image_edit_nft.py") + ":tiny",
+            str(REPO_ROOT / "scripts" / f"train_nft_{settings.family}.py"),
+            "--config", str(REPO_ROOT / "config" / f"{settings.family}_nft.py") + ":tiny",
             f"--config.logdir={tmp}/runs", f"--config.num_epochs={settings.epochs}",
-            f"--config.pretrained.model={kit / KIT_FOLDER['qwen_image_edit']}", f"--config.dataset={data}",
+            f"--config.pretrained.model={kit / policy_class(settings.family).tiny_kit_folder}",
+            f"--config.dataset={data}",
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()

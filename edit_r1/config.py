@@ -7,7 +7,7 @@ The configs themselves live in ``config/*.py`` (ml_collections, the ``file.py:na
   ``WORLD_SIZE`` (the original release hard-coded it for 8 GPUs inside the config);
 * :func:`apply_batch_plan` -- writes a plan into the ``0 = auto`` batch fields of a config;
 * :func:`validate_config` -- one :class:`ConfigError` listing every problem at once;
-* :func:`load_config` -- ``"config/qwen_image_edit_nft.py:tiny"`` -> ``ConfigDict`` without absl flags;
+* :func:`load_config` -- ``"config/<file>.py:tiny"`` -> ``ConfigDict`` without absl flags;
 * :func:`import_config_file` -- how a named config imports ``config/base.py`` (config_flags executes
   config files by path, outside any package, so a relative import cannot work there).
 """
@@ -23,13 +23,15 @@ from types import ModuleType
 
 import ml_collections
 
+from edit_r1.algo import ADV_MODES, DECAY_TYPES
 from edit_r1.rewards.registry import REWARD_FACTORIES
+from edit_r1.sampling import DPM_SOLVERS, SOLVERS
 
-VALID_SOLVERS = ("flow", "ddim", "dance", "dpm1", "dpm2")
-DETERMINISTIC_ONLY_SOLVERS = ("dpm1", "dpm2")
-VALID_ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
-VALID_MODEL_FAMILIES = ("qwen_image_edit", "kontext")
-VALID_DECAY_TYPES = (0, 1, 2)
+# The enumerations owned by the code that uses them (declared there once).
+VALID_SOLVERS = SOLVERS
+DETERMINISTIC_ONLY_SOLVERS = DPM_SOLVERS
+VALID_ADV_MODES = ADV_MODES
+VALID_DECAY_TYPES = DECAY_TYPES
 VALID_MIXED_PRECISION = ("no", "fp16", "bf16")
 VALID_WANDB_MODES = ("online", "offline", "disabled")
 VALID_LORA_INITS = ("gaussian", "default")
@@ -315,7 +317,9 @@ def _check_training(config, problems: list[str]) -> None:
 
 
 def _check_top_level(config, problems: list[str]) -> None:
-    _one_of(problems, "model_family", config.model_family, VALID_MODEL_FAMILIES)
+    from edit_r1.models.registry import family_names  # the model stack, only when validating
+
+    _one_of(problems, "model_family", config.model_family, family_names())
     _one_of(problems, "decay_type", config.decay_type, VALID_DECAY_TYPES)
     _one_of(problems, "mixed_precision", config.mixed_precision, VALID_MIXED_PRECISION)
     _one_of(problems, "wandb.mode", config.wandb.mode, VALID_WANDB_MODES)

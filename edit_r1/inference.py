@@ -3,16 +3,9 @@
 The scripts sample through `EditPolicy` (equivalent to the stock diffusers pipelines, tested to
 1e-4) with deterministic `flow` (Euler) steps on the pipeline's own sigmas, so the same code
 serves the base model and a LoRA. Per item they reproduce the geometry of the stock pipeline call
-of the original scripts (`max_area` = 1024^2 by default):
-
-* Qwen-Image-Edit(-2509): output and VAE reference at `fit_to_area(max_area, aspect, 32)` of the
-  source image (the pipeline's `calculate_dimensions`), vision-encoder image at `condition_area`
-  (384^2); true CFG 4.0 with negative prompt " ".
-* FLUX.1-Kontext: output at `max_area` with the aspect of `request_size` (GEdit passed the source
-  size; ImgEdit passed nothing, i.e. 1024x1024), sides floored to 16; the reference is resized to
-  the preferred Kontext resolution closest to the source's aspect (the pipeline's
-  `_auto_resize`), scaled by sqrt(max_area / 1024^2) so that small test areas stay small
-  (identical to the pipeline at the default area); embedded guidance 3.5.
+of the original scripts (`max_area` = 1024^2 by default): each family's `edit_geometry` gives the
+output and reference sizes and its `reference_image` the image the encoders see
+(`docs/evaluation.md`); its `sampling_options` the guidance of the original scripts.
 
 Noise: one generator per item seeded with `seed` on the model's device, as the original scripts.
 """
@@ -20,36 +13,28 @@ Noise: one generator per item seeded with `seed` on the model's device, as the o
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 
 from edit_r1.lora_files import LoraWeights, read_lora
 from edit_r1.models import lora as lora_utils
-from edit_r1.models.base import EditPolicy, fit_to_area
-from edit_r1.models.registry import load_policy
+from edit_r1.models.base import EditPolicy
+from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.sampling import sample, sigma_schedule
 
 DEFAULT_MAX_AREA = 1024 * 1024
-QWEN_CONDITION_AREA = 384 * 384
-QWEN_MAX_TEXT_LENGTH = 1024  # the stock pipeline's cap; nothing shorter is truncated
-# The resolutions FLUX.1-Kontext was trained on (width, height), as in diffusers' FluxKontextPipeline.
-KONTEXT_PREFERRED_RESOLUTIONS = (
-    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
-    (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
-    (1456, 720), (1504, 688), (1568, 672),
-)  # fmt: skip
-KONTEXT_DEFAULT_REQUEST = (1024, 1024)  # the pipeline's size when none is given
+CONDITION_AREA = 384 * 384  # the vision-encoder image area of the pipelines that have one
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """The original scripts' settings (SPEC section 4): Qwen true CFG 4.0 / negative " ", Kontext
-    guidance 3.5, 28 steps, seed 42 per item, 1024^2 output area."""
+    """The original scripts' settings (`docs/evaluation.md`): 28 steps, seed 42 per item, 1024^2
+    output area; true CFG 4.0 with negative prompt " " and a 384^2 vision-encoder image for the
+    family with true CFG, embedded guidance 3.5 for the guidance-distilled one. Each family reads
+    the fields it uses (`EditPolicy.sampling_options`)."""
 
     num_inference_steps: int = 28
     seed: int = 42
@@ -57,62 +42,10 @@ class SamplingSettings:
     true_cfg_scale: float = 4.0
     negative_prompt: str = " "
     guidance_scale: float = 3.5
-    condition_area: int = QWEN_CONDITION_AREA
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """(width, height) of the generated image and of the VAE reference image."""
-
-    output: tuple[int, int]
-    reference: tuple[int, int]
-
-
-def qwen_geometry(image_size: tuple[int, int], max_area: int) -> Geometry:
-    """QwenImageEdit(Plus)Pipeline with no height/width: both sizes are `calculate_dimensions`."""
-    width, height = fit_to_area(max_area, image_size[0] / image_size[1], 32)
-    return Geometry(output=(width, height), reference=(width, height))
-
-
-def _floor_to(value: float, multiple: int) -> int:
-    return max(multiple, int(value) // multiple * multiple)
-
-
-def kontext_geometry(
-    image_size: tuple[int, int], max_area: int, request_size: tuple[int, int] | None
-) -> Geometry:
-    """FluxKontextPipeline: output `round(sqrt(max_area * a))` x `round(sqrt(max_area / a))`
-    floored to 16 with a = aspect of `request_size` (1024x1024 when None); reference = the preferred
-    resolution closest to the source's aspect, scaled to `max_area`, floored to 16."""
-    request_w, request_h = request_size or KONTEXT_DEFAULT_REQUEST
-    aspect = request_w / request_h
-    output = (
-        _floor_to(round(math.sqrt(max_area * aspect)), 16),
-        _floor_to(round(math.sqrt(max_area / aspect)), 16),
-    )
-    source_w, source_h = (_floor_to(side, 16) for side in image_size)
-    source_aspect = source_w / source_h
-    _, pref_w, pref_h = min((abs(source_aspect - w / h), w, h) for w, h in KONTEXT_PREFERRED_RESOLUTIONS)
-    scale = math.sqrt(max_area / DEFAULT_MAX_AREA)
-    reference = (_floor_to(round(pref_w * scale), 16), _floor_to(round(pref_h * scale), 16))
-    return Geometry(output=output, reference=reference)
+    condition_area: int = CONDITION_AREA
 
 
 # ----------------------------------------------------------------------------- loading
-def policy_options(family: str, settings: SamplingSettings) -> dict[str, Any]:
-    """Family options of `load_policy` for evaluation-time sampling."""
-    if family == "qwen_image_edit":
-        return {
-            "true_cfg_scale": settings.true_cfg_scale,
-            "negative_prompt": settings.negative_prompt,
-            "condition_area": settings.condition_area,
-            "max_text_length": QWEN_MAX_TEXT_LENGTH,
-        }
-    if family == "kontext":
-        return {"guidance_scale": settings.guidance_scale}
-    raise ValueError(f"unknown model family {family!r}")
-
-
 def load_edit_policy(
     family: str,
     pretrained: str | os.PathLike,
@@ -143,7 +76,7 @@ def load_edit_policy(
         resolution=64,  # set per item by `edit`
         use_lora=True,
         lora=settings_for_policy,
-        **policy_options(family, settings),
+        **policy_class(family).sampling_options(settings),
     )
     if lora is not None:
         copy_lora_into_policy(policy, lora)
@@ -172,14 +105,6 @@ def copy_lora_into_policy(policy: EditPolicy, lora: LoraWeights) -> None:
 
 
 # ----------------------------------------------------------------------------- editing
-def item_geometry(
-    policy: EditPolicy, image: Image.Image, settings: SamplingSettings, request_size: tuple[int, int] | None
-) -> Geometry:
-    if policy.family == "qwen_image_edit":
-        return qwen_geometry(image.size, settings.max_area)
-    return kontext_geometry(image.size, settings.max_area, request_size)
-
-
 @torch.no_grad()
 def edit(
     policy: EditPolicy,
@@ -192,12 +117,11 @@ def edit(
 ) -> torch.Tensor:
     """One edited image (3, H, W) in [0, 1]: deterministic Euler ("flow", eta 0) on the pipeline's
     sigmas from noise seeded with `settings.seed` on the policy's device."""
-    geometry = item_geometry(policy, image, settings, request_size)
+    geometry = policy.edit_geometry(image.size, settings.max_area, request_size)
     width, height = geometry.output
     policy.set_resolution((height, width))
+    image = policy.reference_image(image, geometry)
     ref_w, ref_h = geometry.reference
-    if policy.family == "kontext":
-        image = policy.image_processor.resize(image, ref_h, ref_w)  # as the pipeline's _auto_resize
     policy.reference_area = ref_w * ref_h
     cond = policy.encode_condition([instruction], [image])
     generator = torch.Generator(device=policy.device).manual_seed(settings.seed)

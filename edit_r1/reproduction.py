@@ -36,14 +36,21 @@ from edit_r1.inference import (
     save_atomically,
     to_pil,
 )
+from edit_r1.models.registry import policy_class
 
-FAMILY_NAMES = {"qwen": "qwen_image_edit", "kontext": "kontext"}
+# Help of the family-specific flags (`EditPolicy.sampling_flags`), by `SamplingSettings` field.
+SAMPLING_FLAG_HELP = {
+    "true_cfg_scale": "true CFG scale (> 1 runs the negative prompt)",
+    "negative_prompt": "negative prompt of true CFG",
+    "condition_area": "vision-encoder image area",
+    "guidance_scale": "embedded guidance",
+}
 
 
 def build_parser(family: str, benchmark: str) -> argparse.ArgumentParser:
     defaults = SamplingSettings()
     parser = argparse.ArgumentParser(
-        description=f"Sample {benchmark} with {FAMILY_NAMES[family]} (base model, or base + --lora_path)."
+        description=f"Sample {benchmark} with {policy_class(family).family} (base model, or base + --lora_path)."
     )
     parser.add_argument("--pretrained_name_or_path", required=True, help="base model: hub id or local folder")
     parser.add_argument("--output_dir", required=True, help="where the edited images go")
@@ -76,14 +83,9 @@ def build_parser(family: str, benchmark: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--num_inference_steps", type=int, default=defaults.num_inference_steps)
     parser.add_argument("--max_area", type=int, default=DEFAULT_MAX_AREA, help="output pixel area (1024^2)")
-    if family == "qwen":
-        parser.add_argument("--true_cfg_scale", type=float, default=defaults.true_cfg_scale)
-        parser.add_argument("--negative_prompt", default=defaults.negative_prompt)
-        parser.add_argument(
-            "--condition_area", type=int, default=defaults.condition_area, help="vision-encoder image area"
-        )
-    else:
-        parser.add_argument("--guidance_scale", type=float, default=defaults.guidance_scale)
+    for name in policy_class(family).sampling_flags:
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name}", type=type(default), default=default, help=SAMPLING_FLAG_HELP[name])
     parser.add_argument("--num_shards", type=int, default=None, help="default: WORLD_SIZE (torchrun) or 1")
     parser.add_argument("--shard", type=int, default=None, help="default: RANK (torchrun) or 0")
     parser.add_argument(
@@ -200,15 +202,14 @@ def main(family: str, benchmark: str, argv: Sequence[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     started = time.monotonic()
     policy, lora = load_edit_policy(
-        FAMILY_NAMES[family], args.pretrained_name_or_path, settings, args.lora_path,
+        family, args.pretrained_name_or_path, settings, args.lora_path,
         lora_weights=args.lora_weights, device=device, dtype=dtype,
     )  # fmt: skip
     if lora is None:
         print("No LoRA given: sampling the base model")
     else:
         print(f"LoRA {lora.source}: rank {lora.rank}, alpha {lora.alpha:g} (scale {lora.scale:g})")
-    # The original Kontext GEdit script asked for the source size; its ImgEdit script asked for none.
-    request_source_size = family == "kontext" and benchmark == "gedit"
+    request_source_size = benchmark in policy_class(family).source_size_benchmarks
 
     def edit_item(item: BenchmarkItem):
         image = item.load_image()

@@ -17,10 +17,9 @@ One epoch, on every rank (``torchrun``; a single process works too):
 Evaluation (EMA weights, deterministic ``flow``, ``eval_num_steps``) runs every ``eval_freq``
 epochs before sampling, as upstream; checkpoints every ``save_freq`` epochs and at the end.
 
-Launch (see ``scripts/train_nft_qwen_image_edit.py``)::
+Launch with the family's script (``scripts/train_nft_<family>.py``, ``docs/training.md``)::
 
-    torchrun --nproc_per_node=8 scripts/train_nft_qwen_image_edit.py \\
-        --config config/qwen_image_edit_nft.py:qwen_mllm_reward
+    torchrun --nproc_per_node=8 scripts/train_nft_<family>.py --config config/<family>_nft.py:<name>
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ from edit_r1.data.dataset import center_crop_resize
 from edit_r1.inference import to_pil_batch
 from edit_r1.models.base import EditPolicy
 from edit_r1.models.lora import LoraSettings
-from edit_r1.models.registry import load_policy
+from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.sampling import sample, sigma_schedule
 from edit_r1.settings import LossSettings
@@ -232,13 +231,6 @@ class Trainer:
             init="gaussian" if train.lora_init == "gaussian" else True,
             target_modules=tuple(train.lora_target_modules),
         )
-        family_options = {
-            "qwen_image_edit": {
-                "condition_area": config.condition_area,
-                "true_cfg_scale": config.sample.true_cfg_scale,
-            },
-            "kontext": {"guidance_scale": config.sample.guidance_scale},
-        }[config.model_family]
         policy = load_policy(
             config.model_family,
             config.pretrained.model,
@@ -252,7 +244,7 @@ class Trainer:
             attention_backend=config.attention_backend or None,
             compile_transformer=config.compile_transformer,
             compile_mode=config.compile_mode or None,
-            **family_options,
+            **policy_class(config.model_family).options_from_config(config),
         )
         return policy
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import SCENARIOS, BenchmarkError, Settings, format_table, run_scenario  # noqa: E402
+from edit_r1.models.registry import family_names  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", default=defaults.size, choices=("tiny", "small", "full"), help="train-step model"
     )
-    parser.add_argument("--family", default=defaults.family, choices=("qwen_image_edit", "kontext"))
+    parser.add_argument("--family", default=defaults.family, choices=family_names())
     parser.add_argument(
         "--kit", type=Path, help="tiny kit folder (default .tiny/kit, else built in a temp dir)"
     )

@@ -9,6 +9,7 @@ import torch
 
 # decay_type -> (flat steps, rate per step, ceiling)
 _OLD_POLICY_SCHEDULES = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
+DECAY_TYPES: tuple[int, ...] = tuple(_OLD_POLICY_SCHEDULES)
 
 
 def old_policy_decay(step: int, decay_type: int) -> float:

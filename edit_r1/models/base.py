@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from edit_r1.models import lora as lora_utils
+from edit_r1.models.family import FamilyFacts
 
 ADAPTERS = ("default", "old", "ref")
 # An image whose long side is more than this many times its short side is rejected: after
@@ -223,7 +224,7 @@ def check_resolution(height: int, width: int, multiple: int) -> None:
             raise ValueError(f"resolution {name}={value!r} must be a positive multiple of {multiple}")
 
 
-class EditPolicy(ABC):
+class EditPolicy(FamilyFacts, ABC):
     """An image-editing flow model seen as the trained, old and reference policies.
 
     Subclasses implement the family specifics (`encode_condition`, `_forward_rows`,
@@ -244,7 +245,6 @@ class EditPolicy(ABC):
         compile_mode: torch.compile mode, e.g. "max-autotune-no-cudagraphs" (None = default).
     """
 
-    family: str = ""
     pipeline_class: type | None = None  # the stock diffusers pipeline of the family (for export)
     # Whether the family's transformer gives attention a key mask (Qwen masks padded text); the
     # attention-backend check then passes one too, since some kernels (flash) take no mask.

@@ -20,6 +20,7 @@ equivalence test feeds an image of the target size with `_auto_resize=False` and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -36,7 +37,67 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
 from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
-from edit_r1.models.qwen_image_edit import pack_latents, unpack_latents
+from edit_r1.models.family import Geometry, floor_to, nearest_aspect
+from edit_r1.models.packing import pack_latents, unpack_latents
+
+# The resolutions FLUX.1-Kontext was trained on (width, height), as in diffusers' FluxKontextPipeline.
+PREFERRED_RESOLUTIONS = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
+    (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
+    (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+DEFAULT_REQUEST = (1024, 1024)  # the pipeline's size when none is given
+PREFERRED_AREA = 1024 * 1024  # the area of the preferred resolutions
+# Benchmark sizes (diffusers constructor arguments of FluxTransformer2DModel).
+BENCHMARK_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    # FLUX.1 (12B): 19 double + 38 single blocks, 24 heads x 128, T5-XXL (4096) + CLIP-L pooled (768).
+    "full": dict(
+        patch_size=1,
+        in_channels=64,
+        out_channels=None,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    ),
+    "small": dict(
+        patch_size=1,
+        in_channels=64,
+        out_channels=None,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=8,
+        joint_attention_dim=256,
+        pooled_projection_dim=64,
+        guidance_embeds=True,
+        axes_dims_rope=(8, 12, 12),
+    ),
+}
+
+
+def edit_geometry(
+    image_size: tuple[int, int], max_area: int, request_size: tuple[int, int] | None
+) -> Geometry:
+    """FluxKontextPipeline: output `round(sqrt(max_area * a))` x `round(sqrt(max_area / a))`
+    floored to 16 with a = aspect of `request_size` (1024x1024 when None); reference = the preferred
+    resolution closest to the source's aspect, scaled by sqrt(max_area / 1024^2) (identical to the
+    pipeline at the default area, small test areas stay small), floored to 16."""
+    request_w, request_h = request_size or DEFAULT_REQUEST
+    aspect = request_w / request_h
+    output = (
+        floor_to(round(math.sqrt(max_area * aspect)), 16),
+        floor_to(round(math.sqrt(max_area / aspect)), 16),
+    )
+    source = tuple(floor_to(side, 16) for side in image_size)
+    pref_w, pref_h = nearest_aspect(source, PREFERRED_RESOLUTIONS)
+    scale = math.sqrt(max_area / PREFERRED_AREA)
+    reference = (floor_to(round(pref_w * scale), 16), floor_to(round(pref_h * scale), 16))
+    return Geometry(output=output, reference=reference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +138,14 @@ class KontextPolicy(EditPolicy):
     """
 
     family = "kontext"
+    tiny_kit_folder = "flux_kontext"
+    encoder_names = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    sampling_flags = ("guidance_scale",)
+    # The original GEdit script asked the pipeline for the source size; its ImgEdit script for none.
+    source_size_benchmarks = ("gedit",)
+    benchmark_architectures = BENCHMARK_ARCHITECTURES
+    benchmark_text_tokens = {"small": 64, "full": 512}  # T5 pads to 512 (no mask)
+    transformer_class = FluxTransformer2DModel
     pipeline_class = FluxKontextPipeline
 
     def __init__(
@@ -255,3 +324,49 @@ class KontextPolicy(EditPolicy):
                 return_dict=False,
             )[0]
         return out[:, : z.shape[1]]
+
+    # ----------------------------------------------------------------------------- family facts
+    @classmethod
+    def options_from_config(cls, config: Any) -> dict[str, Any]:
+        return {"guidance_scale": config.sample.guidance_scale}
+
+    @classmethod
+    def sampling_options(cls, settings: Any) -> dict[str, Any]:
+        return {"guidance_scale": settings.guidance_scale}
+
+    @classmethod
+    def edit_geometry(
+        cls, image_size: tuple[int, int], max_area: int, request_size: tuple[int, int] | None
+    ) -> Geometry:
+        return edit_geometry(image_size, max_area, request_size)
+
+    def reference_image(self, image: Image.Image, geometry: Geometry) -> Image.Image:
+        """Resized to the reference size, as the pipeline's `_auto_resize`."""
+        ref_w, ref_h = geometry.reference
+        return self.image_processor.resize(image, ref_h, ref_w)
+
+    @classmethod
+    def meta_vae(cls) -> torch.nn.Module:
+        with torch.device("meta"):
+            return AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2,
+                latent_channels=16,
+            )
+
+    def synthetic_condition(self, batch: int, generator: torch.Generator) -> KontextCondition:
+        """Random T5 states and CLIP pooled vector, random reference latents on the target grid."""
+        config, tokens, grid = self.transformer.config, self.max_text_length, self.latent_grid
+
+        def randn(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator).to(device=self.device, dtype=self.dtype)
+
+        ref = randn(batch, grid[0] * grid[1], config.in_channels)
+        return KontextCondition(
+            prompt_embeds=randn(batch, tokens, config.joint_attention_dim),
+            pooled_prompt_embeds=randn(batch, config.pooled_projection_dim),
+            ref_latents=ref,
+            ref_grid=grid,
+        )

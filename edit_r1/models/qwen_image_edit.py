@@ -52,6 +52,8 @@ from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
+from edit_r1.models.family import Geometry
+from edit_r1.models.packing import pack_latents, unpack_latents
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,36 @@ PLUS_PICTURE_TAG = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>"
 # The Qwen pipelines round reference and condition image sides to multiples of 32.
 SIDE_MULTIPLE = 32
 PLUS_CONDITION_AREA = 384 * 384
+# Reproduction sampling: the stock pipeline's text cap (nothing shorter is truncated).
+SAMPLING_MAX_TEXT_LENGTH = 1024
+# Benchmark sizes (diffusers constructor arguments of QwenImageTransformer2DModel).
+BENCHMARK_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    # Qwen-Image (20B): 60 dual-stream blocks, 24 heads x 128, Qwen2.5-VL-7B states (3584).
+    "full": dict(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=60,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=3584,
+        axes_dims_rope=(16, 56, 56),
+    ),
+    # CPU-sized member of the same family: 4 blocks of width 256, same latent layout.
+    "small": dict(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=8,
+        joint_attention_dim=256,
+        axes_dims_rope=(8, 12, 12),
+    ),
+}
+# Real prompts fill most of the 256 stored positions: a 384^2 condition image is 196 vision
+# tokens, plus "Picture 1:", the instruction and the assistant prefix (~30).
+USED_TEXT_FRACTION = 226 / 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,23 +146,6 @@ class QwenCondition(Condition):
         return out
 
 
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, (h/2)(w/2), 4C): 2x2 patches of latent cells become tokens."""
-    b, c, h, w = latents.shape
-    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pack_latents`: (B, rows*cols, 4C) -> (B, C, 2 rows, 2 cols)."""
-    b, n, d = tokens.shape
-    rows, cols = grid
-    if n != rows * cols:
-        raise ValueError(f"expected {rows * cols} tokens for a {rows}x{cols} grid, got {n}")
-    x = tokens.reshape(b, rows, cols, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, d // 4, rows * 2, cols * 2)
-
-
 class QwenImageEditPolicy(EditPolicy):
     """Qwen-Image-Edit(-2509/-2511) as trained / old / reference policies.
 
@@ -147,6 +162,14 @@ class QwenImageEditPolicy(EditPolicy):
     """
 
     family = "qwen_image_edit"
+    aliases = ("qwen",)
+    tiny_kit_folder = "qwen_image_edit_plus"
+    encoder_names = ("text_encoder", "processor")
+    sampling_flags = ("true_cfg_scale", "negative_prompt", "condition_area")
+    benchmark_architectures = BENCHMARK_ARCHITECTURES
+    # Pads/truncates to max_text_length (the original release trains with 256).
+    benchmark_text_tokens = {"small": 64, "full": 256}
+    transformer_class = QwenImageTransformer2DModel
     attention_key_mask = True  # the joint attention masks padded text keys
     # Exact speed-up (`QwenCondition.without_text_padding`); the benchmark turns it off to time
     # the original way.
@@ -405,3 +428,54 @@ class QwenImageEditPolicy(EditPolicy):
         guided = uncond_v + self.true_cfg_scale * (cond_v - uncond_v)
         # Rescale each token to the norm of the conditional prediction (over channels).
         return guided * (cond_v.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+
+    # ----------------------------------------------------------------------------- family facts
+    @classmethod
+    def options_from_config(cls, config: Any) -> dict[str, Any]:
+        return {"condition_area": config.condition_area, "true_cfg_scale": config.sample.true_cfg_scale}
+
+    @classmethod
+    def sampling_options(cls, settings: Any) -> dict[str, Any]:
+        """True CFG with the negative prompt, the vision-encoder area, the stock text cap."""
+        return {
+            "true_cfg_scale": settings.true_cfg_scale,
+            "negative_prompt": settings.negative_prompt,
+            "condition_area": settings.condition_area,
+            "max_text_length": SAMPLING_MAX_TEXT_LENGTH,
+        }
+
+    @classmethod
+    def benchmark_options(cls, resolution: int) -> dict[str, Any]:
+        return {"condition_area": resolution * resolution}
+
+    @classmethod
+    def edit_geometry(
+        cls, image_size: tuple[int, int], max_area: int, request_size: tuple[int, int] | None
+    ) -> Geometry:
+        """QwenImageEdit(Plus)Pipeline with no height/width: both sizes are `calculate_dimensions`
+        (`fit_to_area(max_area, aspect of the source, 32)`); ``request_size`` is not used."""
+        width, height = fit_to_area(max_area, image_size[0] / image_size[1], SIDE_MULTIPLE)
+        return Geometry(output=(width, height), reference=(width, height))
+
+    @classmethod
+    def meta_vae(cls) -> torch.nn.Module:
+        with torch.device("meta"):
+            return AutoencoderKLQwenImage()  # defaults = the Qwen-Image VAE (scale 8, 16 channels)
+
+    def synthetic_condition(self, batch: int, generator: torch.Generator) -> QwenCondition:
+        """Random text states with a mask over ``USED_TEXT_FRACTION`` of the stored positions, and
+        random reference latents on the target grid."""
+        config, tokens, grid = self.transformer.config, self.max_text_length, self.latent_grid
+
+        def randn(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator).to(device=self.device, dtype=self.dtype)
+
+        ref = randn(batch, grid[0] * grid[1], config.in_channels)
+        mask = torch.zeros(batch, tokens, dtype=torch.long, device=self.device)
+        mask[:, : round(tokens * USED_TEXT_FRACTION)] = 1
+        return QwenCondition(
+            prompt_embeds=randn(batch, tokens, config.joint_attention_dim),
+            prompt_mask=mask,
+            ref_latents=ref,
+            ref_grid=grid,
+        )

@@ -22,13 +22,19 @@ POLICY_FAMILIES: dict[str, type[EditPolicy]] = {
 
 
 def policy_class(family: str) -> type[EditPolicy]:
-    """The adapter class of `family`; a clear error lists the known names."""
-    try:
+    """The adapter class of `family` (a registered name or one of a class's `aliases`); a clear
+    error lists the known names."""
+    if family in POLICY_FAMILIES:
         return POLICY_FAMILIES[family]
-    except KeyError:
-        raise ValueError(
-            f"unknown model family {family!r}; expected one of {sorted(POLICY_FAMILIES)}"
-        ) from None
+    for cls in POLICY_FAMILIES.values():
+        if family in cls.aliases:
+            return cls
+    raise ValueError(f"unknown model family {family!r}; expected one of {sorted(POLICY_FAMILIES)}")
+
+
+def family_names() -> tuple[str, ...]:
+    """The registered family names, in registration order (the first is the default)."""
+    return tuple(POLICY_FAMILIES)
 
 
 def load_policy(family: str, path: str | os.PathLike, **options: Any) -> EditPolicy:

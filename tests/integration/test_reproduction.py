@@ -22,8 +22,9 @@ from reward_server_fixture import start_reward_server
 from safetensors import safe_open
 
 from edit_r1.checkpoint import CheckpointState, save_checkpoint
-from edit_r1.inference import SamplingSettings, edit, kontext_geometry, load_edit_policy
+from edit_r1.inference import SamplingSettings, edit, load_edit_policy
 from edit_r1.models import lora as lora_utils
+from edit_r1.models.kontext import edit_geometry as kontext_geometry
 from edit_r1.models.registry import load_policy
 
 REPO = Path(__file__).resolve().parents[2]
