@@ -4,7 +4,7 @@ Flags are those of the original scripts (``--pretrained_name_or_path --output_di
 [--lora_path]``, GEdit ``--gedit_bench_path``, ImgEdit ``--input_path --root_path``) plus
 overrides that default to the original settings (``--num_inference_steps``, ``--max_area``, ...).
 ``--layout official`` writes what the benchmarks' own evaluators read instead of the original
-scripts' layout (``edit_r1.benchmarks``, ``docs/evaluation.md``).
+scripts' layout (``edit_r1.eval_sets``, ``docs/evaluation.md``).
 
 * resumable: an item whose output file exists is skipped (outputs are written atomically);
 * sharded: item ``i`` belongs to shard ``i % num_shards``. Under ``torchrun`` the shard is the

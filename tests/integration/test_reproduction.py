@@ -312,7 +312,7 @@ def test_official_layout_is_what_the_evaluators_read(tiny_kit, benchmarks, rewar
 
 
 def test_official_layout_resume_restores_a_lost_source_copy(benchmarks, tmp_path):
-    from edit_r1.benchmarks import gedit_items
+    from edit_r1.eval_sets import gedit_items
     from edit_r1.reproduction import run
 
     items = gedit_items(benchmarks / "gedit", layout="official")
