@@ -9,6 +9,8 @@ reference with units lives in ``docs/configs.md``.
 
 import ml_collections
 
+from edit_r1.rewards.client import RewardClientSettings
+
 # LoRA targets of both transformers (Qwen-Image and FLUX share the attention naming in diffusers).
 LORA_TARGET_MODULES = (
     "attn.to_q",
@@ -79,16 +81,16 @@ def _train_config() -> ml_collections.ConfigDict:
 
 
 def _reward_client_config() -> ml_collections.ConfigDict:
-    # Passed as the options of edit_r1.rewards.registry.build_combined_reward (keys match RetryPolicy).
-    client = ml_collections.ConfigDict()
-    client.server = ""  # host:port[,host:port...] of the judge(s); "" = read REWARD_SERVER (SPEC 4)
-    client.request_timeout_s = 300.0  # per HTTP request: a 32B judge scoring a full chunk under load is slow
-    client.deadline_s = 900.0  # total per chunk incl. retries; then training stops naming the servers
-    client.initial_backoff_s = 1.0  # first retry delay; doubles per attempt (the original retried 1000x)
-    client.max_backoff_s = 30.0  # cap of the retry delay
-    client.server_cooldown_s = 30.0  # a server that failed is skipped this long while another one answers
-    client.chunk_size = 32  # images per request; each chunk carries only its own prompts (SPEC defect 3)
-    return client
+    # The defaults are those of the typed settings the trainer builds from this section
+    # (edit_r1.rewards.client.RewardClientSettings: RetryPolicy and DEFAULT_CHUNK_SIZE), flat keys:
+    # server             host:port[,host:port...] of the judge(s); "" = read REWARD_SERVER
+    # request_timeout_s  per HTTP request: a 32B judge scoring a full chunk under load is slow
+    # deadline_s         total per chunk incl. retries; then training stops naming the servers
+    # initial_backoff_s  first retry delay, doubling per attempt (the original retried 1000x)
+    # max_backoff_s      cap of the retry delay
+    # server_cooldown_s  a server that failed is skipped this long while another one answers
+    # chunk_size         images per request; each chunk carries only its own prompts
+    return ml_collections.ConfigDict(RewardClientSettings().as_mapping())
 
 
 def _wandb_config() -> ml_collections.ConfigDict:

@@ -64,6 +64,7 @@ from edit_r1.models.base import EditPolicy
 from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
+from edit_r1.rewards.client import RewardClientSettings
 from edit_r1.sampling import sample, sigma_schedule
 from edit_r1.settings import LossSettings
 from edit_r1.tracking import (
@@ -88,11 +89,6 @@ class Rollout:
     cond: Any  # the family's Condition, one row per sample
     group_ids: torch.Tensor  # (B,) long: canonical dataset index of each sample's group
     rewards: Future  # resolves to a RewardOutput
-
-
-def reward_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Options of the reward functions: ``config.reward_client`` (see ``edit_r1.rewards.registry``)."""
-    return dict(config.reward_client)
 
 
 def _spec(value: Any) -> Any:
@@ -165,31 +161,15 @@ class Trainer:
         self.lockstep_encoding = self._shard_text_encoders()
         self._broadcast_trainable()
         distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
-        self.train_set = EditDataset(config.dataset, "train")
-        self.test_set = EditDataset(config.dataset, "test")
-        self.group_id = self._canonical_group_ids(self.train_set.group_keys)
-        self.sampler = GroupBatchSampler(
-            self.train_set.group_keys,
-            batch_size=self.plan.per_gpu_batch,
-            k=config.sample.num_image_per_prompt,
-            num_replicas=dist.world_size,
-            rank=dist.rank,
-            seed=config.seed,
-            batches_per_epoch=self.plan.batches_per_epoch,
-        )
+        self._build_data()
         self.params = self.policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=config.train.learning_rate,
-            betas=(config.train.adam_beta1, config.train.adam_beta2),
-            weight_decay=config.train.adam_weight_decay,
-            eps=config.train.adam_epsilon,
-        )
+        self.optimizer = self._build_optimizer()
         self.ema = EMA(self.params) if config.train.ema else None
-        self.reward = AsyncRewardScorer(
-            build_combined_reward(_spec(config.reward_fn), reward_options(config))
-        )
-        self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_options())
+        # Typed once here: the code below reads these, not the config's sections.
+        self.loss_settings = LossSettings.from_config(config)
+        self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
+        self.reward = AsyncRewardScorer(build_combined_reward(_spec(config.reward_fn), self.reward_client))
+        self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_client())
         self.sigmas = sigma_schedule(
             config.sample.num_steps, self.policy.image_seq_len, self.policy.scheduler_config
         )
@@ -212,6 +192,32 @@ class Trainer:
             self.policy.copy_default_to_old()  # before epoch 0, old = theta
 
     # ------------------------------------------------------------------------------- setup
+    def _build_data(self) -> None:
+        """The train/test splits, each train item's group id and the group sampler."""
+        config, dist = self.config, self.dist
+        self.train_set = EditDataset(config.dataset, "train")
+        self.test_set = EditDataset(config.dataset, "test")
+        self.group_id = self._canonical_group_ids(self.train_set.group_keys)
+        self.sampler = GroupBatchSampler(
+            self.train_set.group_keys,
+            batch_size=self.plan.per_gpu_batch,
+            k=config.sample.num_image_per_prompt,
+            num_replicas=dist.world_size,
+            rank=dist.rank,
+            seed=config.seed,
+            batches_per_epoch=self.plan.batches_per_epoch,
+        )
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        train = self.config.train
+        return torch.optim.AdamW(
+            self.params,
+            lr=train.learning_rate,
+            betas=(train.adam_beta1, train.adam_beta2),
+            weight_decay=train.adam_weight_decay,
+            eps=train.adam_epsilon,
+        )
+
     def _run_dir(self) -> Path:
         config = self.config
         if not config.run_name:
@@ -277,12 +283,11 @@ class Trainer:
         first: dict[Any, int] = {}
         return [first.setdefault(key, index) for index, key in enumerate(keys)]
 
-    def _eval_reward_options(self) -> dict[str, Any]:
-        options = reward_options(self.config)
+    def _eval_reward_client(self) -> RewardClientSettings:
         server = os.environ.get("EVAL_REWARD_SERVER")
-        if server:
-            options["server"] = server  # a held-out judge for evaluation
-        return options
+        if server:  # a held-out judge for evaluation
+            return dataclasses.replace(self.reward_client, server=server)
+        return self.reward_client
 
     # ------------------------------------------------------------------------------- loop
     def run(self) -> None:
@@ -521,7 +526,7 @@ class Trainer:
         """One backward of the NFT loss for micro-batch ``rows`` (see :func:`nft_train_timestep`)."""
         return nft_train_timestep(
             self.policy,
-            LossSettings.from_config(self.config),
+            self.loss_settings,
             x0,
             cond,
             t,

@@ -22,9 +22,10 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import requests
@@ -36,6 +37,7 @@ from reward_server.protocol import build_score_request, parse_score_response
 SERVER_ENV = "REWARD_SERVER"
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
 DEFAULT_SERVER = "127.0.0.1:12341"
+DEFAULT_CHUNK_SIZE = 32  # images per request (the original sent 64 per request)
 RETRYABLE_STATUS = frozenset({503})
 
 
@@ -59,6 +61,40 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return min(self.initial_backoff_s * 2**attempt, self.max_backoff_s)
+
+
+@dataclass(frozen=True)
+class RewardClientSettings:
+    """How the trainer reaches the judge: the config's ``reward_client`` section, typed.
+
+    ``server``: ``host:port[,host:port...]``, "" = ``REWARD_SERVER`` (else the default server);
+    ``chunk_size``: items per request; ``retry``: timeouts and backoff (:class:`RetryPolicy`).
+    The config keeps the flat keys (``reward_client.deadline_s``, ...): :meth:`from_mapping`.
+    """
+
+    server: str = ""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RewardClientSettings:
+        """From the flat keys of ``reward_client`` (any subset); an unknown key is an error."""
+        retry_keys = {f.name for f in fields(RetryPolicy)}
+        known = retry_keys | {"server", "chunk_size"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"reward_client: unknown key(s) {unknown}; known: {sorted(known)}")
+        retry = RetryPolicy(**{key: float(options[key]) for key in retry_keys if key in options})
+        return cls(
+            server=str(options.get("server") or ""),
+            chunk_size=int(options.get("chunk_size", DEFAULT_CHUNK_SIZE)),
+            retry=retry,
+        )
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The flat ``reward_client`` keys (what a config holds)."""
+        retry = {f.name: getattr(self.retry, f.name) for f in fields(RetryPolicy)}
+        return {"server": self.server, **retry, "chunk_size": self.chunk_size}
 
 
 def parse_server_list(spec: str) -> list[str]:
@@ -99,7 +135,7 @@ class RewardClient:
     def __init__(
         self,
         servers: str | Sequence[str],
-        chunk_size: int = 32,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         retry: RetryPolicy = RetryPolicy(),
         api_key: str | None = None,
         max_parallel_chunks: int | None = None,
@@ -118,6 +154,14 @@ class RewardClient:
     def from_env(cls, default: str | None = None, **kwargs) -> RewardClient:
         """Servers from ``REWARD_SERVER`` (else ``default``, else 127.0.0.1:12341)."""
         return cls(os.environ.get(SERVER_ENV) or default or DEFAULT_SERVER, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: RewardClientSettings) -> RewardClient:
+        """A client for ``settings.server`` (``REWARD_SERVER`` when it is empty)."""
+        options = {"chunk_size": settings.chunk_size, "retry": settings.retry}
+        if settings.server:
+            return cls(settings.server, **options)
+        return cls.from_env(**options)
 
     def score(self, samples: Sequence[RewardSample]) -> np.ndarray:
         """Scores in [0, 1] in the order of ``samples``; NaN where the judge failed on an item."""

@@ -5,7 +5,8 @@
 - ``toy_color``: the toy dataset's rule reward, ``edit_r1.data.toy.toy_target_color_score``
   (imported only when used).
 
-A factory takes the options dict (from the config) and returns a :class:`RewardFn`.
+A factory takes the typed ``reward_client`` settings
+(:class:`~edit_r1.rewards.client.RewardClientSettings`) and returns a :class:`RewardFn`.
 """
 
 from __future__ import annotations
@@ -17,27 +18,17 @@ from typing import Any
 import numpy as np
 
 from edit_r1.rewards.base import RewardFn, RewardSample
+from edit_r1.rewards.client import RewardClientSettings
 from edit_r1.rewards.combine import CombinedReward, parse_reward_spec
 
 
-def _mllm_score(options: Mapping[str, Any]) -> RewardFn:
-    from edit_r1.rewards.client import RetryPolicy, RewardClient
+def _mllm_score(settings: RewardClientSettings) -> RewardFn:
+    from edit_r1.rewards.client import RewardClient
 
-    retry_keys = (
-        "deadline_s",
-        "initial_backoff_s",
-        "max_backoff_s",
-        "request_timeout_s",
-        "server_cooldown_s",
-    )
-    retry = RetryPolicy(**{key: float(options[key]) for key in retry_keys if key in options})
-    client_kwargs = {"retry": retry, "chunk_size": int(options.get("chunk_size", 32))}
-    if options.get("server"):
-        return RewardClient(options["server"], **client_kwargs).score
-    return RewardClient.from_env(**client_kwargs).score
+    return RewardClient.from_settings(settings).score
 
 
-def _toy_color(options: Mapping[str, Any]) -> RewardFn:
+def _toy_color(settings: RewardClientSettings) -> RewardFn:
     from edit_r1.data.toy import toy_target_color_score
 
     def score(samples: Sequence[RewardSample]) -> np.ndarray:
@@ -52,19 +43,30 @@ def _toy_color(options: Mapping[str, Any]) -> RewardFn:
     return score
 
 
-REWARD_FACTORIES: Mapping[str, Callable[[Mapping[str, Any]], RewardFn]] = MappingProxyType(
+REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings], RewardFn]] = MappingProxyType(
     {"mllm_score_continue": _mllm_score, "toy_color": _toy_color}
 )
 
 
-def build_reward_fn(name: str, options: Mapping[str, Any] | None = None) -> RewardFn:
+ClientOptions = RewardClientSettings | Mapping[str, Any] | None
+
+
+def client_settings(options: ClientOptions) -> RewardClientSettings:
+    """``options`` as settings: settings as given, a mapping of ``reward_client`` keys converted."""
+    if isinstance(options, RewardClientSettings):
+        return options
+    return RewardClientSettings.from_mapping(options or {})
+
+
+def build_reward_fn(name: str, options: ClientOptions = None) -> RewardFn:
     """The reward function registered as ``name``."""
     if name not in REWARD_FACTORIES:
         raise KeyError(f"unknown reward function {name!r}; known: {sorted(REWARD_FACTORIES)}")
-    return REWARD_FACTORIES[name](options or {})
+    return REWARD_FACTORIES[name](client_settings(options))
 
 
-def build_combined_reward(spec, options: Mapping[str, Any] | None = None) -> CombinedReward:
+def build_combined_reward(spec, options: ClientOptions = None) -> CombinedReward:
     """A :class:`CombinedReward` from a ``reward_fn`` specification (dict, "a:0.5,b", JSON, list)."""
     weights = parse_reward_spec(spec)
-    return CombinedReward(weights, {name: build_reward_fn(name, options) for name in weights})
+    settings = client_settings(options)
+    return CombinedReward(weights, {name: build_reward_fn(name, settings) for name in weights})

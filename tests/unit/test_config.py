@@ -311,3 +311,23 @@ def test_timestep_fraction_must_leave_a_timestep(toy_dir: Path) -> None:
     config.train.timestep_fraction = 0.4  # int(2 * 0.4) = 0
     with pytest.raises(ConfigError, match="0 timesteps"):
         validate_config(config, world_size=1)
+
+
+def test_typed_settings_are_read_from_the_original_keys():
+    """`beta` / `train.beta` reach the code as nft_beta / kl_beta; reward_client as typed settings
+    whose defaults are the config's."""
+    from edit_r1.rewards.client import RewardClientSettings
+    from edit_r1.settings import LossSettings
+
+    config = load_config(str(QWEN) + ":tiny")
+    config.beta, config.train.beta = 0.7, 0.25
+    loss = LossSettings.from_config(config)
+    assert (loss.nft_beta, loss.kl_beta, loss.adv_clip_max, loss.adv_mode) == (0.7, 0.25, 5.0, "all")
+
+    base = load_config(str(REPO / "config" / "base.py"))
+    assert RewardClientSettings.from_mapping(base.reward_client) == RewardClientSettings()
+    assert RewardClientSettings().as_mapping() == base.reward_client.to_dict()
+    tiny = RewardClientSettings.from_mapping(config.reward_client)
+    assert tiny.retry.deadline_s == config.reward_client.deadline_s != RewardClientSettings().retry.deadline_s
+    with pytest.raises(ValueError, match="chunk_sise"):
+        RewardClientSettings.from_mapping({"chunk_sise": 8})
