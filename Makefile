@@ -45,6 +45,8 @@ test-server-min: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	# The import rules of docs/architecture.md (AST checks, seconds).
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py tests/server/test_server_is_self_contained.py
 
 demo: $(STAMP)
 	bash examples/demo.sh $(DEMO_DIR)

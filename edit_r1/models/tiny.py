@@ -470,13 +470,54 @@ def build_qwen_image_edit_2511(out_dir: str | os.PathLike) -> Path:
     return build_qwen_image_edit_plus(out_dir, zero_cond_t=True)
 
 
+def _tiny_flux_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    return _seeded(
+        12,
+        lambda: FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=True,
+            axes_dims_rope=[4, 4, 8],
+        ),
+    )
+
+
+def _tiny_flux_vae():
+    from diffusers import AutoencoderKL
+
+    return _seeded(
+        13,
+        lambda: AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 3,
+            up_block_types=["UpDecoderBlock2D"] * 3,
+            block_out_channels=[8, 16, 16],
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+    )
+
+
 def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
     """Write a tiny FLUX.1-Kontext pipeline to ``out_dir`` (loads with FluxKontextPipeline)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxKontextPipeline,
-        FluxTransformer2DModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -509,47 +550,14 @@ def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
         pad_token_id=t5_tokenizer.pad_token_id,
         eos_token_id=t5_tokenizer.eos_token_id,
     )
-    transformer = _seeded(
-        12,
-        lambda: FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            guidance_embeds=True,
-            axes_dims_rope=[4, 4, 8],
-        ),
-    )
-    vae = _seeded(
-        13,
-        lambda: AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 3,
-            up_block_types=["UpDecoderBlock2D"] * 3,
-            block_out_channels=[8, 16, 16],
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=4,
-            sample_size=64,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        ),
-    )
     pipe = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
-        vae=vae,
+        vae=_tiny_flux_vae(),
         text_encoder=_seeded(10, lambda: CLIPTextModel(clip_config)),
         tokenizer=clip_tokenizer,
         text_encoder_2=_seeded(11, lambda: T5EncoderModel(t5_config)),
         tokenizer_2=t5_tokenizer,
-        transformer=transformer,
+        transformer=_tiny_flux_transformer(),
     )
     pipe.save_pretrained(out, safe_serialization=True)
     # Real FLUX checkpoints ship the sentencepiece model next to tokenizer.json; so does the kit.
