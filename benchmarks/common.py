@@ -127,14 +127,14 @@ def peak_memory(device: torch.device, out: dict[str, Any], key: str) -> Iterator
 # ----------------------------------------------------------------------------------- tiny kit
 def resolve_kit(settings: Settings) -> Path:
     """The tiny kit folder: ``settings.kit``, else ``.tiny/kit``, else a fresh build in a temp dir."""
-    from edit_r1.models.tiny import KIT_NAMES, build_all
+    from edit_r1.models.tiny import build_all
 
     if settings.kit is not None:
         folder = policy_class(settings.family).tiny_kit_folder
         if not (Path(settings.kit) / folder).is_dir():
             raise BenchmarkError(f"--kit {settings.kit}: no {folder}/ inside")
         return Path(settings.kit)
-    if all((DEFAULT_KIT / name).is_dir() for name in KIT_NAMES):
+    if all((DEFAULT_KIT / policy_class(name).tiny_kit_folder).is_dir() for name in family_names()):
         return DEFAULT_KIT
     out = Path(tempfile.mkdtemp(prefix="edit_r1_bench_kit_"))
     build_all(out)

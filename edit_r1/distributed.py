@@ -11,7 +11,7 @@ Launch modes, all handled by :func:`init_distributed`:
 * multi-node — torchrun's usual ``--nnodes/--node_rank/--rdzv_endpoint`` (or ``--master_addr``)
   flags; nothing extra is needed here.
 
-The object collective (:func:`broadcast_object`) moves JSON encoded as a byte
+Object collectives (:func:`broadcast_object`, :func:`all_gather_json`) move JSON encoded as a byte
 tensor, never pickle, so a rank can only ever receive data, never code.
 """
 
@@ -40,6 +40,7 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "broadcast_object",
+    "all_gather_json",
     "rank0_print",
     "seed_everything",
     "get_rng_state",
@@ -257,6 +258,21 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
         payload = torch.empty(int(length.item()), dtype=torch.uint8, device=comm)
     dist.broadcast(payload, src=src)
     return _from_json_bytes(payload)
+
+
+def all_gather_json(obj: Any) -> list[Any]:
+    """Gather one JSON-able object per rank; returns the list in rank order on every rank."""
+    payload = _json_bytes(obj)
+    if _world_size() == 1:
+        return [_from_json_bytes(payload)]
+    comm = _comm_device()
+    lengths = all_gather_tensor(torch.tensor([payload.numel()], dtype=torch.int64, device=comm))
+    flat = all_gather_tensor(payload.to(comm)).cpu()
+    out, start = [], 0
+    for n in lengths.tolist():
+        out.append(_from_json_bytes(flat[start : start + n]))
+        start += n
+    return out
 
 
 def rank0_print(*args: Any, **kwargs: Any) -> None:

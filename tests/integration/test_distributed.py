@@ -44,6 +44,7 @@ _WORKER = textwrap.dedent(
     result["sum"] = summed.tolist()
     bans = [["make it red", "images/a.png"]] if r == 0 else [["ignored", "x"]]
     result["bans"] = D.broadcast_object(bans, src=0)
+    result["gathered_json"] = D.all_gather_json({"rank": r, "keys": ["k%d" % i for i in range(r + 1)]})
 
     # Per-rank seeds and an RNG round trip through a 2-rank checkpoint.
     D.seed_everything(42, r)
@@ -167,6 +168,7 @@ def test_torchrun_all_gather_variable_sizes(two_rank_results: list[dict]) -> Non
 def test_torchrun_object_exchange(two_rank_results: list[dict]) -> None:
     for res in two_rank_results:
         assert res["bans"] == [["make it red", "images/a.png"]]
+        assert res["gathered_json"] == [{"rank": 0, "keys": ["k0"]}, {"rank": 1, "keys": ["k0", "k1"]}]
 
 
 def test_torchrun_rng_per_rank_and_checkpoint(two_rank_results: list[dict]) -> None:
@@ -201,6 +203,7 @@ def test_single_process_without_torchrun(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(TypeError, match="floating-point"):
         distributed.all_reduce_mean(torch.ones(2, dtype=torch.int64))
     assert distributed.broadcast_object([["a", "b.png"]]) == [["a", "b.png"]]
+    assert distributed.all_gather_json({"x": (1, 2)}) == [{"x": [1, 2]}]
     module = torch.nn.Linear(2, 2)
     assert distributed.sharded_frozen_module(module, info) is module
     assert not any(p.requires_grad for p in module.parameters())
