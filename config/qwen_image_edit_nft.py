@@ -21,6 +21,9 @@ Named configs (``--config config/qwen_image_edit_nft.py:NAME``; without ``:NAME`
 * ``tiny`` -- CPU smoke run on the tiny local pipeline and the toy dataset, rule reward ``toy_color``.
 * ``tiny_mllm`` -- ``tiny`` scored by the (tiny) MLLM judge through the reward server.
 * ``tiny_2511`` -- ``tiny`` on the tiny 2511 pipeline (``.tiny/kit/qwen_image_edit_2511``).
+* ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy editor, 32 px colour edits and
+  the trained toy judge through the reward server; the run ``make demo`` makes, where the
+  held-out reward rises. Start the server on ``edit_r1/toyworld/checkpoints/judge_qwen2_5_vl``.
 
 The tiny configs expect ``make demo`` layout under the repository root: ``.tiny/kit/qwen_image_edit_plus``
 (``python -m edit_r1.models.tiny build --out .tiny/kit``) and ``.tiny/toy_data``
@@ -38,6 +41,7 @@ base = import_config_file(Path(__file__).with_name("base.py"))
 tiny_common = import_config_file(Path(__file__).with_name("tiny_common.py"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOYWORLD = REPO_ROOT / "edit_r1" / "toyworld" / "checkpoints"  # the committed toy-world build
 
 
 def qwen_mllm_reward() -> ml_collections.ConfigDict:
@@ -89,6 +93,21 @@ def tiny_mllm() -> ml_collections.ConfigDict:
     return config
 
 
+def toy() -> ml_collections.ConfigDict:
+    """DiffusionNFT in the toy world: the trained toy editor, the toy judge, 32 px colour edits.
+
+    Dataset: ``python -m edit_r1.data.toy --out .tiny/toyworld_data --train 256 --test 32 --size 32
+    --tasks recolor,background``. Judge: ``python reward_server/reward_server.py --backend
+    transformers --model edit_r1/toyworld/checkpoints/judge_qwen2_5_vl``; then
+    ``REWARD_SERVER=127.0.0.1:PORT torchrun --nproc_per_node=2 scripts/train_nft_qwen_image_edit.py
+    --config config/qwen_image_edit_nft.py:toy``. Evaluation logs the judge's reward and the rule
+    score (``toy_color``, weight 0: logged, not optimised) of the same held-out edits.
+    """
+    config = tiny_mllm()
+    tiny_common.make_toy(config, model_dir=TOYWORLD / "qwen_image_edit_plus")
+    return config
+
+
 def tiny_2511() -> ml_collections.ConfigDict:
     """``tiny`` on the tiny Qwen-Image-Edit-2511 pipeline; launch as ``tiny`` with ``:tiny_2511``."""
     config = tiny()
@@ -102,6 +121,7 @@ NAMED_CONFIGS = {
     "tiny_mllm": tiny_mllm,
     "qwen_2511_mllm_reward": qwen_2511_mllm_reward,
     "tiny_2511": tiny_2511,
+    "toy": toy,
 }
 
 

@@ -4,6 +4,7 @@
     python scripts/benchmark.py rollout    # condition once per group vs per sample (k = 12)
     python scripts/benchmark.py reward     # reward server: dynamic batching vs one image per call
     python scripts/benchmark.py epoch      # a tiny torchrun epoch (2 CPU processes), time per phase
+    python scripts/benchmark.py learning   # toy world: held-out reward vs samples (scripts/benchmark_learning.py)
 
 Prints a table and, with ``--json PATH``, writes ``{"scenario", "ratios", ...}``. CPU with the tiny
 kit by default; ``--device cuda --size full`` builds randomly initialised real-size transformers
@@ -90,6 +91,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["learning"]:  # its own module and flags: scripts/benchmark_learning.py
+        from benchmark_learning import main as learning_main
+
+        return learning_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         result = run_scenario(args.scenario, settings_from_args(args))

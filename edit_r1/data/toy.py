@@ -158,8 +158,8 @@ def random_scene(rng: np.random.Generator, size: int, required_shape: str | None
     return Scene(size=size, background=colors[0], shapes=tuple(shapes))
 
 
-def random_task(rng: np.random.Generator, scene: Scene) -> Task:
-    kind = str(rng.choice(TASKS))
+def random_task(rng: np.random.Generator, scene: Scene, tasks: tuple[str, ...] = TASKS) -> Task:
+    kind = str(rng.choice(tasks))
     shape = str(rng.choice([s.kind for s in scene.shapes]))
     free_colors = [c for c in COLORS if c != scene.background and all(c != s.color for s in scene.shapes)]
     color = str(rng.choice(free_colors))
@@ -179,8 +179,12 @@ def scene_for_task(rng: np.random.Generator, size: int, task: Task, max_tries: i
     raise RuntimeError(f"no applicable scene found for {task.prompt!r} in {max_tries} tries")
 
 
-def generate_examples(num: int, size: int, rng: np.random.Generator) -> list[tuple[Scene, Task]]:
-    """``num`` (scene, task) pairs; every ``REPEAT_EVERY``-th repeats the previous instruction."""
+def generate_examples(
+    num: int, size: int, rng: np.random.Generator, tasks: tuple[str, ...] = TASKS
+) -> list[tuple[Scene, Task]]:
+    """``num`` (scene, task) pairs of the given task kinds; every ``REPEAT_EVERY``-th repeats the
+    previous instruction."""
+    check_tasks(tasks)
     examples: list[tuple[Scene, Task]] = []
     for i in range(num):
         if i % REPEAT_EVERY == REPEAT_EVERY - 1:
@@ -188,9 +192,15 @@ def generate_examples(num: int, size: int, rng: np.random.Generator) -> list[tup
             scene = scene_for_task(rng, size, task)
         else:
             scene = random_scene(rng, size)
-            task = random_task(rng, scene)
+            task = random_task(rng, scene, tasks)
         examples.append((scene, task))
     return examples
+
+
+def check_tasks(tasks: tuple[str, ...]) -> None:
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
 
 
 def _color_share(image: Image.Image, color: tuple[int, int, int], box: Box) -> float:
@@ -225,8 +235,17 @@ def metadata_record(scene: Scene, task: Task, image_relpath: str) -> dict[str, A
     }
 
 
-def write_toy_dataset(out: str | Path, num_train: int, num_test: int, size: int = 64, seed: int = 0) -> Path:
-    """Write images and both metadata files under ``out``; returns ``out`` as a Path."""
+def write_toy_dataset(
+    out: str | Path,
+    num_train: int,
+    num_test: int,
+    size: int = 64,
+    seed: int = 0,
+    tasks: tuple[str, ...] = TASKS,
+) -> Path:
+    """Write images and both metadata files under ``out``; returns ``out`` as a Path.
+
+    ``tasks`` restricts the edit kinds (default: all of :data:`TASKS`)."""
     if size < 16:
         raise ValueError(f"size must be >= 16 so every shape is visible, got {size}")
     if num_train < 1 or num_test < 1:
@@ -236,7 +255,7 @@ def write_toy_dataset(out: str | Path, num_train: int, num_test: int, size: int 
     for split_index, (split, num) in enumerate((("train", num_train), ("test", num_test))):
         rng = np.random.default_rng([seed, split_index])
         lines = []
-        for i, (scene, task) in enumerate(generate_examples(num, size, rng)):
+        for i, (scene, task) in enumerate(generate_examples(num, size, rng, tasks)):
             relpath = f"images/{split}_{i:05d}.png"
             scene.render().save(out / relpath)
             lines.append(json.dumps(metadata_record(scene, task, relpath)))
@@ -301,8 +320,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, required=True, help="number of test items")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"comma-separated edit kinds (default {','.join(TASKS)})"
+    )
     args = parser.parse_args(argv)
-    out = write_toy_dataset(args.out, args.train, args.test, size=args.size, seed=args.seed)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    try:
+        check_tasks(tasks)
+    except ValueError as error:
+        parser.error(f"--tasks: {error}")
+    out = write_toy_dataset(args.out, args.train, args.test, size=args.size, seed=args.seed, tasks=tasks)
     print(f"wrote {args.train} train and {args.test} test items to {out}")
 
 

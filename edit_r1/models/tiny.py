@@ -215,8 +215,8 @@ def _trained_bpe(bpe, special_tokens: list[str]) -> tuple[dict[str, int], list[t
     return {token: i for i, token in enumerate(order)}, merges
 
 
-def _qwen_tokenizer(named_vision_tokens: bool):
-    """Qwen2 byte-level BPE trained on :func:`tiny_corpus`, with the Qwen special tokens.
+def _qwen_tokenizer(named_vision_tokens: bool, corpus: list[str] | None = None, vocab_size: int = 400):
+    """Qwen2 byte-level BPE trained on ``corpus`` (default :func:`tiny_corpus`), with the Qwen special tokens.
 
     ``named_vision_tokens`` also records ``image_token`` / ``video_token`` / ``vision_bos_token`` /
     ``vision_eos_token`` in the tokenizer config (generic processors such as ``PaddleOCRVLProcessor``
@@ -235,12 +235,12 @@ def _qwen_tokenizer(named_vision_tokens: bool):
         ]
     )
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=["<|endoftext|>"],
         show_progress=False,
     )
-    bpe.train_from_iterator(tiny_corpus(), trainer)
+    bpe.train_from_iterator(tiny_corpus() if corpus is None else corpus, trainer)
     vocab, merges = _trained_bpe(bpe, ["<|endoftext|>"])
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
@@ -350,12 +350,11 @@ def _seeded(seed: int, make: Callable):
         return make().eval()
 
 
-def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int):
+def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int, vision_hidden: int = 16, heads: int = 2):
     """Tiny ``Qwen2_5_VLForConditionalGeneration`` whose special-token ids come from ``tokenizer``."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    heads = 2
     head_dim = hidden // heads
     # mrope sections (temporal, height, width) must add up to head_dim / 2.
     quarter = head_dim // 4
@@ -380,8 +379,8 @@ def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int):
         },
         vision_config={
             "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 32,
+            "hidden_size": vision_hidden,
+            "intermediate_size": 2 * vision_hidden,
             "num_heads": 2,
             "patch_size": 14,
             "spatial_merge_size": 2,

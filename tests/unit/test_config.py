@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 QWEN = REPO / "config" / "qwen_image_edit_nft.py"
 KONTEXT = REPO / "config" / "kontext_nft.py"
 NAMED = {
-    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm", "qwen_2511_mllm_reward", "tiny_2511"),
+    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm", "qwen_2511_mllm_reward", "tiny_2511", "toy"),
     KONTEXT: ("kontext_mllm_reward", "kontext_mllm_reward_ban_prompt", "tiny", "tiny_mllm"),
 }
 ALL_SPECS = [f"{path}:{name}" for path, names in NAMED.items() for name in names]
@@ -60,7 +60,8 @@ def test_config_file_without_name_gives_the_shipped_recipe() -> None:
 
 def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(
-        ValueError, match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, tiny, tiny_2511, tiny_mllm"
+        ValueError,
+        match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, tiny, tiny_2511, tiny_mllm, toy",
     ):
         load_config(f"{QWEN}:qwen_typo")
 

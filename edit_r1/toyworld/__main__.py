@@ -1,0 +1,40 @@
+"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed N]`` and
+``python -m edit_r1.toyworld report RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from edit_r1.toyworld.build import STAGES, build
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edit_r1.toyworld", description="Build the toy world.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("build", help="train the VAE, the base editor and the judge")
+    command.add_argument("--out", required=True, help="directory of the checkpoint folders and toyworld.json")
+    command.add_argument(
+        "--stage", action="append", choices=STAGES, help="run only this stage (repeatable; default all)"
+    )
+    command.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
+    report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        from edit_r1.toyworld.report import summary
+
+        print(summary(args.run_dir))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    start = time.perf_counter()
+    out = build(args.out, tuple(args.stage or STAGES), seed=args.seed)
+    print(f"toy world in {out} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Train the toy world's base editor: a small Qwen-Image transformer by flow matching.
+
+For a training pair (source, instruction) -> target with packed normalised target latents ``x0``
+(the policy's own reference-latent encoder applied to the target image), noise ``eps`` and
+``sigma ~ U(0, 1)``::
+
+    x_sigma = (1 - sigma) x0 + sigma eps,    loss = || v_theta(x_sigma, sigma | source, instruction) - (eps - x0) ||^2
+
+which is the velocity the framework's samplers integrate (``edit_r1.sampling``). The condition is
+computed with ``QwenImageEditPolicy.encode_condition`` exactly as in RL training, so the trained
+transformer sees at build time what it sees in the trainer. Training stops at a fixed step count
+chosen so that the held-out rule score leaves headroom for RL (``docs/toyworld.md``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edit_r1.data.toy import metadata_record, toy_target_color_score
+from edit_r1.sampling.sampler import sample
+from edit_r1.sampling.schedules import sigma_schedule
+from edit_r1.toyworld.images import scene_pairs, to_images
+
+
+@dataclass(frozen=True)
+class EditorTraining:
+    """Constant learning rate; training stops after ``stop_after`` steps (``docs/toyworld.md``)."""
+
+    stop_after: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    num_train: int = 1024
+    num_eval: int = 48
+    eval_every: int = 50
+    eval_steps: int = 4
+    seed: int = 0
+
+
+def qwen_transformer(seed: int, text_dim: int) -> torch.nn.Module:
+    """The toy Qwen-Image transformer: 4 blocks, 4 heads x 16 (width 64), patch 2, 4 latent channels."""
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=4,
+        attention_head_dim=16,
+        num_attention_heads=4,
+        joint_attention_dim=text_dim,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+
+
+@torch.no_grad()
+def encode_pairs(policy, examples, sources, targets, batch: int = 64):
+    """(conditions, target latents) of the pairs, encoded with the policy in chunks of ``batch``."""
+
+    conds, latents = [], []
+    for start in range(0, len(sources), batch):
+        chunk = slice(start, start + batch)
+        prompts = [task.prompt for _, task in examples[chunk]]
+        conds.append(policy.encode_condition(prompts, sources[chunk]))
+        latents.append(policy._encode_reference(targets[chunk], policy.height, policy.width))
+    return type(conds[0]).cat(conds) if len(conds) > 1 else conds[0], torch.cat(latents)
+
+
+@torch.no_grad()
+def generate(policy, cond, num_steps: int, seed: int, adapter: str = "default") -> torch.Tensor:
+    """Deterministic Euler (``flow``) edits of ``cond``: images (B, 3, H, W) in [0, 1]."""
+    sigmas = sigma_schedule(num_steps, policy.image_seq_len, policy.scheduler_config)
+    noise = policy.initial_noise(len(cond), generator=torch.Generator().manual_seed(seed))
+    result = sample(
+        lambda z, s: policy.velocity(z, s, cond, adapter=adapter),
+        noise,
+        sigmas,
+        solver="flow",
+        deterministic=True,
+        noise_level=0.0,
+    )
+    return policy.decode(result.latents)
+
+
+def rule_scores(images: torch.Tensor, examples) -> np.ndarray:
+    """``toy_target_color_score`` of each edit against its (scene, task)."""
+    records = [metadata_record(scene, task, "") for scene, task in examples]
+    return np.array(
+        [
+            toy_target_color_score(np.asarray(img), rec)
+            for img, rec in zip(to_images(images), records, strict=True)
+        ]
+    )
+
+
+def train_editor(
+    policy,
+    size: int,
+    tasks: tuple[str, ...],
+    settings: EditorTraining,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> list[tuple[int, float]]:
+    """Flow-matching training of ``policy.transformer`` (full weights); returns (step, held-out score)."""
+    examples, sources, targets = scene_pairs(settings.num_train, size, 2000 + settings.seed, tasks)
+    eval_examples, eval_sources, _ = scene_pairs(settings.num_eval, size, 3000 + settings.seed, tasks)
+    start = time.perf_counter()
+    cond, x0 = encode_pairs(policy, examples, sources, targets)
+    eval_cond, _ = encode_pairs(policy, eval_examples, eval_sources, eval_sources)
+    print(f"editor: encoded {len(x0)} pairs in {time.perf_counter() - start:.0f} s", flush=True)
+    params = [p for p in policy.transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history = []
+    for step in range(1, settings.stop_after + 1):
+        rows = torch.randint(0, len(x0), (settings.batch_size,), generator=generator)
+        target = x0[rows]
+        eps = torch.randn(target.shape, generator=generator)
+        sigma = torch.rand(len(rows), generator=generator)
+        z = (1 - sigma[:, None, None]) * target + sigma[:, None, None] * eps
+        velocity = policy.velocity(z, sigma, cond.index_select(rows))
+        loss = ((velocity - (eps - target)) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % settings.eval_every == 0 or step == settings.stop_after:
+            policy.transformer.eval()
+            score = float(
+                rule_scores(generate(policy, eval_cond, settings.eval_steps, seed=0), eval_examples).mean()
+            )
+            policy.transformer.train()
+            history.append((step, score))
+            print(
+                f"editor step {step}: loss {loss.item():.4f} held-out rule score {score:.3f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+            if on_eval is not None:
+                on_eval(step, score)
+    policy.transformer.eval()
+    return history

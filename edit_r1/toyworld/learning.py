@@ -1,0 +1,139 @@
+"""Run an RL algorithm in the toy world and read its held-out learning curve.
+
+Used by ``make demo``'s numbers, ``scripts/benchmark.py learning`` and the learning regression
+test: :func:`train_in_toy_world` launches the real training script on the ``:toy`` config (one
+process, or ``torchrun`` with gloo for ``nproc > 1``) against either the toy judge behind a real
+reward server (``reward="judge"``) or the rule reward (``reward="rule"``, no server), and returns
+the evaluations of ``metrics.jsonl`` (:func:`edit_r1.toyworld.report.eval_curve`).
+
+To try an algorithm change on a laptop: change the code, then compare
+``python scripts/benchmark.py learning --seeds 0,1,2`` before and after (``docs/toyworld.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from edit_r1.toyworld import CHECKPOINTS, world
+from edit_r1.toyworld.report import eval_curve
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = {"qwen_image_edit": ("config/qwen_image_edit_nft.py:toy", "scripts/train_nft_qwen_image_edit.py")}
+# Config overrides per algorithm; a new algorithm adds its line (e.g. its `config.algorithm`).
+ALGORITHMS: dict[str, tuple[str, ...]] = {"nft": ()}
+JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
+
+
+class LearningRunError(RuntimeError):
+    """The training run or its reward server failed (the message quotes the log)."""
+
+
+def write_dataset(out: Path, num_train: int = 256, num_test: int = 32) -> Path:
+    """The toy-world dataset of the ``:toy`` config (same as ``make demo``'s)."""
+    from edit_r1.data.toy import write_toy_dataset
+
+    return write_toy_dataset(out, num_train, num_test, size=world.SIZE, seed=0, tasks=world.TASKS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def judge_server(log: Path, judge: Path = JUDGE_DIR, timeout_s: float = 180.0) -> Iterator[str]:
+    """The reward server with the toy judge on a free loopback port; yields ``host:port``."""
+    port = _free_port()
+    command = [
+        sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"), "--backend", "transformers",
+        "--model", str(judge), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "64",
+        "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}", process, log, timeout_s)
+            yield f"127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LearningRunError(
+                f"reward server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.3)
+    raise LearningRunError(f"reward server {url} not healthy after {timeout_s:.0f} s; log: {log}")
+
+
+def training_command(
+    family: str, algorithm: str, run_dir: Path, dataset: Path, seed: int, epochs: int, nproc: int, reward: str,
+    overrides: Sequence[str] = (),
+) -> list[str]:  # fmt: skip
+    """The training command line (``torchrun`` when ``nproc > 1``)."""
+    if family not in CONFIGS:
+        raise ValueError(f"no toy world for family {family!r} yet; available: {sorted(CONFIGS)}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; available: {sorted(ALGORITHMS)}")
+    config, script = CONFIGS[family]
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    flags = [
+        f"--config={config}", f"--config.logdir={run_dir.parent}", f"--config.run_name={run_dir.name}",
+        f"--config.dataset={dataset}", f"--config.seed={seed}", f"--config.num_epochs={epochs}",
+        f"--config.save_freq={epochs}",
+    ]  # fmt: skip
+    if reward == "rule":
+        flags.append("--config.reward_fn=toy_color")
+    elif reward != "judge":
+        raise ValueError(f"reward must be 'judge' or 'rule', got {reward!r}")
+    return [*launcher, script, *flags, *ALGORITHMS[algorithm], *overrides]
+
+
+def train_in_toy_world(
+    run_dir: Path, *, family: str = "qwen_image_edit", algorithm: str = "nft", seed: int = 0, epochs: int = 12,
+    nproc: int = 1, reward: str = "judge", dataset: Path | None = None, overrides: Sequence[str] = (),
+    timeout_s: float = 3600.0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train, then return the run's evaluations (:func:`edit_r1.toyworld.report.eval_curve`)."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    dataset = dataset or write_dataset(run_dir.parent / "toyworld_data")
+    command = training_command(family, algorithm, run_dir, dataset, seed, epochs, nproc, reward, overrides)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    with contextlib.ExitStack() as stack:
+        if reward == "judge" or "eval_reward_fn" not in " ".join(overrides):
+            env["REWARD_SERVER"] = stack.enter_context(
+                judge_server(run_dir.parent / f"{run_dir.name}_server.log")
+            )
+        result = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    if result.returncode != 0:
+        raise LearningRunError(
+            f"training exited with {result.returncode}:\n{(result.stdout + result.stderr)[-4000:]}"
+        )
+    return eval_curve(run_dir)

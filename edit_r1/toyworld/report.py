@@ -1,0 +1,53 @@
+"""Summarise a toy-world training run: held-out judge reward and rule score before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edit_r1.tracking import read_metrics
+
+JUDGE_KEY = "eval_reward_mllm_score_continue"
+RULE_KEY = "eval_reward_toy_color"
+
+
+def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
+    """``[{"epoch", "judge", "rule", "seconds"}, ...]`` of every evaluation in ``run_dir/metrics.jsonl``;
+    ``seconds``: the run's time (sum of the trainer's ``time/*`` phases) before the evaluation."""
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    curve, elapsed = [], 0.0
+    for row in rows:
+        if JUDGE_KEY in row:
+            curve.append(
+                {
+                    "epoch": row.get("epoch", row["step"]),
+                    "judge": row[JUDGE_KEY],
+                    "rule": row.get(RULE_KEY),
+                    "seconds": elapsed,
+                }
+            )
+        elapsed += sum(float(v) for k, v in row.items() if k.startswith("time/"))
+    return curve
+
+
+def summary(run_dir: str | Path) -> str:
+    """Text: first and last evaluation, the gain, and where the sample grids are."""
+    run_dir = Path(run_dir)
+    curve = eval_curve(run_dir)
+    if len(curve) < 2:
+        return f"{run_dir}: fewer than two evaluations in metrics.jsonl; nothing to compare"
+    first, last = curve[0], curve[-1]
+    grids = sorted((run_dir / "samples").glob("eval_epoch*.png"))
+    lines = [
+        f"== toy world, held-out edits ({run_dir}):",
+        f"   judge reward  {first['judge']:.3f} (epoch {first['epoch']}) -> {last['judge']:.3f} "
+        f"(epoch {last['epoch']}): {last['judge'] - first['judge']:+.3f}",
+    ]
+    if first["rule"] is not None and last["rule"] is not None:
+        lines.append(
+            f"   rule score    {first['rule']:.3f} -> {last['rule']:.3f}: {last['rule'] - first['rule']:+.3f}"
+        )
+    lines.append("   curve         " + " ".join(f"{p['judge']:.3f}" for p in curve))
+    if grids:
+        lines.append(f"   before/after: {grids[0]}  {grids[-1]}")
+    return "\n".join(lines)

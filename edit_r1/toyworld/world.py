@@ -1,0 +1,103 @@
+"""The toy world's fixed choices and the untrained Qwen-Image-Edit pipeline around its trained parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SIZE = 32  # image side in pixels: shapes stay recognisable, a rollout costs milliseconds
+TASKS = ("recolor", "background")  # colour edits: the rule score and the judge read the same colour
+TEXT_DIM = 32  # hidden size of the (frozen, random) Qwen2.5-VL text encoder of the editor
+# The system prompt of QwenImageEditPlusPipeline.prompt_template_encode (diffusers 0.42), part of the
+# tokenizer's training corpus so that its 64-token prefix tokenizes like the real tokenizer's.
+EDIT_SYSTEM_PROMPT = (
+    "Describe the key features of the input image (color, shape, size, texture, objects, background), "
+    "then explain how the user's text instruction should alter or modify the image. Generate a new image "
+    "that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate."
+)
+DATASET_ARGS = ("--size", str(SIZE), "--tasks", ",".join(TASKS))  # edit_r1.data.toy flags of the world
+
+
+def world_corpus() -> list[str]:
+    """Every text the world's models read: the tiny corpus, the Qwen-Image-Edit system prompt,
+    every toy instruction and every judge prompt of the toy tasks (deterministic order)."""
+    from edit_r1.data.toy import COLORS, SHAPES, Scene, Task
+    from edit_r1.models.tiny import tiny_corpus
+    from reward_server.prompt_template import TEMPLATES, render_prompt
+
+    tasks = [Task("recolor", s, c) for s in SHAPES for c in COLORS] + [
+        Task("background", None, c) for c in COLORS
+    ]
+    tasks += [Task("remove", s, None) for s in SHAPES]
+    scenes = [Scene(size=SIZE, background=c, shapes=()) for c in COLORS]
+    judge = [
+        render_prompt(t.prompt, t.requirement(sc), name) for t in tasks for sc in scenes for name in TEMPLATES
+    ]
+    chat = f"<|im_start|>system\n{EDIT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
+    return tiny_corpus() + [chat] + [t.prompt for t in tasks] + sorted(set(judge))
+
+
+def world_tokenizer(named_vision_tokens: bool):
+    """Byte-level BPE trained on :func:`world_corpus` (word-level merges, ~650 tokens).
+
+    With it the Qwen-Image-Edit template prefix is exactly 64 tokens, as with the real Qwen
+    tokenizer (the pipeline drops 64), and the judge prompt is ~150 tokens instead of ~350 with
+    the tiny kit's 400-token vocabulary: the editor and the judge run 2-3x faster.
+    """
+    from edit_r1.models import tiny
+
+    return tiny._qwen_tokenizer(named_vision_tokens, world_corpus(), vocab_size=1000)
+
+
+def untrained_policy(vae_dir: Path, seed: int):
+    """A full-weight ``QwenImageEditPolicy`` on the trained VAE with a fresh transformer.
+
+    Text encoder (seeded, random, frozen), tokenizer and processor come from the tiny kit's
+    builders (``edit_r1.models.tiny``), so that the folder loads like a real checkpoint.
+    """
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+
+    from edit_r1.models import tiny
+    from edit_r1.models.qwen_image_edit import QwenImageEditPolicy
+    from edit_r1.toyworld.editor import qwen_transformer
+
+    tokenizer = world_tokenizer(named_vision_tokens=True)
+    text_encoder = tiny._qwen2_5_vl(tokenizer, hidden=TEXT_DIM, layers=1, seed=100 + seed)
+    return QwenImageEditPolicy(
+        transformer=qwen_transformer(200 + seed, TEXT_DIM),
+        vae=AutoencoderKLQwenImage.from_pretrained(vae_dir),
+        text_encoder=text_encoder,
+        processor=tiny._pipeline_processor(tokenizer),
+        scheduler=FlowMatchEulerDiscreteScheduler(**tiny.QWEN_IMAGE_SCHEDULER),
+        variant="plus",
+        resolution=SIZE,
+        condition_area=SIZE * SIZE,
+        use_lora=False,
+    )
+
+
+def save_pipeline(policy, out: Path) -> Path:
+    """Save the policy's components as a ``QwenImageEditPlusPipeline`` folder."""
+    from diffusers import QwenImageEditPlusPipeline
+
+    policy.transformer.requires_grad_(False)
+    pipe = QwenImageEditPlusPipeline(
+        scheduler=policy.scheduler,
+        vae=policy.vae,
+        text_encoder=policy.text_encoder,
+        tokenizer=policy.processor.tokenizer,
+        processor=policy.processor,
+        transformer=policy.transformer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def load_policy(pipeline_dir: Path, **options):
+    """The toy editor as the trainer loads it (``load_policy("qwen_image_edit", ...)``)."""
+    from edit_r1.models.registry import load_policy as load
+
+    options = {"resolution": SIZE, "condition_area": SIZE * SIZE, "dtype": torch.float32, **options}
+    return load("qwen_image_edit", pipeline_dir, **options)
