@@ -25,7 +25,11 @@ _EDIT_R1_V1 = (
     "Answer with the number only."
 )
 
-TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_V1})
+# The toy world's judge (docs/toyworld.md): the instruction only, so that a judge trained from
+# scratch on a CPU reads ~30 tokens instead of ~150 and learns in minutes. {requirement} is unused.
+_TOY_V1 = "Edit: {instruction}\nScore 0-5:"
+
+TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_V1, "toy_v1": _TOY_V1})
 
 
 def render_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:

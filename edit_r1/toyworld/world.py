@@ -25,16 +25,15 @@ def world_corpus() -> list[str]:
     every toy instruction and every judge prompt of the toy tasks (deterministic order)."""
     from edit_r1.data.toy import COLORS, SHAPES, Scene, Task
     from edit_r1.models.tiny import tiny_corpus
-    from reward_server.prompt_template import TEMPLATES, render_prompt
+    from reward_server.prompt_template import render_prompt
 
     tasks = [Task("recolor", s, c) for s in SHAPES for c in COLORS] + [
         Task("background", None, c) for c in COLORS
     ]
     tasks += [Task("remove", s, None) for s in SHAPES]
     scenes = [Scene(size=SIZE, background=c, shapes=()) for c in COLORS]
-    judge = [
-        render_prompt(t.prompt, t.requirement(sc), name) for t in tasks for sc in scenes for name in TEMPLATES
-    ]
+    # The corpus the committed editor's tokenizer was trained on: the "edit_r1_v1" judge prompts.
+    judge = [render_prompt(t.prompt, t.requirement(sc), "edit_r1_v1") for t in tasks for sc in scenes]
     chat = f"<|im_start|>system\n{EDIT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
     return tiny_corpus() + [chat] + [t.prompt for t in tasks] + sorted(set(judge))
 
