@@ -68,6 +68,8 @@ def _train_config() -> ml_collections.ConfigDict:
     train.gradient_step_per_epoch = 1  # optimizer steps per epoch: one step over all rollouts (upstream)
     train.gradient_accumulation_steps = 0  # 0 = auto: num_batches_per_epoch / gradient_step_per_epoch
     train.adv_clip_max = 5.0  # C: advantages clipped to [-C, C]; also scales the NFT loss (upstream)
+    train.clip_range = 1e-4  # GRPO only: PPO clip range of the likelihood ratio (Flow-GRPO's default)
+    train.num_inner_epochs = 1  # passes over each epoch's rollouts per update (upstream 1; GRPO may use more)
     train.adv_mode = "all"  # all | positive_only | negative_only | one_only | binary; "all" uses both signs
     train.timestep_fraction = 0.99  # train on int(N * fraction) of the N grid timesteps: 5 of 6 (upstream)
     train.beta = 1e-4  # KL weight: mean (v - v_ref)^2 keeps the policy near the reference model (upstream)
@@ -128,6 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_sequence_length = 512  # text tokens of the condition, padded/truncated with a mask
     config.condition_area = 384 * 384  # Qwen: area of the condition image given to the vision encoder
     config.fsdp_text_encoder = False  # shard the frozen text encoder over ranks (FSDP2); no-op on one process
+    config.algorithm = "nft"  # nft | grpo: the training algorithm behind the shared loop (docs/algorithm.md)
     config.beta = 1.0  # NFT strength b: v+ = b v + (1-b) v_old, v- = (1+b) v_old - b v (upstream 1.0)
     config.decay_type = 1  # old-policy decay: 0 -> 0; 1 -> min(0.001 step, 0.5) (upstream); 2 -> delayed
     config.reward_fn = ml_collections.ConfigDict({"mllm_score_continue": 1.0})  # reward name -> weight

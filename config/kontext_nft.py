@@ -9,7 +9,8 @@ Named configs (``--config config/kontext_nft.py:NAME``; without ``:NAME`` the fi
           --config.dataset=/path/to/edit_data
 
 * ``kontext_mllm_reward_ban_prompt`` -- the same with low-variance group filtering and bans.
-* ``tiny`` / ``tiny_mllm`` -- CPU smoke runs on ``.tiny/kit/flux_kontext`` and ``.tiny/toy_data``
+* ``kontext_mllm_reward_grpo`` -- ``kontext_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
+* ``tiny`` / ``tiny_mllm`` / ``tiny_grpo`` -- CPU smoke runs on ``.tiny/kit/flux_kontext`` and ``.tiny/toy_data``
   (see ``config/qwen_image_edit_nft.py`` for how ``make demo`` builds them).
 
 The original release's Kontext configs crashed (an unexpected ``dataset=`` argument and a missing
@@ -24,6 +25,7 @@ from edit_r1.config import import_config_file, select_named_config
 
 base = import_config_file(Path(__file__).with_name("base.py"))
 tiny_common = import_config_file(Path(__file__).with_name("tiny_common.py"))
+grpo_common = import_config_file(Path(__file__).with_name("grpo_common.py"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +45,19 @@ def kontext_mllm_reward() -> ml_collections.ConfigDict:
     config.sample.num_groups_per_epoch = 24
     config.sample.ban_prompt = False
     config.fsdp_text_encoder = True  # T5-XXL is frozen: shard it instead of replicating it on every GPU
+    return config
+
+
+def kontext_mllm_reward_grpo() -> ml_collections.ConfigDict:
+    """``kontext_mllm_reward`` trained with Flow-GRPO instead of DiffusionNFT (same data, judge, filter).
+
+    Launch: ``torchrun --nproc_per_node=8 scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:kontext_mllm_reward_grpo`` (with ``REWARD_SERVER=host:12341``).
+    Flow-GRPO's recipe: ``flow`` SDE rollouts with eta 0.7 in 10 steps, clip range 1e-4, KL weight
+    0.04, 9 of 10 steps trained, two optimizer steps per epoch (``docs/algorithm.md``).
+    """
+    config = kontext_mllm_reward()
+    grpo_common.use_flow_grpo(config)
     return config
 
 
@@ -74,11 +89,20 @@ def tiny_mllm() -> ml_collections.ConfigDict:
     return config
 
 
+def tiny_grpo() -> ml_collections.ConfigDict:
+    """``tiny`` trained with Flow-GRPO (3 SDE steps, two inner epochs); launched as ``tiny``."""
+    config = tiny()
+    grpo_common.make_tiny_grpo(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "kontext_mllm_reward": kontext_mllm_reward,
     "kontext_mllm_reward_ban_prompt": kontext_mllm_reward_ban_prompt,
+    "kontext_mllm_reward_grpo": kontext_mllm_reward_grpo,
     "tiny": tiny,
     "tiny_mllm": tiny_mllm,
+    "tiny_grpo": tiny_grpo,
 }
 
 

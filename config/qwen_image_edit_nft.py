@@ -24,6 +24,8 @@ Named configs (``--config config/qwen_image_edit_nft.py:NAME``; without ``:NAME`
 * ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy editor, 32 px colour edits and
   the trained toy judge through the reward server; the run ``make demo`` makes, where the
   held-out reward rises. Start the server on ``edit_r1/toyworld/checkpoints/judge_qwen2_5_vl``.
+* ``qwen_mllm_reward_grpo`` -- ``qwen_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
+* ``tiny_grpo`` -- ``tiny`` trained with Flow-GRPO.
 
 The tiny configs expect ``make demo`` layout under the repository root: ``.tiny/kit/qwen_image_edit_plus``
 (``python -m edit_r1.models.tiny build --out .tiny/kit``) and ``.tiny/toy_data``
@@ -39,6 +41,7 @@ from edit_r1.config import import_config_file, select_named_config
 
 base = import_config_file(Path(__file__).with_name("base.py"))
 tiny_common = import_config_file(Path(__file__).with_name("tiny_common.py"))
+grpo_common = import_config_file(Path(__file__).with_name("grpo_common.py"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOYWORLD = REPO_ROOT / "edit_r1" / "toyworld" / "checkpoints"  # the committed toy-world build
@@ -71,6 +74,19 @@ def qwen_2511_mllm_reward() -> ml_collections.ConfigDict:
     """
     config = qwen_mllm_reward()
     config.pretrained.model = "Qwen/Qwen-Image-Edit-2511"
+    return config
+
+
+def qwen_mllm_reward_grpo() -> ml_collections.ConfigDict:
+    """``qwen_mllm_reward`` trained with Flow-GRPO instead of DiffusionNFT (same data, judge, filter).
+
+    Launch: ``torchrun --nproc_per_node=8 scripts/train_nft_qwen_image_edit.py
+    --config config/qwen_image_edit_nft.py:qwen_mllm_reward_grpo`` (with ``REWARD_SERVER=host:12341``).
+    Flow-GRPO's recipe: ``flow`` SDE rollouts with eta 0.7 in 10 steps, clip range 1e-4, KL weight
+    0.04, 9 of 10 steps trained, two optimizer steps per epoch (``docs/algorithm.md``).
+    """
+    config = qwen_mllm_reward()
+    grpo_common.use_flow_grpo(config)
     return config
 
 
@@ -115,10 +131,19 @@ def tiny_2511() -> ml_collections.ConfigDict:
     return config
 
 
+def tiny_grpo() -> ml_collections.ConfigDict:
+    """``tiny`` trained with Flow-GRPO (3 SDE steps, two inner epochs); launched as ``tiny``."""
+    config = tiny()
+    grpo_common.make_tiny_grpo(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "qwen_mllm_reward": qwen_mllm_reward,
+    "qwen_mllm_reward_grpo": qwen_mllm_reward_grpo,
     "tiny": tiny,
     "tiny_mllm": tiny_mllm,
+    "tiny_grpo": tiny_grpo,
     "qwen_2511_mllm_reward": qwen_2511_mllm_reward,
     "tiny_2511": tiny_2511,
     "toy": toy,

@@ -23,15 +23,17 @@ from types import ModuleType
 
 import ml_collections
 
-from edit_r1.algo import ADV_MODES, DECAY_TYPES
+from edit_r1.algo import ADV_MODES, ALGORITHMS, DECAY_TYPES
 from edit_r1.rewards.registry import REWARD_FACTORIES
-from edit_r1.sampling import DPM_SOLVERS, SOLVERS
+from edit_r1.sampling import DPM_SOLVERS, SDE_SOLVERS, SOLVERS
 
 # The enumerations owned by the code that uses them (declared there once).
 VALID_SOLVERS = SOLVERS
 DETERMINISTIC_ONLY_SOLVERS = DPM_SOLVERS
 VALID_ADV_MODES = ADV_MODES
 VALID_DECAY_TYPES = DECAY_TYPES
+STOCHASTIC_SOLVERS = SDE_SOLVERS
+VALID_ALGORITHMS = tuple(ALGORITHMS)
 VALID_MIXED_PRECISION = ("no", "fp16", "bf16")
 VALID_WANDB_MODES = ("online", "offline", "disabled")
 VALID_LORA_INITS = ("gaussian", "default")
@@ -314,6 +316,24 @@ def _check_training(config, problems: list[str]) -> None:
         problems.append("use_lora needs train.lora_rank >= 1, train.lora_alpha > 0 and lora_target_modules")
     if train.gradient_step_per_epoch < 1:
         problems.append(f"train.gradient_step_per_epoch={train.gradient_step_per_epoch!r} must be >= 1")
+    if not isinstance(train.num_inner_epochs, int) or train.num_inner_epochs < 1:
+        problems.append(f"train.num_inner_epochs={train.num_inner_epochs!r} must be a positive integer")
+
+
+def _check_algorithm(config, problems: list[str]) -> None:
+    """``algorithm`` and what GRPO needs: stochastic rollouts (log-probs) and a positive clip range."""
+    _one_of(problems, "algorithm", config.algorithm, VALID_ALGORITHMS)
+    if config.algorithm != "grpo":
+        return
+    sample = config.sample
+    if sample.solver not in STOCHASTIC_SOLVERS or sample.deterministic:
+        problems.append(
+            f"algorithm='grpo' needs stochastic rollouts with log-probs: sample.solver in "
+            f"{list(STOCHASTIC_SOLVERS)} and sample.deterministic=False (got solver={sample.solver!r}, "
+            f"deterministic={sample.deterministic!r})"
+        )
+    if not config.train.clip_range > 0:
+        problems.append(f"train.clip_range={config.train.clip_range!r} must be > 0 for algorithm='grpo'")
 
 
 def _check_top_level(config, problems: list[str]) -> None:
@@ -399,6 +419,7 @@ def validate_config(
     _check_top_level(config, problems)
     _check_sampling(config, problems)
     _check_training(config, problems)
+    _check_algorithm(config, problems)
     _check_speed(config, problems)
     if check_files:
         _check_dataset(config, problems)

@@ -42,9 +42,11 @@ import torch
 from edit_r1 import distributed
 from edit_r1.algo import (
     EMA,
+    NFT,
+    TrainBatch,
+    build_algorithm,
     group_advantages,
     group_filter,
-    nft_loss,
     old_policy_decay,
     update_old_policy,
 )
@@ -65,7 +67,7 @@ from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.rewards.client import RewardClientSettings
-from edit_r1.sampling import sample, sigma_schedule
+from edit_r1.sampling import SampleResult, sample, sigma_schedule
 from edit_r1.settings import LossSettings
 from edit_r1.tracking import (
     Timer,
@@ -83,12 +85,27 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class Rollout:
-    """One sampling batch of this rank, kept until the update: what the NFT loss needs."""
+    """One sampling batch of this rank, kept until the update: what the algorithm's loss needs."""
 
-    x0: torch.Tensor  # (B, L, C) final clean latents of the old policy
+    x0: torch.Tensor  # (B, L, C) final clean latents of the rollout policy
     cond: Any  # the family's Condition, one row per sample
     group_ids: torch.Tensor  # (B,) long: canonical dataset index of each sample's group
     rewards: Future  # resolves to a RewardOutput
+    fields: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # Algorithm.rollout_fields
+
+
+@dataclasses.dataclass
+class BoundPolicy:
+    """A policy with one micro-batch's condition bound: the ``PolicyForward`` an algorithm sees."""
+
+    policy: EditPolicy
+    cond: Any
+
+    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, adapter: str) -> torch.Tensor:
+        return self.policy.velocity(z, sigma, self.cond, adapter=adapter)
+
+    def velocity_old_and_ref(self, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy.velocity_old_and_ref(z, sigma, self.cond)
 
 
 def _spec(value: Any) -> Any:
@@ -118,28 +135,13 @@ def nft_train_timestep(
     *,
     divisor: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """One training timestep: a backward of ``nft_loss / divisor`` at per-sample times ``t``.
+    """One NFT training timestep at explicit per-sample times ``t``, as the trainer runs it
+    (:meth:`edit_r1.algo.NFT.loss_at` then a backward of ``loss / divisor``); benchmarks time this.
 
-    ``x_t = (1 - t) x0 + t eps`` with fresh ``eps``; ``v_old`` and ``v_ref`` come from one fused
-    no-grad forward, ``v`` from the trained forward. Returns the loss terms as detached device
-    tensors (a ``float()`` here would sync the GPU every timestep).
+    Returns the loss terms as detached device tensors (a ``float()`` here would sync the GPU).
     """
-    eps = torch.randn_like(x0)
-    t_b = t.view(-1, *([1] * (x0.dim() - 1)))
-    x_t = (1 - t_b) * x0 + t_b * eps
-    v_old, v_ref = policy.velocity_old_and_ref(x_t, t, cond)
-    v = policy.velocity(x_t, t, cond, adapter="default")
-    loss, info = nft_loss(
-        v,
-        v_old,
-        v_ref,
-        x_t,
-        x0,
-        t,
-        advantages.to(x0.device),
-        mask.to(x0.device),
-        **loss_settings.as_kwargs(),
-    )
+    algorithm = NFT(timestep_fraction=1.0, **loss_settings.as_kwargs())
+    loss, info = algorithm.loss_at(BoundPolicy(policy, cond), x0, t, advantages, mask)
     (loss / divisor).backward()
     return {key: torch.as_tensor(value).detach() for key, value in info.items()}
 
@@ -162,11 +164,11 @@ class Trainer:
         self._broadcast_trainable()
         distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
         self._build_data()
+        self.algorithm = build_algorithm(config)
         self.params = self.policy.trainable_parameters()
         self.optimizer = self._build_optimizer()
         self.ema = EMA(self.params) if config.train.ema else None
         # Typed once here: the code below reads these, not the config's sections.
-        self.loss_settings = LossSettings.from_config(config)
         self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
         self.reward = AsyncRewardScorer(build_combined_reward(_spec(config.reward_fn), self.reward_client))
         self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_client())
@@ -371,8 +373,10 @@ class Trainer:
             cache[gid] = cond.index_select([row])
 
     @torch.no_grad()
-    def rollout(self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool):
-        """Latents of one batch rolled out from fresh noise with policy ``adapter``."""
+    def rollout(
+        self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool
+    ) -> SampleResult:
+        """One batch rolled out from fresh noise with policy ``adapter`` (states and log-probs kept)."""
         z = self.policy.initial_noise(len(cond))
         result = sample(
             lambda x, s: self.policy.velocity(x, s, cond, adapter=adapter),
@@ -382,17 +386,17 @@ class Trainer:
             deterministic=deterministic,
             noise_level=self.config.sample.noise_level,
         )
-        return result.latents
+        return result
 
-    def edit_batch(self, cond, items, images, **rollout_options) -> tuple[torch.Tensor, list[RewardSample]]:
+    def edit_batch(self, cond, items, images, **rollout_options) -> tuple[SampleResult, list[RewardSample]]:
         """Rolls out one batch (see ``rollout``), decodes it and pairs each edit with its task."""
-        latents = self.rollout(cond, **rollout_options)
-        edits = to_pil_batch(self.policy.decode(latents))
+        result = self.rollout(cond, **rollout_options)
+        edits = to_pil_batch(self.policy.decode(result.latents))
         samples = [
             RewardSample(edit, image, item.prompt, item.requirement, item.extra)
             for edit, image, item in zip(edits, images, items, strict=True)
         ]
-        return latents, samples
+        return result, samples
 
     def collect_rollouts(self, epoch: int) -> list[Rollout]:
         """Samples this rank's batches of the epoch and submits their rewards."""
@@ -410,13 +414,18 @@ class Trainer:
             )
             items, images = self._items(self.sampler.next_batch())
             cond, group_ids = self._encode(items, images, cache, shared)
-            x0, samples = self.edit_batch(
-                cond, items, images, adapter="old", sigmas=self.sigmas, solver=config.solver,
-                deterministic=config.deterministic,
+            result, samples = self.edit_batch(
+                cond, items, images, adapter=self.algorithm.rollout_adapter, sigmas=self.sigmas,
+                solver=config.solver, deterministic=config.deterministic,
             )  # fmt: skip
-            rollouts.append(
-                Rollout(x0=x0, cond=cond, group_ids=group_ids, rewards=self.reward.submit(samples))
+            rollout = Rollout(
+                x0=result.latents,
+                cond=cond,
+                group_ids=group_ids,
+                rewards=self.reward.submit(samples),
+                fields=self.algorithm.rollout_fields(result),
             )
+            rollouts.append(rollout)
         return rollouts
 
     def wait_for_rewards(self, rollouts: list[Rollout]) -> list[RewardOutput]:
@@ -475,38 +484,49 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- training
     def optimise(self, rollouts: list[Rollout], stats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The NFT update over this rank's samples (SPEC 1.10); returns averaged diagnostics."""
-        config = self.config
+        """The algorithm's update over this rank's samples; returns averaged diagnostics.
+
+        ``train.num_inner_epochs`` passes over the samples, each in a fresh random order, split into
+        micro-batches of ``per_gpu_batch``; every micro-batch runs ``T`` steps of
+        ``Algorithm.loss`` (one backward each) and AdamW steps every ``gradient_accumulation_steps``
+        micro-batches.
+        """
         x0 = torch.cat([r.x0 for r in rollouts])
         cond = type(rollouts[0].cond).cat([r.cond for r in rollouts])
-        batch = self.plan.per_gpu_batch
-        grid = self.sigmas[:-1].to(x0.device)  # the N rollout timesteps (the final 0 is not trained)
-        num_t = int(len(grid) * config.train.timestep_fraction)
-        if num_t < 1:
-            raise TrainingError(
-                f"train.timestep_fraction={config.train.timestep_fraction} trains 0 timesteps"
-            )
-        accumulation = self.plan.gradient_accumulation_steps
-        order = torch.randperm(len(x0))
+        fields = {name: torch.cat([r.fields[name] for r in rollouts]) for name in rollouts[0].fields}
+        num_grid = len(self.sigmas) - 1  # the N rollout steps (the final sigma 0 is not trained)
+        try:
+            num_t = self.algorithm.train_steps(num_grid)
+        except ValueError as error:
+            raise TrainingError(str(error)) from error
         sums: dict[str, torch.Tensor] = {}
         grad_norms: list[float] = []
         count = 0
-        for micro, start in enumerate(
-            progress(range(0, len(x0), batch), desc="training", enabled=self.dist.is_main)
-        ):
-            rows = order[start : start + batch]
-            t_order = torch.stack([torch.randperm(len(grid)) for _ in rows])
-            micro_x0, micro_cond = x0[rows], cond.index_select(rows)  # shared by the T timesteps
-            for j in range(num_t):
-                info = self._train_timestep(
-                    micro_x0, micro_cond, grid[t_order[:, j]], stats, rows, accumulation * num_t
+        for inner in range(self.config.train.num_inner_epochs):
+            order = torch.randperm(len(x0))
+            micro_starts = range(0, len(x0), self.plan.per_gpu_batch)
+            desc = "training" if inner == 0 else f"training (inner epoch {inner})"
+            for micro, start in enumerate(progress(micro_starts, desc=desc, enabled=self.dist.is_main)):
+                rows = order[start : start + self.plan.per_gpu_batch]
+                batch = TrainBatch(
+                    x0=x0[rows],
+                    advantages=stats["advantages"][rows],
+                    mask=stats["mask"][rows],
+                    sigmas=self.sigmas,
+                    fields={name: value[rows] for name, value in fields.items()},
                 )
-                for key, value in info.items():
-                    sums[key] = sums[key] + value if key in sums else value
-                count += 1
-            if (micro + 1) % accumulation == 0:
-                self._check_finite(sums, count)
-                grad_norms.append(self.optimizer_step())
+                forward = BoundPolicy(self.policy, cond.index_select(rows))  # shared by the T steps
+                steps = self.algorithm.step_plan(len(rows), num_grid)
+                for j in range(num_t):
+                    info = self._train_timestep(
+                        forward, batch, steps[:, j], self.plan.gradient_accumulation_steps * num_t
+                    )
+                    for key, value in info.items():
+                        sums[key] = sums[key] + value if key in sums else value
+                    count += 1
+                if (micro + 1) % self.plan.gradient_accumulation_steps == 0:
+                    self._check_finite(sums, count)
+                    grad_norms.append(self.optimizer_step())
         out = {key: float(value) / count for key, value in sums.items()}
         out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -522,18 +542,14 @@ class Trainer:
             "updated and nothing was saved"
         )
 
-    def _train_timestep(self, x0, cond, t, stats, rows, divisor: int) -> dict[str, torch.Tensor]:
-        """One backward of the NFT loss for micro-batch ``rows`` (see :func:`nft_train_timestep`)."""
-        return nft_train_timestep(
-            self.policy,
-            self.loss_settings,
-            x0,
-            cond,
-            t,
-            stats["advantages"][rows],
-            stats["mask"][rows],
-            divisor=divisor,
-        )
+    def _train_timestep(
+        self, forward: BoundPolicy, batch: TrainBatch, steps: torch.Tensor, divisor: int
+    ) -> dict[str, torch.Tensor]:
+        """One backward of ``Algorithm.loss / divisor`` at grid steps ``steps`` ``(B,)``."""
+        loss, info = self.algorithm.loss(forward, batch, steps)
+        (loss / divisor).backward()
+        # Detached tensors, summed on the device: a float() here would sync the GPU every timestep.
+        return {key: torch.as_tensor(value).detach() for key, value in info.items()}
 
     def optimizer_step(self) -> float:
         """All-reduce (mean) the accumulated gradients once, clip, AdamW, EMA; returns the grad norm."""

@@ -1,14 +1,26 @@
-"""DiffusionNFT algorithm pieces (pure tensor code, SPEC 1.8-1.12)."""
+"""Training algorithms (pure tensor code): DiffusionNFT and Flow-GRPO behind one interface,
+plus the shared group statistics and policy synchronisation (``docs/algorithm.md``)."""
 
 from .advantages import GroupStats, group_advantages, group_filter, group_ids
-from .nft import ADV_MODES, nft_loss, positive_weight, transform_advantages
+from .base import Algorithm, PolicyForward, TrainBatch
+from .grpo import GRPO, clipped_policy_loss, transition_kl
+from .nft import ADV_MODES, NFT, nft_loss, positive_weight, transform_advantages
 from .policy_sync import DECAY_TYPES, EMA, ema_decay, old_policy_decay, update_old_policy
+from .registry import ALGORITHMS, build_algorithm
 
 __all__ = [
     "ADV_MODES",
+    "ALGORITHMS",
     "DECAY_TYPES",
     "EMA",
+    "GRPO",
+    "NFT",
+    "Algorithm",
     "GroupStats",
+    "PolicyForward",
+    "TrainBatch",
+    "build_algorithm",
+    "clipped_policy_loss",
     "ema_decay",
     "group_advantages",
     "group_filter",
@@ -17,5 +29,6 @@ __all__ = [
     "old_policy_decay",
     "positive_weight",
     "transform_advantages",
+    "transition_kl",
     "update_old_policy",
 ]

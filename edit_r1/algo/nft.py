@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import Algorithm, PolicyForward, TrainBatch
+
 ADV_MODES: tuple[str, ...] = ("all", "positive_only", "negative_only", "one_only", "binary")
 _MIN_WEIGHT = 1e-5
 
@@ -169,3 +171,66 @@ def _check_inputs(v, v_old, v_ref, x_t, x0, t, advantages, mask, *, nft_beta, kl
         raise ValueError(f"nft_loss: kl_beta (config.train.beta) must be >= 0, got {kl_beta}")
     if kl_beta > 0 and v_ref is None:
         raise ValueError("nft_loss: v_ref is required when kl_beta > 0")
+
+
+class NFT(Algorithm):
+    """DiffusionNFT behind the :class:`~edit_r1.algo.base.Algorithm` interface (``docs/algorithm.md``).
+
+    Rolls out with the ``old`` policy and needs only the final latents. Each sample trains on ``T``
+    of its grid timesteps in a random order (one permutation per sample); a step draws fresh noise,
+    forms ``x_t = (1 - t) x0 + t eps`` and applies :func:`nft_loss` to ``v`` (trained) and the fused
+    ``v_old`` / ``v_ref``.
+    """
+
+    name = "nft"
+    rollout_adapter = "old"
+
+    def __init__(
+        self, *, timestep_fraction: float, nft_beta: float, kl_beta: float, adv_clip_max: float, adv_mode: str
+    ) -> None:
+        super().__init__(timestep_fraction=timestep_fraction)
+        self.nft_beta = nft_beta
+        self.kl_beta = kl_beta
+        self.adv_clip_max = adv_clip_max
+        self.adv_mode = adv_mode
+
+    def step_plan(self, batch_size: int, num_grid_steps: int) -> torch.Tensor:
+        """An independent random order of the grid timesteps for every sample."""
+        return torch.stack([torch.randperm(num_grid_steps) for _ in range(batch_size)])
+
+    def loss(
+        self, forward: PolicyForward, batch: TrainBatch, steps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`loss_at` the grid times ``t = sigmas[steps]``."""
+        t = batch.sigmas[:-1].to(batch.x0.device)[steps.to(batch.x0.device)]
+        return self.loss_at(forward, batch.x0, t, batch.advantages, batch.mask)
+
+    def loss_at(
+        self,
+        forward: PolicyForward,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:func:`nft_loss` at per-sample times ``t`` with ``x_t = (1 - t) x0 + t eps``, fresh ``eps``;
+        ``v_old`` and ``v_ref`` from one fused no-grad forward, ``v`` from the trained forward."""
+        eps = torch.randn_like(x0)
+        t_b = t.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1 - t_b) * x0 + t_b * eps
+        v_old, v_ref = forward.velocity_old_and_ref(x_t, t)
+        v = forward.velocity(x_t, t, "default")
+        return nft_loss(
+            v,
+            v_old,
+            v_ref,
+            x_t,
+            x0,
+            t,
+            advantages.to(x0.device),
+            mask.to(x0.device),
+            nft_beta=self.nft_beta,
+            kl_beta=self.kl_beta,
+            adv_clip_max=self.adv_clip_max,
+            adv_mode=self.adv_mode,
+        )

@@ -24,8 +24,24 @@ REPO = Path(__file__).resolve().parents[2]
 QWEN = REPO / "config" / "qwen_image_edit_nft.py"
 KONTEXT = REPO / "config" / "kontext_nft.py"
 NAMED = {
-    QWEN: ("qwen_mllm_reward", "tiny", "tiny_mllm", "qwen_2511_mllm_reward", "tiny_2511", "toy"),
-    KONTEXT: ("kontext_mllm_reward", "kontext_mllm_reward_ban_prompt", "tiny", "tiny_mllm"),
+    QWEN: (
+        "qwen_mllm_reward",
+        "qwen_mllm_reward_grpo",
+        "tiny",
+        "tiny_mllm",
+        "tiny_grpo",
+        "qwen_2511_mllm_reward",
+        "tiny_2511",
+        "toy",
+    ),
+    KONTEXT: (
+        "kontext_mllm_reward",
+        "kontext_mllm_reward_ban_prompt",
+        "kontext_mllm_reward_grpo",
+        "tiny",
+        "tiny_mllm",
+        "tiny_grpo",
+    ),
 }
 ALL_SPECS = [f"{path}:{name}" for path, names in NAMED.items() for name in names]
 
@@ -61,7 +77,8 @@ def test_config_file_without_name_gives_the_shipped_recipe() -> None:
 def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError,
-        match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, tiny, tiny_2511, tiny_mllm, toy",
+        match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, qwen_mllm_reward_grpo, tiny, "
+        "tiny_2511, tiny_grpo, tiny_mllm, toy",
     ):
         load_config(f"{QWEN}:qwen_typo")
 
@@ -332,3 +349,27 @@ def test_typed_settings_are_read_from_the_original_keys():
     assert tiny.retry.deadline_s == config.reward_client.deadline_s != RewardClientSettings().retry.deadline_s
     with pytest.raises(ValueError, match="chunk_sise"):
         RewardClientSettings.from_mapping({"chunk_sise": 8})
+
+
+def test_grpo_configs_validate_and_need_stochastic_rollouts(toy_dir: Path) -> None:
+    for path in (QWEN, KONTEXT):
+        config = load_config(f"{path}:tiny_grpo")
+        config.dataset = str(toy_dir)
+        assert config.algorithm == "grpo"
+        assert validate_config(config, world_size=1) == []
+        assert validate_config(config, world_size=2) == []
+    full = load_config(f"{QWEN}:qwen_mllm_reward_grpo")
+    assert (full.sample.num_steps, full.train.clip_range, full.train.beta) == (10, 1e-4, 0.04)
+    assert load_config(f"{QWEN}:qwen_mllm_reward").algorithm == "nft"
+    config.sample.deterministic = True
+    config.train.clip_range = 0.0
+    config.algorithm = "ppo"
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, world_size=1)
+    problems = "\n".join(error.value.problems)
+    assert "algorithm='ppo' is not one of ['nft', 'grpo']" in problems
+    config.algorithm = "grpo"
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, world_size=1)
+    problems = "\n".join(error.value.problems)
+    assert "sample.deterministic=False" in problems and "train.clip_range=0.0" in problems
