@@ -92,6 +92,7 @@ def _reward_client_config() -> ml_collections.ConfigDict:
     # max_backoff_s      cap of the retry delay
     # server_cooldown_s  a server that failed is skipped this long while another one answers
     # chunk_size         images per request; each chunk carries only its own prompts
+    # pairs_per_sample   pairwise_mllm: partners drawn per edit (seeded); 0 = all k-1 (2 judge calls a pair)
     return ml_collections.ConfigDict(RewardClientSettings().as_mapping())
 
 

@@ -24,7 +24,7 @@ from types import ModuleType
 import ml_collections
 
 from edit_r1.algo import ADV_MODES, ALGORITHMS, DECAY_TYPES
-from edit_r1.rewards.registry import REWARD_FACTORIES
+from edit_r1.rewards.registry import GROUP_REWARD_FACTORIES, KNOWN_REWARDS
 from edit_r1.sampling import DPM_SOLVERS, SDE_SOLVERS, SOLVERS
 
 # The enumerations owned by the code that uses them (declared there once).
@@ -365,11 +365,17 @@ def _check_top_level(config, problems: list[str]) -> None:
         bad = {name: w for name, w in weights.items() if not isinstance(w, int | float)}
         if bad:
             problems.append(f"{key} weights must be numbers, got {bad}")
-        unknown = sorted(set(weights) - set(REWARD_FACTORIES))
+        unknown = sorted(set(weights) - KNOWN_REWARDS)
         if unknown:
             problems.append(
-                f"{key} names unknown reward function(s) {unknown}; known: {sorted(REWARD_FACTORIES)}"
+                f"{key} names unknown reward function(s) {unknown}; known: {sorted(KNOWN_REWARDS)}"
             )
+    grouped = sorted(set(dict(config.eval_reward_fn)) & set(GROUP_REWARD_FACTORIES))
+    if grouped:
+        problems.append(
+            f"eval_reward_fn names group reward(s) {grouped}: evaluation scores single edits, "
+            "use a pointwise reward there (e.g. mllm_score_continue)"
+        )
     client = config.reward_client
     for key in ("request_timeout_s", "deadline_s", "initial_backoff_s", "max_backoff_s"):
         if not client[key] > 0:

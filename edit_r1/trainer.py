@@ -67,6 +67,7 @@ from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.rewards.client import RewardClientSettings
+from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
 from edit_r1.sampling import SampleResult, sample, sigma_schedule
 from edit_r1.settings import LossSettings
 from edit_r1.tracking import (
@@ -92,6 +93,7 @@ class Rollout:
     group_ids: torch.Tensor  # (B,) long: canonical dataset index of each sample's group
     rewards: Future  # resolves to a RewardOutput
     fields: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # Algorithm.rollout_fields
+    samples: list[RewardSample] = dataclasses.field(default_factory=list)  # edits, for group rewards
 
 
 @dataclasses.dataclass
@@ -171,6 +173,10 @@ class Trainer:
         # Typed once here: the code below reads these, not the config's sections.
         self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
         self.reward = AsyncRewardScorer(build_combined_reward(_spec(config.reward_fn), self.reward_client))
+        # Group rewards (pairwise_mllm) need every rank's edits of a group: scored after sampling.
+        self.group_rewards = build_group_rewards(
+            split_reward_spec(_spec(config.reward_fn))[1], self.reward_client, seed=config.seed
+        )
         self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_client())
         self.sigmas = sigma_schedule(
             config.sample.num_steps, self.policy.image_seq_len, self.policy.scheduler_config
@@ -424,6 +430,7 @@ class Trainer:
                 group_ids=group_ids,
                 rewards=self.reward.submit(samples),
                 fields=self.algorithm.rollout_fields(result),
+                samples=samples if self.group_rewards else [],
             )
             rollouts.append(rollout)
         return rollouts
@@ -453,6 +460,9 @@ class Trainer:
         local_ids = torch.cat([r.group_ids for r in rollouts])
         rewards = distributed.all_gather_tensor(local_rewards.to(self.dist.device)).cpu()
         group_ids = distributed.all_gather_tensor(local_ids.to(self.dist.device)).cpu().tolist()
+        if self.group_rewards:
+            with self.timer("group_reward"):
+                rewards = rewards + self.score_group_rewards(rollouts, group_ids, metrics)
         stats = group_advantages(group_ids, rewards, global_std=config.global_std)
         mask, banned = group_filter(
             stats,
@@ -468,6 +478,37 @@ class Trainer:
         n = local_rewards.numel()
         mine = slice(self.dist.rank * n, (self.dist.rank + 1) * n)
         return {"advantages": stats.advantages[mine].float(), "mask": mask[mine].bool()}
+
+    def score_group_rewards(
+        self, rollouts: list[Rollout], group_ids: list[int], metrics: dict[str, float]
+    ) -> torch.Tensor:
+        """``sum_f w_f r_f`` of the group rewards over every rank's samples (gathered order).
+
+        The edits are gathered from every rank first, so a group spread over several ranks is
+        judged as one group; each rank asks the judge for its share of the pairs.
+        """
+        local = np.stack([np.asarray(s.edited_image.convert("RGB")) for r in rollouts for s in r.samples])
+        images = distributed.all_gather_tensor(torch.from_numpy(local).to(self.dist.device)).cpu().numpy()
+
+        def gather(values: np.ndarray) -> np.ndarray:
+            stacked = distributed.all_gather_tensor(torch.from_numpy(values[None]).to(self.dist.device))
+            return stacked.cpu().numpy()
+
+        def task_of(gid: int):
+            item = self.train_set[gid]
+            return center_crop_resize(item.image, self.config.resolution), item.prompt, item.requirement
+
+        total = torch.zeros(len(group_ids), dtype=torch.float64)
+        for name, (weight, reward) in self.group_rewards.items():
+            result = reward(
+                images, group_ids, task_of, epoch=self.sampler.epoch, rank=self.dist.rank,
+                world_size=self.dist.world_size, gather=gather,
+            )  # fmt: skip
+            total += weight * torch.from_numpy(result.rewards)
+            metrics[f"reward_{name}"] = _mean_ignoring_nan(result.rewards)
+            metrics[f"{name}_judge_calls"] = float(result.judge_calls)
+            metrics[f"{name}_pairs"] = float(result.pairs)
+        return total
 
     def _reward_metrics(self, outputs, rewards, stats, group_ids, metrics: dict[str, float]) -> None:
         for name in outputs[0].components:

@@ -20,7 +20,13 @@ from werkzeug.exceptions import HTTPException
 
 from reward_server.batcher import DynamicBatcher
 from reward_server.images import decode_item
-from reward_server.protocol import Limits, ProtocolError, build_score_response, parse_score_request
+from reward_server.protocol import (
+    PROTOCOL_VERSION,
+    Limits,
+    ProtocolError,
+    build_score_response,
+    parse_score_request,
+)
 
 LOGGER = logging.getLogger("reward_server")
 
@@ -29,7 +35,7 @@ def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
-_PUBLIC_HEALTH_FIELDS = ("status", "backend")
+_PUBLIC_HEALTH_FIELDS = ("status", "protocol", "backend")
 
 
 def _public_health(health: Mapping[str, object]) -> dict:
@@ -83,7 +89,13 @@ def create_app(
     def health_check():
         alive, total = batcher.replicas_alive()
         status = "ok" if alive == total else "degraded" if alive else "down"
-        health = {"status": status, **dict(info), "replicas_alive": alive, "replicas": total}
+        health = {
+            "status": status,
+            "protocol": PROTOCOL_VERSION,
+            **dict(info),
+            "replicas_alive": alive,
+            "replicas": total,
+        }
         body = health if _authorised(api_key) else _public_health(health)
         return jsonify(body), 503 if status == "down" else 200
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from reward_server.protocol import (
     ACCEPTED_FORMATS,
+    PAIRWISE,
     Limits,
     ProtocolError,
     RawItem,
@@ -42,6 +43,11 @@ class JudgeItem:
     raw: RawItem
     image: Image.Image
     source_image: Image.Image
+    image_b: Image.Image | None = None  # the second edit of a pairwise item
+
+    @property
+    def pairwise(self) -> bool:
+        return self.raw.kind == PAIRWISE
 
     @property
     def instruction(self) -> str:
@@ -129,8 +135,26 @@ def decode_item(raw: RawItem, index: int, limits: Limits) -> JudgeItem:
     source, source_file = decode_image_file(
         raw.source_image, f"items[{index}].source_image", limits.max_image_pixels
     )
+    image_b = image_b_file = None
+    if raw.kind == PAIRWISE:
+        image_b, image_b_file = decode_image_file(
+            raw.image_b, f"items[{index}].image_b", limits.max_image_pixels
+        )
     return JudgeItem(
-        raw=dataclasses.replace(raw, image=image_file, source_image=source_file),
+        raw=dataclasses.replace(raw, image=image_file, source_image=source_file, image_b=image_b_file),
         image=image,
         source_image=source,
+        image_b=image_b,
     )
+
+
+def judge_images(item: JudgeItem) -> tuple[list[Image.Image], list[bytes]]:
+    """The images the judge sees, in order, as pixels and as file bytes: source then edit, plus
+    the second edit of a pairwise item."""
+    if item.pairwise:
+        return [item.source_image, item.image, item.image_b], [
+            item.raw.source_image,
+            item.raw.image,
+            item.raw.image_b,
+        ]
+    return [item.source_image, item.image], [item.raw.source_image, item.raw.image]

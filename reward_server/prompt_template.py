@@ -31,6 +31,22 @@ _TOY_V1 = "Edit: {instruction}\nScore 0-5:"
 
 TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_V1, "toy_v1": _TOY_V1})
 
+# The pairwise question of each template (protocol version 2): [source, edit 1, edit 2, text]; the
+# judge answers "1" or "2" and the score is the softmax over those two answer tokens.
+_EDIT_R1_PAIR_V1 = (
+    "You are comparing two edits of the same image. The first image is the original image; the "
+    "second image is edit 1 and the third image is edit 2, both made from the original with the "
+    "same instruction.\n"
+    "Editing instruction: {instruction}\n"
+    "Requirements: {requirement}\n"
+    "Which edit is better: the one that changes the correct object, meets the requirements and "
+    "has the higher visual quality?\n"
+    "Answer 1 for edit 1 or 2 for edit 2, with the number only."
+)
+
+PAIRWISE_TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_PAIR_V1})
+PAIRWISE_ANSWERS = ("1", "2")  # answer tokens of the pairwise question: edit 1 / edit 2 is better
+
 
 def render_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
     """The judge's text for one item; an empty requirement is stated as such rather than left blank."""
@@ -40,10 +56,27 @@ def render_prompt(instruction: str, requirement: str = "", template: str = DEFAU
     return TEMPLATES[template].format(instruction=instruction.strip(), requirement=requirement)
 
 
-def chat_messages(text: str, source_part: dict, edited_part: dict) -> list[dict]:
-    """One user turn in the OpenAI/transformers chat format: source image, edited image, then text.
+def render_pairwise_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+    """The judge's text for one pairwise item (which of two edits is better)."""
+    if template not in PAIRWISE_TEMPLATES:
+        raise KeyError(
+            f"prompt template {template!r} has no pairwise question; known: {sorted(PAIRWISE_TEMPLATES)}"
+        )
+    requirement = requirement.strip() or NO_REQUIREMENT
+    return PAIRWISE_TEMPLATES[template].format(instruction=instruction.strip(), requirement=requirement)
 
-    ``source_part`` / ``edited_part`` are the backend's image content entries (a bare
-    ``{"type": "image"}`` placeholder for transformers, ``image_url`` data URIs for vLLM/OpenAI).
+
+def render_item_prompt(item, template: str = DEFAULT_TEMPLATE) -> str:
+    """The text of a judge item (anything with ``instruction``, ``requirement``, ``pairwise``)."""
+    render = render_pairwise_prompt if item.pairwise else render_prompt
+    return render(item.instruction, item.requirement, template)
+
+
+def chat_messages(text: str, source_part: dict, *edited_parts: dict) -> list[dict]:
+    """One user turn in the OpenAI/transformers chat format: source image, edited image(s), then text.
+
+    The parts are the backend's image content entries (a bare ``{"type": "image"}`` placeholder for
+    transformers, ``image_url`` data URIs for vLLM/OpenAI); a pairwise item has two edited images.
     """
-    return [{"role": "user", "content": [source_part, edited_part, {"type": "text", "text": text}]}]
+    content = [source_part, *edited_parts, {"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]

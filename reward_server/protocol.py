@@ -9,6 +9,10 @@ The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``
   (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null]}``
   in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the
   judge could not score has ``null`` and an error message, never a made-up number.
+- Version 2 adds pairwise items, ``{"kind": "pairwise", "image", "image_b", "source_image",
+  "instruction", "requirement"?}``, mixed freely with pointwise ones: the score is the judge's
+  probability that ``image`` (shown first) is the better edit of the two. A request may state the
+  version it needs (``"protocol": 2``); a server older than that refuses it with a 400.
 
 Nothing here ever unpickles or evaluates data: the request is parsed with ``json`` and every field's
 type and size is checked against :class:`Limits` before anything else touches it.
@@ -24,8 +28,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
-ITEM_FIELDS = ("image", "source_image", "instruction", "requirement")
+PROTOCOL_VERSION = 2
+POINTWISE, PAIRWISE = "pointwise", "pairwise"
+ITEM_KINDS = (POINTWISE, PAIRWISE)
+ITEM_FIELDS = ("kind", "image", "image_b", "source_image", "instruction", "requirement")
 REQUIRED_ITEM_FIELDS = ("image", "source_image", "instruction")
 IMAGE_FIELDS = ("image", "source_image")
 TEXT_FIELDS = ("instruction", "requirement")
@@ -69,6 +75,8 @@ class RawItem:
     source_image: bytes
     instruction: str
     requirement: str = ""
+    kind: str = POINTWISE  # "pairwise": compare ``image`` (shown first) with ``image_b``
+    image_b: bytes | None = None
 
 
 def image_format(data: bytes) -> str | None:
@@ -143,15 +151,27 @@ def parse_item(raw: object, index: int, limits: Limits) -> RawItem:
     unknown = sorted(set(raw) - set(ITEM_FIELDS))
     if unknown:
         raise ProtocolError(400, f"{where}: unknown field(s) {unknown}; allowed: {list(ITEM_FIELDS)}")
-    for field in REQUIRED_ITEM_FIELDS:
+    kind = _item_kind(raw, where)
+    for field in REQUIRED_ITEM_FIELDS + (("image_b",) if kind == PAIRWISE else ()):
         if field not in raw:
             raise ProtocolError(400, f"{where}.{field}: missing")
     images = {field: _decode_base64_image(raw[field], f"{where}.{field}", limits) for field in IMAGE_FIELDS}
+    image_b = _decode_base64_image(raw["image_b"], f"{where}.image_b", limits) if kind == PAIRWISE else None
     instruction = _check_text(raw["instruction"], f"{where}.instruction", limits)
     requirement = _check_text(raw.get("requirement", ""), f"{where}.requirement", limits)
     if not instruction.strip():
         raise ProtocolError(400, f"{where}.instruction: empty")
-    return RawItem(images["image"], images["source_image"], instruction, requirement)
+    return RawItem(images["image"], images["source_image"], instruction, requirement, kind, image_b)
+
+
+def _item_kind(raw: dict, where: str) -> str:
+    """``kind`` (default ``pointwise``); ``image_b`` belongs to pairwise items only."""
+    kind = raw.get("kind", POINTWISE)
+    if not isinstance(kind, str) or kind not in ITEM_KINDS:
+        raise ProtocolError(400, f"{where}.kind: {kind!r} is not one of {list(ITEM_KINDS)}")
+    if kind == POINTWISE and "image_b" in raw:
+        raise ProtocolError(400, f"{where}.image_b: only pairwise items have a second edit (set kind)")
+    return kind
 
 
 def _refuse_constant(name: str) -> None:
@@ -188,6 +208,14 @@ def parse_score_request(body: bytes, limits: Limits) -> list[RawItem]:
     payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ProtocolError(400, f"request body: expected a JSON object, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - {"items", "protocol"})
+    if unknown:
+        raise ProtocolError(400, f"request body: unknown field(s) {unknown}; allowed: ['items', 'protocol']")
+    wanted = payload.get("protocol", 1)
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or not 1 <= wanted <= PROTOCOL_VERSION:
+        raise ProtocolError(
+            400, f"protocol: this server speaks versions 1..{PROTOCOL_VERSION}, the request needs {wanted!r}"
+        )
     if "items" not in payload:
         raise ProtocolError(400, "items: missing")
     items = payload["items"]
@@ -201,7 +229,11 @@ def parse_score_request(body: bytes, limits: Limits) -> list[RawItem]:
 
 
 def build_score_request(items: Sequence[Mapping[str, object]]) -> dict:
-    """The request object for ``POST /score`` from items holding image bytes and texts."""
+    """The request object for ``POST /score`` from items holding image bytes and texts.
+
+    An item with ``kind="pairwise"`` also carries ``image_b``; a request holding one states
+    ``"protocol": 2`` so that a version-1 server refuses it clearly.
+    """
     encoded = []
     for item in items:
         entry = {
@@ -211,8 +243,14 @@ def build_score_request(items: Sequence[Mapping[str, object]]) -> dict:
         }
         if item.get("requirement"):
             entry["requirement"] = item["requirement"]
+        if item.get("kind", POINTWISE) == PAIRWISE:
+            entry["kind"] = PAIRWISE
+            entry["image_b"] = encode_image_bytes(item["image_b"])
         encoded.append(entry)
-    return {"items": encoded}
+    request: dict = {"items": encoded}
+    if any(entry.get("kind") == PAIRWISE for entry in encoded):
+        request["protocol"] = PROTOCOL_VERSION
+    return request
 
 
 def build_score_response(scores: Sequence[float | None], errors: Sequence[str | None]) -> dict:

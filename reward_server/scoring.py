@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from reward_server.prompt_template import PAIRWISE_ANSWERS
+
 DIGITS = ("0", "1", "2", "3", "4", "5")
 MAX_RATING = 5
 
@@ -94,3 +96,21 @@ def expected_score_from_token_map(logprob_by_key: Mapping, keys: Sequence) -> fl
     Every digit must be in the map (see :func:`answer_probabilities`), else ``MissingAnswerError``.
     """
     return expected_rating(answer_probabilities(logprob_by_key, keys, what="digit"))
+
+
+# Positions of the pairwise answers ("1", "2") among the digits every backend already reads.
+PAIRWISE_ANSWER_INDEX = tuple(DIGITS.index(answer) for answer in PAIRWISE_ANSWERS)
+
+
+def preference_from_token_map(logprob_by_key: Mapping, digit_keys: Sequence) -> float:
+    """p(edit 1 better) = softmax over the logits of the answers "1" and "2" (``digit_keys[1]``,
+    ``digit_keys[2]``); both must be present (see :func:`answer_probabilities`)."""
+    keys = [digit_keys[index] for index in PAIRWISE_ANSWER_INDEX]
+    return answer_probabilities(logprob_by_key, keys, what="pairwise answer")[0]
+
+
+def item_score_from_token_map(logprob_by_key: Mapping, digit_keys: Sequence, pairwise: bool) -> float:
+    """The score of one item: the preference of a pairwise item, the expected rating otherwise."""
+    if pairwise:
+        return preference_from_token_map(logprob_by_key, digit_keys)
+    return expected_score_from_token_map(logprob_by_key, digit_keys)

@@ -23,6 +23,16 @@ class RewardSample(NamedTuple):
     extra: Mapping[str, Any] = {}
 
 
+class PairSample(NamedTuple):
+    """Two edits of the same task for the pairwise judge: is ``first_image`` (shown first) better?"""
+
+    first_image: Any
+    second_image: Any
+    source_image: Any
+    instruction: str
+    requirement: str = ""
+
+
 class RewardFn(Protocol):
     def __call__(self, samples: Sequence[RewardSample]) -> np.ndarray:
         """One float per sample, NaN where scoring failed."""

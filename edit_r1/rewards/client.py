@@ -31,7 +31,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from edit_r1.rewards.base import RewardSample
+from edit_r1.rewards.base import PairSample, RewardSample
 from reward_server.protocol import build_score_request, parse_score_response
 
 SERVER_ENV = "REWARD_SERVER"
@@ -68,19 +68,21 @@ class RewardClientSettings:
     """How the trainer reaches the judge: the config's ``reward_client`` section, typed.
 
     ``server``: ``host:port[,host:port...]``, "" = ``REWARD_SERVER`` (else the default server);
-    ``chunk_size``: items per request; ``retry``: timeouts and backoff (:class:`RetryPolicy`).
+    ``chunk_size``: items per request; ``retry``: timeouts and backoff (:class:`RetryPolicy`);
+    ``pairs_per_sample``: partners per edit of the pairwise reward (0 = every other edit of its group).
     The config keeps the flat keys (``reward_client.deadline_s``, ...): :meth:`from_mapping`.
     """
 
     server: str = ""
     chunk_size: int = DEFAULT_CHUNK_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    pairs_per_sample: int = 0
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RewardClientSettings:
         """From the flat keys of ``reward_client`` (any subset); an unknown key is an error."""
         retry_keys = {f.name for f in fields(RetryPolicy)}
-        known = retry_keys | {"server", "chunk_size"}
+        known = retry_keys | {"server", "chunk_size", "pairs_per_sample"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"reward_client: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -89,12 +91,18 @@ class RewardClientSettings:
             server=str(options.get("server") or ""),
             chunk_size=int(options.get("chunk_size", DEFAULT_CHUNK_SIZE)),
             retry=retry,
+            pairs_per_sample=int(options.get("pairs_per_sample", 0)),
         )
 
     def as_mapping(self) -> dict[str, Any]:
         """The flat ``reward_client`` keys (what a config holds)."""
         retry = {f.name: getattr(self.retry, f.name) for f in fields(RetryPolicy)}
-        return {"server": self.server, **retry, "chunk_size": self.chunk_size}
+        return {
+            "server": self.server,
+            **retry,
+            "chunk_size": self.chunk_size,
+            "pairs_per_sample": self.pairs_per_sample,
+        }
 
 
 def parse_server_list(spec: str) -> list[str]:
@@ -165,12 +173,20 @@ class RewardClient:
 
     def score(self, samples: Sequence[RewardSample]) -> np.ndarray:
         """Scores in [0, 1] in the order of ``samples``; NaN where the judge failed on an item."""
+        return self._score_all(samples)
+
+    def compare(self, pairs: Sequence[PairSample]) -> np.ndarray:
+        """``p(first better than second)`` per pair, the judge shown the first edit first (protocol
+        version 2 pairwise items); NaN where the judge failed. Chunked and retried like :meth:`score`."""
+        return self._score_all(pairs)
+
+    def _score_all(self, entries: Sequence[RewardSample | PairSample]) -> np.ndarray:
         chunks = [
-            samples[start : start + self.chunk_size] for start in range(0, len(samples), self.chunk_size)
+            entries[start : start + self.chunk_size] for start in range(0, len(entries), self.chunk_size)
         ]
         futures = [self._pool.submit(self._score_chunk, chunk, index) for index, chunk in enumerate(chunks)]
         scores = [score for future in futures for score in future.result()]
-        return np.asarray(scores, dtype=np.float64).reshape(len(samples))
+        return np.asarray(scores, dtype=np.float64).reshape(len(entries))
 
     def health(self, server: str | None = None, timeout_s: float = 5.0) -> dict:
         """``GET /health`` of one server (the first by default)."""
@@ -183,20 +199,28 @@ class RewardClient:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def _encode(self, chunk: Sequence[RewardSample]) -> dict:
-        return build_score_request(
-            [
-                {
-                    "image": image_to_png(sample.edited_image),
-                    "source_image": image_to_png(sample.source_image),
-                    "instruction": sample.instruction,
-                    "requirement": sample.requirement,
-                }
-                for sample in chunk
-            ]
-        )
+    @staticmethod
+    def _item(entry: RewardSample | PairSample) -> dict:
+        if isinstance(entry, PairSample):
+            return {
+                "kind": "pairwise",
+                "image": image_to_png(entry.first_image),
+                "image_b": image_to_png(entry.second_image),
+                "source_image": image_to_png(entry.source_image),
+                "instruction": entry.instruction,
+                "requirement": entry.requirement,
+            }
+        return {
+            "image": image_to_png(entry.edited_image),
+            "source_image": image_to_png(entry.source_image),
+            "instruction": entry.instruction,
+            "requirement": entry.requirement,
+        }
 
-    def _score_chunk(self, chunk: Sequence[RewardSample], chunk_index: int) -> list[float]:
+    def _encode(self, chunk: Sequence[RewardSample | PairSample]) -> dict:
+        return build_score_request([self._item(entry) for entry in chunk])
+
+    def _score_chunk(self, chunk: Sequence[RewardSample | PairSample], chunk_index: int) -> list[float]:
         payload = self._encode(chunk)
         scores, _errors = self._post_with_retries(
             payload, len(chunk), first_server=chunk_index % len(self.servers)

@@ -3,10 +3,14 @@
 - ``mllm_score_continue``: the MLLM judge's expected score from the reward server(s) in
   ``REWARD_SERVER`` (or the ``server`` option), see :mod:`edit_r1.rewards.client`;
 - ``toy_color``: the toy dataset's rule reward, ``edit_r1.data.toy.toy_target_color_score``
-  (imported only when used).
+  (imported only when used);
+- ``pairwise_mllm`` (a *group* reward): each edit's win rate against the other edits of its group,
+  judged pairwise by the same server (:mod:`edit_r1.rewards.pairwise`); option ``pairs_per_sample``.
 
 A factory takes the typed ``reward_client`` settings
-(:class:`~edit_r1.rewards.client.RewardClientSettings`) and returns a :class:`RewardFn`.
+(:class:`~edit_r1.rewards.client.RewardClientSettings`) and returns a :class:`RewardFn`. A group reward
+needs the whole epoch's group, so the trainer scores it after sampling (not per batch); its
+weight adds its win rate to the same total as the per-batch rewards.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ def _mllm_score(settings: RewardClientSettings) -> RewardFn:
     return RewardClient.from_settings(settings).score
 
 
+def _pairwise_mllm(settings: RewardClientSettings, seed: int):
+    from edit_r1.rewards.client import RewardClient
+    from edit_r1.rewards.pairwise import PairwiseJudgeReward
+
+    compare = RewardClient.from_settings(settings).compare
+    return PairwiseJudgeReward(compare, pairs_per_sample=settings.pairs_per_sample, seed=seed)
+
+
 def _toy_color(settings: RewardClientSettings) -> RewardFn:
     from edit_r1.data.toy import toy_target_color_score
 
@@ -46,9 +58,28 @@ def _toy_color(settings: RewardClientSettings) -> RewardFn:
 REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings], RewardFn]] = MappingProxyType(
     {"mllm_score_continue": _mllm_score, "toy_color": _toy_color}
 )
+# Rewards of a whole group (every rank's samples of it), scored once per epoch after sampling.
+GROUP_REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings, int], Any]] = MappingProxyType(
+    {"pairwise_mllm": _pairwise_mllm}
+)
+KNOWN_REWARDS = frozenset(REWARD_FACTORIES) | frozenset(GROUP_REWARD_FACTORIES)
 
 
 ClientOptions = RewardClientSettings | Mapping[str, Any] | None
+
+
+def split_reward_spec(spec) -> tuple[dict[str, float], dict[str, float]]:
+    """``(per-batch weights, group weights)`` of a ``reward_fn`` specification (any accepted form)."""
+    weights = parse_reward_spec(spec)
+    group = {name: w for name, w in weights.items() if name in GROUP_REWARD_FACTORIES}
+    return {name: w for name, w in weights.items() if name not in group}, group
+
+
+def build_group_rewards(weights: Mapping[str, float], options: ClientOptions = None, seed: int = 0) -> dict:
+    """``{name: (weight, group reward)}`` for the group rewards named in ``weights``; ``seed`` seeds
+    their pair plans (``seed + epoch``)."""
+    settings = client_settings(options)
+    return {name: (w, GROUP_REWARD_FACTORIES[name](settings, seed)) for name, w in weights.items()}
 
 
 def client_settings(options: ClientOptions) -> RewardClientSettings:
@@ -66,7 +97,8 @@ def build_reward_fn(name: str, options: ClientOptions = None) -> RewardFn:
 
 
 def build_combined_reward(spec, options: ClientOptions = None) -> CombinedReward:
-    """A :class:`CombinedReward` from a ``reward_fn`` specification (dict, "a:0.5,b", JSON, list)."""
-    weights = parse_reward_spec(spec)
+    """A :class:`CombinedReward` of the per-batch rewards of a ``reward_fn`` specification (dict,
+    "a:0.5,b", JSON, list); group rewards in it are left to :func:`build_group_rewards`."""
+    weights, _group = split_reward_spec(spec)
     settings = client_settings(options)
     return CombinedReward(weights, {name: build_reward_fn(name, settings) for name in weights})

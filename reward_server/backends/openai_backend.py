@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from reward_server.backends.base import BackendOptions, ItemResult
-from reward_server.images import JudgeItem, data_uri
-from reward_server.prompt_template import chat_messages, render_prompt
-from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, expected_score_from_token_map
+from reward_server.images import JudgeItem, data_uri, judge_images
+from reward_server.prompt_template import chat_messages, render_item_prompt
+from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs and the OpenAI API's maximum
 TOKEN_ID_PREFIX = "token_id:"
@@ -48,13 +48,12 @@ NEUTRAL_SAMPLING = {
 
 
 def chat_request(model: str, item: JudgeItem, template: str, digit_ids: Sequence[int]) -> dict:
-    """The ``/v1/chat/completions`` body for one item: one digit token, its six logprobs requested."""
-    text = render_prompt(item.instruction, item.requirement, template)
-    source = {"type": "image_url", "image_url": {"url": data_uri(item.raw.source_image)}}
-    edited = {"type": "image_url", "image_url": {"url": data_uri(item.raw.image)}}
+    """The ``/v1/chat/completions`` body for one item: one digit token, its six logprobs requested
+    (a pairwise item reads two of them, "1" and "2")."""
+    parts = [{"type": "image_url", "image_url": {"url": data_uri(data)}} for data in judge_images(item)[1]]
     return {
         "model": model,
-        "messages": chat_messages(text, source, edited),
+        "messages": chat_messages(render_item_prompt(item, template), *parts),
         "max_completion_tokens": 1,
         "n": 1,
         **NEUTRAL_SAMPLING,
@@ -75,8 +74,9 @@ def _token_key(token: str, text_to_id: Mapping[str, int]) -> int | None:
     return text_to_id.get(token)  # a server that ignored return_tokens_as_token_ids
 
 
-def score_from_chat_response(response: Mapping, digit_ids: Sequence[int]) -> float:
-    """Expected score from ``choices[0].logprobs.content[0].top_logprobs``; all six digits needed."""
+def score_from_chat_response(response: Mapping, digit_ids: Sequence[int], pairwise: bool = False) -> float:
+    """Score from ``choices[0].logprobs.content[0].top_logprobs``: the expected rating (all six digits
+    needed) or, for a pairwise item, the preference for edit 1 ("1" and "2" needed)."""
     try:
         candidates = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         text_to_id = dict(zip(DIGITS, digit_ids, strict=True))
@@ -90,7 +90,7 @@ def score_from_chat_response(response: Mapping, digit_ids: Sequence[int]) -> flo
             f"the upstream response has no top_logprobs for the first token ({error!r})"
         ) from None
     try:
-        return expected_score_from_token_map(logprob_by_id, list(digit_ids))
+        return item_score_from_token_map(logprob_by_id, list(digit_ids), pairwise)
     except MissingAnswerError as error:
         raise MissingAnswerError(
             f"{error}: the upstream ignored logprob_token_ids (a vLLM without it, e.g. 0.10.2) and its "
@@ -155,7 +155,7 @@ class OpenAIBackend:
         try:
             digit_ids = self.digit_ids()
             response = self.post(self.url, chat_request(self.model, item, self.template, digit_ids))
-            return score_from_chat_response(response, digit_ids)
+            return score_from_chat_response(response, digit_ids, item.pairwise)
         except Exception as error:  # noqa: BLE001 - reported as this item's error
             return error
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from reward_server.backends.base import BackendOptions, ItemResult
-from reward_server.images import JudgeItem
-from reward_server.prompt_template import chat_messages, render_prompt
-from reward_server.scoring import MAX_RATING, digit_token_ids
+from reward_server.images import JudgeItem, judge_images
+from reward_server.prompt_template import chat_messages, render_item_prompt
+from reward_server.scoring import MAX_RATING, PAIRWISE_ANSWER_INDEX, digit_token_ids
 
 _IMAGE_PLACEHOLDER = {"type": "image"}
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -63,13 +63,14 @@ class TransformersBackend:
         self._ratings = torch.arange(len(self.digit_ids), dtype=torch.float32)
 
     def _prompt(self, item: JudgeItem) -> str:
-        text = render_prompt(item.instruction, item.requirement, self.template)
-        messages = chat_messages(text, _IMAGE_PLACEHOLDER, _IMAGE_PLACEHOLDER)
+        text = render_item_prompt(item, self.template)
+        placeholders = [_IMAGE_PLACEHOLDER] * len(judge_images(item)[0])
+        messages = chat_messages(text, *placeholders)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prepare_batch(self, items: Sequence[JudgeItem]) -> dict[str, torch.Tensor]:
         """The processor's inputs for the batch (CPU work the batcher overlaps with the engine)."""
-        images = [image for item in items for image in (item.source_image, item.image)]
+        images = [image for item in items for image in judge_images(item)[0]]
         prompts = [self._prompt(item) for item in items]
         return dict(self.processor(text=prompts, images=images, padding=True, return_tensors="pt"))
 
@@ -84,10 +85,12 @@ class TransformersBackend:
         return self.score_prepared(items, self.prepare_batch(items))
 
     def score_prepared(self, items: Sequence[JudgeItem], inputs: dict[str, torch.Tensor]) -> list[ItemResult]:
-        """sum_k k softmax(logits_digits)_k / 5 for each item."""
-        probabilities = torch.softmax(self.digit_logits(inputs), dim=-1)
-        scores = (probabilities * self._ratings).sum(dim=-1) / MAX_RATING
-        return [float(score) for score in scores]
+        """sum_k k softmax(logits_digits)_k / 5 for a pointwise item; for a pairwise one the
+        softmax over the logits of the answers "1" and "2", its first entry (edit 1 better)."""
+        logits = self.digit_logits(inputs)
+        scores = (torch.softmax(logits, dim=-1) * self._ratings).sum(dim=-1) / MAX_RATING
+        preference = torch.softmax(logits[:, list(PAIRWISE_ANSWER_INDEX)], dim=-1)[:, 0]
+        return [float(preference[row] if item.pairwise else scores[row]) for row, item in enumerate(items)]
 
     def close(self) -> None:
         self.judge = None

@@ -3,7 +3,7 @@
 Checked against the source of vLLM 0.10.2 (the floor in ``pyproject.toml``) and 0.33.0
 (``docs/reward-server.md``, "vLLM versions"):
 
-- ``LLM(model, tensor_parallel_size=TP, limit_mm_per_prompt={"image": 2}, max_logprobs=20,
+- ``LLM(model, tensor_parallel_size=TP, limit_mm_per_prompt={"image": 3}, max_logprobs=20,
   logprobs_mode=--vllm-logprobs-mode)``; the default ``processed_logprobs`` makes the returned
   logprobs a log-softmax taken after the ``allowed_token_ids`` mask and the penalties, so over the six
   digits only. vLLM's own default, ``raw_logprobs``, is a log-softmax over the whole vocabulary taken
@@ -35,12 +35,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from reward_server.backends.base import BackendOptions, ItemResult
-from reward_server.images import JudgeItem, data_uri
-from reward_server.prompt_template import chat_messages, render_prompt
-from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, expected_score_from_token_map
+from reward_server.images import JudgeItem, data_uri, judge_images
+from reward_server.prompt_template import chat_messages, render_item_prompt
+from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
-IMAGES_PER_PROMPT = 2
+IMAGES_PER_PROMPT = 3  # source + edit, or source + two edits (a pairwise item)
 # Sampling fields that change the logits the logprobs are read from; every one set to its neutral
 # value so that nothing (a model's generation_config, a vLLM default) can move the score.
 NEUTRAL_SAMPLING = {
@@ -96,11 +96,9 @@ def digit_sampling_params(make: Callable[..., object], digit_ids: Sequence[int])
 
 
 def conversation(item: JudgeItem, template: str) -> list[dict]:
-    """The judge's user turn with both images as data URIs (the request's own file bytes)."""
-    text = render_prompt(item.instruction, item.requirement, template)
-    source = {"type": "image_url", "image_url": {"url": data_uri(item.raw.source_image)}}
-    edited = {"type": "image_url", "image_url": {"url": data_uri(item.raw.image)}}
-    return chat_messages(text, source, edited)
+    """The judge's user turn with its images as data URIs (the request's own file bytes)."""
+    parts = [{"type": "image_url", "image_url": {"url": data_uri(data)}} for data in judge_images(item)[1]]
+    return chat_messages(render_item_prompt(item, template), *parts)
 
 
 def first_position_logprobs(output) -> dict[int, float]:
@@ -111,9 +109,10 @@ def first_position_logprobs(output) -> dict[int, float]:
     return {int(token_id): float(entry.logprob) for token_id, entry in completions[0].logprobs[0].items()}
 
 
-def score_from_request_output(output, digit_ids: Sequence[int]) -> float:
-    """Expected score from one ``RequestOutput``; refused unless all six digit ids were returned."""
-    return expected_score_from_token_map(first_position_logprobs(output), list(digit_ids))
+def score_from_request_output(output, digit_ids: Sequence[int], pairwise: bool = False) -> float:
+    """Score of one ``RequestOutput``: the expected rating (all six digit ids needed) or, for a
+    pairwise item, the preference for edit 1 (the ids of "1" and "2" needed)."""
+    return item_score_from_token_map(first_position_logprobs(output), list(digit_ids), pairwise)
 
 
 class VLLMBackend:
@@ -142,9 +141,9 @@ class VLLMBackend:
         if len(outputs) != len(items):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(items)} conversations")
         results: list[ItemResult] = []
-        for output in outputs:
+        for item, output in zip(items, outputs, strict=True):
             try:
-                results.append(score_from_request_output(output, self.digit_ids))
+                results.append(score_from_request_output(output, self.digit_ids, item.pairwise))
             except ValueError as error:
                 results.append(self._explain(error))
         return results

@@ -104,3 +104,34 @@ def test_two_ranks_train_against_the_reward_server(
     assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in default.items())
     assert (final / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (run_dir / "reward_curve.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_grpo_on_pairwise_preferences(tiny_kit, toy_data, reward_server, tmp_path):
+    """Flow-GRPO with the pairwise judge reward: each group (spread over both ranks) is judged whole."""
+    overrides = {
+        "pretrained.model": str(tiny_kit / "qwen_image_edit_plus"),
+        "dataset": str(toy_data),
+        "logdir": str(tmp_path / "runs"),
+        "run_name": "pairwise",
+        "num_epochs": 1,
+        "save_freq": 1,
+        "eval_freq": 100,
+        "train.learning_rate": 1e-2,
+        "reward_fn": {"pairwise_mllm": 1.0},
+    }
+    ranks = run_probe("config/qwen_image_edit_nft.py:tiny_grpo", tmp_path / "probe", overrides, reward_server)
+    assert ranks[0]["advantages"] == ranks[1]["advantages"] and ranks[0]["mask"] == ranks[1]["mask"]
+    assert any(a != 0 for a in ranks[0]["advantages"])
+    dead = qwen_dead_lora_names(ranks[0]["names"])
+    for rank in ranks:
+        assert all(c or n in dead for n, c in zip(rank["names"], rank["changed"], strict=True))
+    (row,) = [
+        json.loads(line) for line in (Path(ranks[0]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
+    # 2 groups of k = 4 per epoch: 6 pairs each, both orders -> 24 judge calls, whatever the ranks hold.
+    assert (row["pairwise_mllm_pairs"], row["pairwise_mllm_judge_calls"]) == (12, 24)
+    assert row["reward_pairwise_mllm"] == pytest.approx(0.5)  # a whole group's win rates average 1/2
+    assert row["reward_failed"] == 0
+    for key in ("policy_loss", "kl_loss", "ratio_mean", "clipfrac", "total_loss"):
+        assert math.isfinite(row[key]), key

@@ -72,7 +72,7 @@ def test_vllm_backend_builds_the_engine_and_requests_the_digits(fake_vllm):
     assert kwargs == {
         "model": "judge",
         "tensor_parallel_size": 2,
-        "limit_mm_per_prompt": {"image": 2},
+        "limit_mm_per_prompt": {"image": 3},
         "logprobs_mode": "processed_logprobs",
         "max_logprobs": 20,
         "gpu_memory_utilization": 0.9,
@@ -269,3 +269,51 @@ def test_the_command_line_reaches_the_backend_options():
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", "j", "--vllm-logprobs-mode", "sampled"])
+
+
+# ---- pairwise items (protocol 2) ---------------------------------------------------------------
+def _pair_items(n: int):
+    raws = [
+        RawItem(
+            png_bytes(random_image(i, size=32)),
+            png_bytes(random_image(50)),
+            f"compare number {i}",
+            "",
+            "pairwise",
+            png_bytes(random_image(200 + i, size=32)),
+        )
+        for i in range(n)
+    ]
+    return [decode_item(raw, i, Limits()) for i, raw in enumerate(raws)]
+
+
+def _check_pairwise(results, items, conversations, judge) -> None:
+    """Pointwise items: the digit softmax; pairwise: p1 / (p1 + p2) of the same digit softmax, three images."""
+    for item, result, conversation in zip(items, results, conversations, strict=True):
+        probabilities = judge.exact_digit_softmax(conversation)
+        if not item.pairwise:
+            assert is_exact(result, probabilities), (result, probabilities)
+            continue
+        parts = conversation[0]["content"]
+        images = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts[:-1]]
+        assert images == [item.raw.source_image, item.raw.image, item.raw.image_b]
+        assert "Answer 1 for edit 1 or 2 for edit 2" in parts[-1]["text"]
+        expected = probabilities[1] / (probabilities[1] + probabilities[2])
+        assert isinstance(result, float) and abs(result - expected) < 1e-6, (result, expected)
+
+
+@pytest.mark.parametrize("fake_vllm", VERSIONS, indirect=True)
+def test_vllm_backend_scores_pairwise_items_from_the_two_answer_tokens(fake_vllm):
+    items = [*_items(2), *_pair_items(2)]
+    results = _vllm_backend().score_batch(items)
+    _check_pairwise(results, items, _conversations(fake_vllm), fake_vllm.judge)
+
+
+@pytest.mark.parametrize("mode", ("raw_logprobs", "processed_logprobs"))
+def test_openai_backend_scores_pairwise_items_from_the_two_answer_tokens(mode):
+    server = FakeVLLMServer(version="0.33.0", mode=mode)
+    items = [*_items(1), *_pair_items(2)]
+    results = _openai_scores(server, items)
+    by_text = {body["messages"][0]["content"][-1]["text"]: body["messages"] for body in server.bodies}
+    conversations = [next(m for text, m in by_text.items() if item.instruction in text) for item in items]
+    _check_pairwise(results, items, conversations, server.judge)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -74,6 +75,7 @@ def test_health_reports_the_judge(server, tiny_judge):
     health = requests.get(f"{server}/health", timeout=10).json()
     assert health == {
         "status": "ok",
+        "protocol": 2,
         "backend": "transformers",
         "model": str(tiny_judge),
         "template": "edit_r1_v1",
@@ -106,6 +108,56 @@ def test_http_batched_scores_equal_in_process_one_by_one(server, items, referenc
     assert all(0.0 <= s <= 1.0 for s in payload["scores"])
     # The items are told apart: distinct inputs give distinct scores (so a mix-up would show).
     assert len({round(s, 7) for s in reference_scores}) == len(reference_scores)
+
+
+def _answer_preference(judge, raw: RawItem) -> float:
+    """softmax over the judge's logits of "1" and "2" for the pairwise prompt, computed here directly."""
+    import torch
+
+    from reward_server.prompt_template import render_pairwise_prompt
+
+    item = decode_item(raw, 0, LIMITS)
+    text = render_pairwise_prompt(raw.instruction, raw.requirement)
+    content = [{"type": "image"}] * 3 + [{"type": "text", "text": text}]
+    prompt = judge.processor.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = judge.processor(
+        text=[prompt], images=[item.source_image, item.image, item.image_b], return_tensors="pt"
+    )
+    with torch.inference_mode():
+        logits = judge.judge(**inputs).logits[0, -1].float()
+    tokenizer = judge.processor.tokenizer
+    ids = [tokenizer.encode(answer, add_special_tokens=False)[0] for answer in ("1", "2")]
+    return float(torch.softmax(logits[ids], dim=0)[0])
+
+
+def test_pairwise_items_are_scored_beside_pointwise_ones(server, judge, items, reference_scores):
+    """Protocol 2: a pairwise item's score is p(first edit better) from the two answer tokens."""
+    from edit_r1.rewards.base import PairSample
+    from edit_r1.rewards.client import RewardClient
+
+    pair = RawItem(items[0].image, items[0].source_image, "make the sky red", "", "pairwise", items[1].image)
+    swapped = RawItem(
+        items[1].image, items[0].source_image, "make the sky red", "", "pairwise", items[0].image
+    )
+    response = _post(server, [items[2], pair, swapped, items[3]])
+    assert response.status_code == 200, response.text
+    scores = response.json()["scores"]
+    assert scores[0] == pytest.approx(reference_scores[2], abs=1e-6)
+    assert scores[3] == pytest.approx(reference_scores[3], abs=1e-6)
+    expected = [_answer_preference(judge, pair), _answer_preference(judge, swapped)]
+    assert scores[1:3] == pytest.approx(expected, abs=1e-5)
+    assert scores[1] != pytest.approx(scores[2], abs=1e-6)  # the order of the edits is read
+    images = [
+        Image.open(io.BytesIO(data)) for data in (items[0].image, items[1].image, items[0].source_image)
+    ]
+    client = RewardClient(server.split("://", 1)[1])
+    try:
+        compared = client.compare([PairSample(images[0], images[1], images[2], "make the sky red")])
+    finally:
+        client.close()
+    assert compared[0] == pytest.approx(expected[0], abs=1e-5)
 
 
 def test_concurrent_clients_get_their_own_scores(server, items, reference_scores):
@@ -202,7 +254,12 @@ def test_api_key_is_required_when_configured(judge, items):
         # The health probe stays open but shows only status, backend and template.
         probe = requests.get(f"{url}/health", timeout=10)
         assert probe.status_code == 200
-        assert probe.json() == {"status": "ok", "backend": "transformers", "template": "edit_r1_v1"}
+        assert probe.json() == {
+            "status": "ok",
+            "protocol": 2,
+            "backend": "transformers",
+            "template": "edit_r1_v1",
+        }
         full = requests.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}, timeout=10)
         assert full.json()["model"] == judge.model and full.json()["replicas"] == 1
         assert requests.post(f"{url}/health", timeout=10).status_code == 401

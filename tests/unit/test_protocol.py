@@ -97,6 +97,12 @@ def test_round_trip_keeps_order_bytes_and_texts():
             "items[0].image: not a PNG, JPEG, WebP or GIF",
         ),
         (_body([_item(extra=1)]), 400, "unknown field"),
+        (_body([_item(kind="pairwise")]), 400, "items[0].image_b: missing"),
+        (_body([_item(image_b=base64.b64encode(_png()).decode())]), 400, "items[0].image_b: only pairwise"),
+        (_body([_item(kind="triple")]), 400, "items[0].kind: 'triple' is not one of"),
+        (_body([_item(kind="pairwise", image_b="@@@")]), 400, "items[0].image_b: not valid base64"),
+        (json.dumps({"items": [_item()], "protocol": 3}).encode(), 400, "speaks versions 1..2"),
+        (json.dumps({"items": [_item()], "version": 2}).encode(), 400, "unknown field(s) ['version']"),
         (_body([_item(instruction="   ")]), 400, "items[0].instruction: empty"),
         (_body([_item(instruction="x" * 101)]), 400, "items[0].instruction: 101 characters"),
         (_body([_item()] * 5), 413, "at most 4 per request"),
@@ -182,3 +188,15 @@ def test_decode_image_rejects_bombs_and_garbage():
     with pytest.raises(ProtocolError) as raised:
         decode_image(_png()[:30], "items[0].source_image", 4096)
     assert raised.value.status == 400 and "items[0].source_image" in raised.value.message
+
+
+def test_pairwise_items_round_trip_beside_pointwise_ones():
+    pair = {"kind": "pairwise", "image": _png(color=(1, 1, 1)), "image_b": _png(color=(9, 9, 9))}
+    pair.update(source_image=_jpeg(), instruction="make it red")
+    point = {"image": _png(), "source_image": _jpeg(), "instruction": "make it blue"}
+    request = build_score_request([point, pair])
+    assert request["protocol"] == 2 and "protocol" not in build_score_request([point])
+    first, second = parse_score_request(json.dumps(request).encode(), Limits())
+    assert (first.kind, first.image_b) == ("pointwise", None)
+    assert (second.kind, second.image, second.image_b) == ("pairwise", pair["image"], pair["image_b"])
+    assert parse_score_request(json.dumps({"items": [_item()], "protocol": 1}).encode(), Limits())
