@@ -370,6 +370,11 @@ def _check_top_level(config, problems: list[str]) -> None:
             problems.append(
                 f"{key} names unknown reward function(s) {unknown}; known: {sorted(KNOWN_REWARDS)}"
             )
+    if set(dict(config.reward_fn)) & set(GROUP_REWARD_FACTORIES) and config.sample.num_image_per_prompt < 2:
+        problems.append(
+            "reward_fn names a pairwise group reward with sample.num_image_per_prompt="
+            f"{config.sample.num_image_per_prompt}: an edit needs another edit of its group to be compared with"
+        )
     grouped = sorted(set(dict(config.eval_reward_fn)) & set(GROUP_REWARD_FACTORIES))
     if grouped:
         problems.append(

@@ -38,3 +38,27 @@ class LossSettings:
     def as_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`edit_r1.algo.nft_loss`."""
         return dataclasses.asdict(self)
+
+
+def build_algorithm(config: Any):
+    """The :class:`~edit_r1.algo.Algorithm` that ``config.algorithm`` names, with its settings read
+    from the config (NFT: :class:`LossSettings`; GRPO: the rollout solver and noise, ``train.clip_range``,
+    ``train.beta`` as KL weight, ``train.adv_clip_max``); both use ``train.timestep_fraction``."""
+    from edit_r1.algo import ALGORITHMS, GRPO, NFT
+
+    name = config.algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm={name!r} is not one of {sorted(ALGORITHMS)}")
+    train = config.train
+    if name == NFT.name:
+        return NFT(
+            timestep_fraction=float(train.timestep_fraction), **LossSettings.from_config(config).as_kwargs()
+        )
+    return GRPO(
+        timestep_fraction=float(train.timestep_fraction),
+        solver=str(config.sample.solver),
+        noise_level=float(config.sample.noise_level),
+        clip_range=float(train.clip_range),
+        kl_beta=float(train.beta),
+        adv_clip_max=float(train.adv_clip_max),
+    )

@@ -44,7 +44,6 @@ from edit_r1.algo import (
     EMA,
     NFT,
     TrainBatch,
-    build_algorithm,
     group_advantages,
     group_filter,
     old_policy_decay,
@@ -69,7 +68,7 @@ from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build
 from edit_r1.rewards.client import RewardClientSettings
 from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
 from edit_r1.sampling import SampleResult, sample, sigma_schedule
-from edit_r1.settings import LossSettings
+from edit_r1.settings import LossSettings, build_algorithm
 from edit_r1.tracking import (
     Timer,
     Tracker,

@@ -6,7 +6,9 @@ from .base import Algorithm, PolicyForward, TrainBatch
 from .grpo import GRPO, clipped_policy_loss, transition_kl
 from .nft import ADV_MODES, NFT, nft_loss, positive_weight, transform_advantages
 from .policy_sync import DECAY_TYPES, EMA, ema_decay, old_policy_decay, update_old_policy
-from .registry import ALGORITHMS, build_algorithm
+
+# ``config.algorithm`` names; ``edit_r1.settings.build_algorithm`` reads each one's settings.
+ALGORITHMS: dict[str, type[Algorithm]] = {NFT.name: NFT, GRPO.name: GRPO}
 
 __all__ = [
     "ADV_MODES",
@@ -19,7 +21,6 @@ __all__ = [
     "GroupStats",
     "PolicyForward",
     "TrainBatch",
-    "build_algorithm",
     "clipped_policy_loss",
     "ema_decay",
     "group_advantages",

@@ -47,7 +47,7 @@ def clipped_policy_loss(
         kept = keep > 0
         deviation = (ratio - 1.0).abs()
         info = {
-            "policy_loss": loss,
+            "policy_loss": loss.detach(),
             "ratio_mean": masked_mean(ratio, keep),
             "ratio_deviation_max": deviation[kept].max() if kept.any() else deviation.new_zeros(()),
             "approx_kl": masked_mean(0.5 * log_ratio**2, keep),

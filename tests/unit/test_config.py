@@ -373,3 +373,15 @@ def test_grpo_configs_validate_and_need_stochastic_rollouts(toy_dir: Path) -> No
         validate_config(config, world_size=1)
     problems = "\n".join(error.value.problems)
     assert "sample.deterministic=False" in problems and "train.clip_range=0.0" in problems
+
+
+def test_pairwise_reward_is_checked(toy_dir: Path) -> None:
+    config = _valid_tiny(toy_dir)
+    config.reward_fn = ml_collections.ConfigDict({"pairwise_mllm": 1.0, "toy_color": 0.5})
+    assert validate_config(config, world_size=1) == []
+    config.sample.num_image_per_prompt = 1
+    config.eval_reward_fn = ml_collections.ConfigDict({"pairwise_mllm": 1.0})
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, world_size=1)
+    problems = "\n".join(error.value.problems)
+    assert "num_image_per_prompt=1" in problems and "eval_reward_fn names group reward(s)" in problems
