@@ -89,6 +89,6 @@ def test_reward_spec_splits_group_rewards_and_weights_them() -> None:
     per_batch, group = split_reward_spec("toy_color:0.5,pairwise_mllm:2")
     assert per_batch == {"toy_color": 0.5} and group == {"pairwise_mllm": 2.0}
     assert list(build_combined_reward({"pairwise_mllm": 1.0, "toy_color": 1.0}).weights) == ["toy_color"]
-    rewards = build_group_rewards(group, {"server": "127.0.0.1:9", "pairs_per_sample": 3, "seed": 5})
+    rewards = build_group_rewards(group, {"server": "127.0.0.1:9", "pairs_per_sample": 3}, seed=5)
     weight, reward = rewards["pairwise_mllm"]
     assert weight == 2.0 and (reward.pairs_per_sample, reward.seed) == (3, 5)
