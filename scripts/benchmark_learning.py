@@ -1,13 +1,15 @@
 """The ``learning`` scenario of ``scripts/benchmark.py``: how fast an RL algorithm improves the toy editor.
 
-    python scripts/benchmark.py learning [--family qwen_image_edit] [--seeds 0,1,2] [--epochs 12]
-        [--nproc 1] [--target 0.6] [--json out.json]
+    python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
+        [--epochs 12] [--nproc 1] [--target 0.6] [--json out.json]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config against the toy judge behind a real reward server and reads the held-out evaluations:
 judge reward and rule score against samples seen (rollouts generated so far) and wall time.
 Prints the curve averaged over seeds and, per seed, the samples seen (and seconds) until the
-held-out judge reward first reaches ``--target``. ``--json`` writes every curve.
+held-out judge reward first reaches ``--target``. ``--json`` writes every curve. With several
+algorithms (``--algorithm nft,grpo``) each is run on the same seeds and a comparison line closes the
+report: the median samples and seconds to the target per algorithm.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--family", default="qwen_image_edit", choices=sorted(CONFIGS))
-    parser.add_argument("--algorithm", default="nft", choices=sorted(ALGORITHMS))
+    parser.add_argument(
+        "--algorithm", default="nft", help=f"comma-separated algorithms among {sorted(ALGORITHMS)}"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs per seed")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun when > 1)")
@@ -95,19 +99,58 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def median_reach(result: dict) -> dict | None:
+    """Median samples and seconds to the target over the seeds that reached it (None: none did)."""
+    hits = [r["reach_target"] for r in result["runs"].values() if r["reach_target"]]
+    if not hits:
+        return None
+    middle = len(hits) // 2
+    samples, seconds = sorted(h["samples"] for h in hits), sorted(h["seconds"] for h in hits)
+    return {"samples": samples[middle], "seconds": seconds[middle], "reached": len(hits)}
+
+
+def format_comparison(results: dict[str, dict]) -> str:
+    lines = [f"comparison: held-out judge reward >= {next(iter(results.values()))['target']}"]
+    for name, result in results.items():
+        hit = median_reach(result)
+        seeds = len(result["runs"])
+        where = (
+            f"median {hit['samples']} samples, {hit['seconds']} s ({hit['reached']}/{seeds} seeds)"
+            if hit
+            else f"not reached (0/{seeds} seeds)"
+        )
+        lines.append(f"  {name}: {where}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    algorithms = [name.strip() for name in args.algorithm.split(",") if name.strip()]
+    unknown = sorted(set(algorithms) - set(ALGORITHMS)) or ([] if algorithms else ["(none)"])
+    if unknown:
+        print(
+            f"benchmark learning: unknown --algorithm {unknown}; available: {sorted(ALGORITHMS)}",
+            file=sys.stderr,
+        )
+        return 2
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
-        try:
-            result = run(args, root)
-        except (LearningRunError, ValueError) as error:
-            print(f"benchmark learning: {error}", file=sys.stderr)
-            return 2
-    print(format_table(result))
+        for name in algorithms:
+            try:
+                results[name] = run(argparse.Namespace(**{**vars(args), "algorithm": name}), root)
+            except (LearningRunError, ValueError) as error:
+                print(f"benchmark learning: {error}", file=sys.stderr)
+                return 2
+            print(format_table(results[name]), flush=True)
+    if len(results) > 1:
+        print(format_comparison(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        payload = (
+            results[algorithms[0]] if len(results) == 1 else {"scenario": "learning", "algorithms": results}
+        )
+        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 

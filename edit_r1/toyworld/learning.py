@@ -29,7 +29,20 @@ from edit_r1.toyworld.report import eval_curve
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"qwen_image_edit": ("config/qwen_image_edit_nft.py:toy", "scripts/train_nft_qwen_image_edit.py")}
 # Config overrides per algorithm; a new algorithm adds its line (e.g. its `config.algorithm`).
-ALGORITHMS: dict[str, tuple[str, ...]] = {"nft": ()}
+ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "nft": (),
+    # Flow-GRPO (docs/algorithm.md section 9) on the same rollout budget: its SDE, clip range, KL
+    # weight and two optimizer steps per epoch; the toy config's step count and group size stay.
+    "grpo": (
+        "--config.algorithm=grpo",
+        "--config.sample.solver=flow",
+        "--config.sample.deterministic=False",
+        "--config.sample.noise_level=0.7",
+        "--config.train.beta=0.04",
+        "--config.train.clip_range=0.0001",
+        "--config.train.gradient_step_per_epoch=2",
+    ),  # fmt: skip
+}
 JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
 
 

@@ -1,0 +1,52 @@
+"""``scripts/benchmark.py learning --algorithm nft,grpo``: each algorithm's toy-world command is a valid
+config, and the comparison reads the samples to the target from every seed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from edit_r1.config import validate_config
+from edit_r1.toyworld.learning import ALGORITHMS, training_command
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchmark_learning import format_comparison, median_reach  # noqa: E402
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, tmp_path: Path) -> None:
+    command = training_command("qwen_image_edit", algorithm, tmp_path / "run", tmp_path, 0, 2, 1, "judge")
+    argv = ["train", *[arg for arg in command if arg.startswith("--config")]]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=values, sys_argv=argv)
+    values(argv)
+    config = values.config
+    assert config.algorithm == algorithm
+    assert validate_config(config, world_size=1, check_files=False) == []
+    if algorithm == "grpo":
+        assert (config.sample.solver, config.sample.deterministic, config.train.clip_range) == (
+            "flow",
+            False,
+            1e-4,
+        )
+
+
+def test_comparison_takes_the_median_over_the_seeds_that_reached_the_target() -> None:
+    def result(*hits):
+        runs = {seed: {"reach_target": hit} for seed, hit in enumerate(hits)}
+        return {"target": 0.6, "runs": runs}
+
+    nft = result(
+        {"samples": 128, "seconds": 10.0}, {"samples": 64, "seconds": 5.0}, {"samples": 256, "seconds": 20.0}
+    )
+    grpo = result(None, {"samples": 512, "seconds": 40.0}, None)
+    assert median_reach(nft) == {"samples": 128, "seconds": 10.0, "reached": 3}
+    text = format_comparison({"nft": nft, "grpo": grpo, "none": result(None)})
+    assert "nft: median 128 samples, 10.0 s (3/3 seeds)" in text
+    assert "grpo: median 512 samples, 40.0 s (1/3 seeds)" in text and "none: not reached (0/1 seeds)" in text
