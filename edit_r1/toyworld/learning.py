@@ -119,7 +119,7 @@ def training_command(
         f"--config.save_freq={epochs}",
     ]  # fmt: skip
     if reward == "rule":
-        flags.append("--config.reward_fn=toy_color")
+        flags.append("--config.reward_fn={'toy_color': 1.0}")  # a ConfigDict field takes a dict literal
     elif reward != "judge":
         raise ValueError(f"reward must be 'judge' or 'rule', got {reward!r}")
     return [*launcher, script, *flags, *ALGORITHMS[algorithm], *overrides]

@@ -19,15 +19,17 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchmark_learning import format_comparison, median_reach  # noqa: E402
 
 
+@pytest.mark.parametrize("reward", ["judge", "rule"])
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
-def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, tmp_path: Path) -> None:
-    command = training_command("qwen_image_edit", algorithm, tmp_path / "run", tmp_path, 0, 2, 1, "judge")
+def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, reward: str, tmp_path: Path) -> None:
+    command = training_command("qwen_image_edit", algorithm, tmp_path / "run", tmp_path, 0, 2, 1, reward)
     argv = ["train", *[arg for arg in command if arg.startswith("--config")]]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=values, sys_argv=argv)
     values(argv)
     config = values.config
     assert config.algorithm == algorithm
+    assert dict(config.reward_fn) == ({"toy_color": 1.0} if reward == "rule" else {"mllm_score_continue": 1.0})
     assert validate_config(config, world_size=1, check_files=False) == []
     if algorithm == "grpo":
         assert (config.sample.solver, config.sample.deterministic, config.train.clip_range) == (
