@@ -29,7 +29,9 @@ def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, reward: str,
     values(argv)
     config = values.config
     assert config.algorithm == algorithm
-    assert dict(config.reward_fn) == ({"toy_color": 1.0} if reward == "rule" else {"mllm_score_continue": 1.0})
+    assert dict(config.reward_fn) == (
+        {"toy_color": 1.0} if reward == "rule" else {"mllm_score_continue": 1.0}
+    )
     assert validate_config(config, world_size=1, check_files=False) == []
     if algorithm == "grpo":
         assert (config.sample.solver, config.sample.deterministic, config.train.clip_range) == (
