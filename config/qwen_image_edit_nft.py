@@ -22,8 +22,8 @@ Named configs (``--config config/qwen_image_edit_nft.py:NAME``; without ``:NAME`
 * ``tiny_mllm`` -- ``tiny`` scored by the (tiny) MLLM judge through the reward server.
 * ``tiny_2511`` -- ``tiny`` on the tiny 2511 pipeline (``.tiny/kit/qwen_image_edit_2511``).
 * ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy editor, 32 px colour edits and
-  the trained toy judge through the reward server; the run ``make demo`` makes, where the
-  held-out reward rises. Start the server on ``edit_r1/toyworld/checkpoints/judge_qwen2_5_vl``.
+  the trained toy judge through the reward server (``--model
+  edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``).
 * ``qwen_mllm_reward_grpo`` -- ``qwen_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
 * ``tiny_grpo`` -- ``tiny`` trained with Flow-GRPO.
 
@@ -114,7 +114,7 @@ def toy() -> ml_collections.ConfigDict:
 
     Dataset: ``python -m edit_r1.data.toy --out .tiny/toyworld_data --train 256 --test 32 --size 32
     --tasks recolor,background``. Judge: ``python reward_server/reward_server.py --backend
-    transformers --model edit_r1/toyworld/checkpoints/judge_qwen2_5_vl``; then
+    transformers --model edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``; then
     ``REWARD_SERVER=127.0.0.1:PORT torchrun --nproc_per_node=2 scripts/train_nft_qwen_image_edit.py
     --config config/qwen_image_edit_nft.py:toy``. Evaluation logs the judge's reward and the rule
     score (``toy_color``, weight 0: logged, not optimised) of the same held-out edits.

@@ -9,7 +9,7 @@ import ml_collections
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY_DATA_DIR = REPO_ROOT / ".tiny" / "toy_data"  # the tiny configs' toy dataset
-TOYWORLD_DATA_DIR = REPO_ROOT / ".tiny" / "toyworld_data"  # where `make demo` writes the toy-world dataset
+TOYWORLD_DATA_DIR = REPO_ROOT / ".tiny" / "toyworld_data"  # the toy-world dataset (docs/toyworld.md)
 
 
 def make_tiny(config: ml_collections.ConfigDict, model_dir: Path) -> None:

@@ -173,7 +173,7 @@ def judge_scores(judge, encode: JudgeInputs, sources, edits, records, batch: int
 
 
 def train_judge(
-    judge, encode: JudgeInputs, train, held_out, settings: JudgeTraining
+    judge, encode: JudgeInputs, train, held_out, settings: JudgeTraining, on_eval=None
 ) -> list[tuple[int, float]]:
     """Train ``judge`` in place on ``train`` = (sources, edits, records); returns (step, Spearman)."""
     sources, edits, records = train
@@ -203,6 +203,8 @@ def train_judge(
             rho = spearman(judge_scores(judge, encode, *held_out), held_labels)
             judge.train()
             history.append((step, rho))
+            if on_eval is not None:
+                on_eval(step, rho)
             print(
                 f"judge step {step}: loss {loss.item():.4f} held-out Spearman {rho:.3f} "
                 f"({time.perf_counter() - start:.0f} s)",
@@ -249,10 +251,9 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
     (on synthetic edits and on edits of the base editor in ``pipeline_dir``)."""
     from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
     from edit_r1.toyworld import world
-    from reward_server.prompt_template import DEFAULT_TEMPLATE
 
     judge = build_judge_model(out, settings.seed)
-    encode = JudgeInputs(load_qwen_vl_processor(out), DEFAULT_TEMPLATE)
+    encode = JudgeInputs(load_qwen_vl_processor(out), world.JUDGE_TEMPLATE)
     train = synthetic_triples(settings.num_train, world.SIZE, 4000 + settings.seed, world.TASKS)
     held_synthetic = synthetic_triples(settings.num_eval, world.SIZE, 5000 + settings.seed, world.TASKS)
     history = train_judge(judge, encode, train, held_synthetic, settings)

@@ -69,7 +69,7 @@ def judge_server(log: Path, judge: Path = JUDGE_DIR, timeout_s: float = 180.0) -
     port = _free_port()
     command = [
         sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"), "--backend", "transformers",
-        "--model", str(judge), "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "64",
+        "--model", str(judge), "--template", world.JUDGE_TEMPLATE, "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "64",
         "--device", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -138,7 +138,8 @@ def train_in_toy_world(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}
     env.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.ExitStack() as stack:
-        if reward == "judge" or "eval_reward_fn" not in " ".join(overrides):
+        rule_only_eval = any(o.startswith("--config.eval_reward_fn") and "mllm" not in o for o in overrides)
+        if reward == "judge" or not rule_only_eval:
             env["REWARD_SERVER"] = stack.enter_context(
                 judge_server(run_dir.parent / f"{run_dir.name}_server.log")
             )

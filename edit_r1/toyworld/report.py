@@ -17,11 +17,11 @@ def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     curve, elapsed = [], 0.0
     for row in rows:
-        if JUDGE_KEY in row:
+        if JUDGE_KEY in row or RULE_KEY in row:
             curve.append(
                 {
                     "epoch": row.get("epoch", row["step"]),
-                    "judge": row[JUDGE_KEY],
+                    "judge": row.get(JUDGE_KEY),
                     "rule": row.get(RULE_KEY),
                     "seconds": elapsed,
                 }
@@ -38,16 +38,12 @@ def summary(run_dir: str | Path) -> str:
         return f"{run_dir}: fewer than two evaluations in metrics.jsonl; nothing to compare"
     first, last = curve[0], curve[-1]
     grids = sorted((run_dir / "samples").glob("eval_epoch*.png"))
-    lines = [
-        f"== toy world, held-out edits ({run_dir}):",
-        f"   judge reward  {first['judge']:.3f} (epoch {first['epoch']}) -> {last['judge']:.3f} "
-        f"(epoch {last['epoch']}): {last['judge'] - first['judge']:+.3f}",
-    ]
-    if first["rule"] is not None and last["rule"] is not None:
-        lines.append(
-            f"   rule score    {first['rule']:.3f} -> {last['rule']:.3f}: {last['rule'] - first['rule']:+.3f}"
-        )
-    lines.append("   curve         " + " ".join(f"{p['judge']:.3f}" for p in curve))
+    lines = [f"== toy world, held-out edits ({run_dir}), epoch {first['epoch']} -> {last['epoch']}:"]
+    for key, name in (("judge", "judge reward"), ("rule", "rule score")):
+        if first[key] is not None and last[key] is not None:
+            change = last[key] - first[key]
+            lines.append(f"   {name:<13} {first[key]:.3f} -> {last[key]:.3f}: {change:+.3f}")
+            lines.append(f"   {'':<13} curve " + " ".join(f"{p[key]:.3f}" for p in curve))
     if grids:
         lines.append(f"   before/after: {grids[0]}  {grids[-1]}")
     return "\n".join(lines)

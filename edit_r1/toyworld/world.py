@@ -8,6 +8,7 @@ import torch
 
 SIZE = 32  # image side in pixels: shapes stay recognisable, a rollout costs milliseconds
 TASKS = ("recolor", "background")  # colour edits: the rule score and the judge read the same colour
+JUDGE_TEMPLATE = "toy_v1"  # the reward-server prompt template the toy judge is trained with and served by
 TEXT_DIM = 32  # hidden size of the (frozen, random) Qwen2.5-VL text encoder of the editor
 # The system prompt of QwenImageEditPlusPipeline.prompt_template_encode (diffusers 0.42), part of the
 # tokenizer's training corpus so that its 64-token prefix tokenizes like the real tokenizer's.

@@ -1,0 +1,57 @@
+"""The toy world's run summary and learning-benchmark bookkeeping (no training)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from edit_r1.toyworld.learning import training_command
+from edit_r1.toyworld.report import eval_curve, summary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from benchmark_learning import reach  # noqa: E402
+
+
+def _write_run(run: Path) -> None:
+    run.mkdir(parents=True)
+    rows = [
+        {"step": 0, "epoch": 0, "eval_reward_mllm_score_continue": 0.40, "eval_reward_toy_color": 0.30, "time/sampling": 5.0},
+        {"step": 1, "epoch": 1, "time/sampling": 7.0, "time/training": 3.0},
+        {"step": 2, "epoch": 2, "eval_reward_mllm_score_continue": 0.62, "eval_reward_toy_color": 0.45},
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_eval_curve_and_summary(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write_run(run)
+    curve = eval_curve(run)
+    assert [(p["epoch"], p["judge"], p["rule"], p["seconds"]) for p in curve] == [
+        (0, 0.40, 0.30, 0.0),
+        (2, 0.62, 0.45, 15.0),
+    ]
+    text = summary(run)
+    assert "judge reward  0.400 -> 0.620: +0.220" in text
+    assert "rule score    0.300 -> 0.450: +0.150" in text
+
+
+def test_reach_counts_samples_until_the_target(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write_run(run)
+    curve = eval_curve(run)
+    assert reach(curve, 0.6, per_epoch=64) == {"samples": 128, "seconds": 15.0}
+    assert reach(curve, 0.9, per_epoch=64) is None
+
+
+def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> None:
+    args = (tmp_path / "r", tmp_path / "d", 0, 2, 1, "rule")
+    command = training_command("qwen_image_edit", "nft", *args)
+    assert "--config=config/qwen_image_edit_nft.py:toy" in command
+    assert "--config.reward_fn={'toy_color': 1.0}" in command
+    with pytest.raises(ValueError, match="no toy world for family 'kontext'"):
+        training_command("kontext", "nft", *args)
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        training_command("qwen_image_edit", "ppo", *args)
