@@ -169,6 +169,11 @@ def run_reward(settings: Settings) -> dict[str, Any]:
     high = [c for c in settings.concurrency if c >= 8] or list(settings.concurrency)
     ratios["batched_vs_single_throughput"] = min(ratios[f"batched_vs_single_throughput_c{c}"] for c in high)
     ratios["engine_batch_gain"] = engine.pop("engine_batch_gain")
+    # The server's share of the hardware's own batching ceiling, both measured in this run:
+    # end-to-end batched/single throughput at 8+ clients over the engine-alone batch gain.
+    ratios["share_of_engine_batch_gain"] = (
+        ratios["batched_vs_single_throughput"] / ratios["engine_batch_gain"]
+    )
     return {
         "scenario": "reward",
         "settings": describe(settings, size="tiny"),

@@ -131,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_sequence_length = 512  # text tokens of the condition, padded/truncated with a mask
     config.condition_area = 384 * 384  # Qwen: area of the condition image given to the vision encoder
     config.fsdp_text_encoder = False  # shard the frozen text encoder over ranks (FSDP2); no-op on one process
+    config.fsdp_transformer = (
+        False  # FSDP2-shard the transformer(s) per block over ranks; full weights need it
+    )
+    config.fsdp_offload_frozen = False  # with fsdp_transformer on a GPU: frozen old/ref shards in host memory
     config.algorithm = "nft"  # nft | grpo: the training algorithm behind the shared loop (docs/algorithm.md)
     config.beta = 1.0  # NFT strength b: v+ = b v + (1-b) v_old, v- = (1+b) v_old - b v (upstream 1.0)
     config.decay_type = 1  # old-policy decay: 0 -> 0; 1 -> min(0.001 step, 0.5) (upstream); 2 -> delayed

@@ -2,7 +2,10 @@
 
 Layout of one checkpoint (``run_dir/checkpoints/checkpoint-<epoch>/``)::
 
-    tensors/<group>.safetensors   named groups of tensors (trained/old adapters, EMA, ...)
+    sharded/                      torch.distributed.checkpoint (DCP) of the sharded state: one file of
+                                  shards per rank plus ``.metadata`` (the global layout); loads onto
+                                  any number of ranks (resharding)
+    tensors/<group>.safetensors   named groups of small replicated tensors (rank 0)
     states/<name>.pt              torch-native state dicts (optimizer, grad scaler, lr scheduler)
     rng/rank<r>.safetensors       RNG state of every rank (python, numpy, torch CPU/CUDA)
     metadata.json                 epoch, global step, sampler state, banned groups, ...
@@ -28,9 +31,14 @@ No arbitrary unpickling: tensors use safetensors; the ``states/*.pt`` files are 
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers/numbers/strings (an optimizer's state dict) and refuses any other object.
 
+DCP's own reader unpickles its ``.metadata`` file; :class:`SafeDCPReader` reads it with an
+unpickler that only rebuilds DCP's layout records (tensor sizes, dtypes, offsets), and only tensors
+are put into the sharded state, so DCP's pickled-object path is never used.
+
 Distributed protocol (works unchanged in a single process): rank 0 creates the temp directory;
-barrier; every rank writes its own RNG file and rank 0 writes all shared files; barrier; rank 0
-fsyncs, writes the manifest, renames and prunes; barrier. ``run_dir`` must be on a filesystem every
+barrier; every rank writes its shards of ``sharded`` (DCP, a collective) and its own RNG file, and
+rank 0 writes all shared files; barrier; rank 0 fsyncs, writes the manifest (every file of the
+directory with its size), renames and prunes; barrier. ``run_dir`` must be on a filesystem every
 rank can see (as for any multi-node run that saves from rank 0 and resumes on all ranks).
 """
 
@@ -38,8 +46,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -66,11 +76,15 @@ __all__ = [
     "resolve_resume_checkpoint",
     "CheckpointCorrupted",
     "CheckpointWriteError",
+    "load_sharded",
+    "read_sharded_tensors",
+    "SafeDCPReader",
     "CHECKPOINTS_DIRNAME",
     "COMPLETE_MARKER",
 ]
 
 CHECKPOINTS_DIRNAME = "checkpoints"
+SHARDED_DIRNAME = "sharded"
 COMPLETE_MARKER = "COMPLETE"
 FORMAT_VERSION = 1
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -92,6 +106,9 @@ class CheckpointWriteError(OSError):
 class CheckpointState:
     """Everything a checkpoint holds; the trainer fills the dicts and gets the same back on load.
 
+    - ``sharded``: nested dict of tensors and DTensors (FSDP2 shards), written by every rank through
+      ``torch.distributed.checkpoint``; restore it in place with :func:`load_sharded` (any world
+      size). Only tensors: non-tensor values belong in ``metadata``.
     - ``tensors``: group name -> state dict of tensors (e.g. ``{"default_adapter": ..., "old_adapter":
       ..., "ema": ...}``), saved with safetensors (moved to CPU; tensors sharing storage are copied).
     - ``states``: name -> torch-native state dict (``optimizer.state_dict()``, ``scaler.state_dict()``),
@@ -102,6 +119,7 @@ class CheckpointState:
     - ``path``/``epoch``/``world_size``: filled by :func:`load_checkpoint`.
     """
 
+    sharded: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -233,13 +251,15 @@ def _clean_stale(folder: Path) -> None:
 
 
 def _write_shared(tmp: Path, state: CheckpointState, exporters: Iterable[Callable[[Path], None]]) -> None:
-    (tmp / "tensors").mkdir()
+    if state.tensors:
+        (tmp / "tensors").mkdir()
     for name, group in state.tensors.items():
         _check_name("tensor group", name)
         save_file(
             _cpu_unshared(group, f"tensor group {name!r}"), str(tmp / "tensors" / f"{name}.safetensors")
         )
-    (tmp / "states").mkdir()
+    if state.states:
+        (tmp / "states").mkdir()
     for name, sd in state.states.items():
         _check_name("state", name)
         torch.save(sd, tmp / "states" / f"{name}.pt")
@@ -338,6 +358,8 @@ def save_checkpoint(
     distributed.barrier()
     failure = None
     try:
+        if state.sharded:
+            _write_sharded(tmp / SHARDED_DIRNAME, state.sharded)
         _write_rng(tmp, info.rank, state.rng)
         if info.is_main:
             _write_shared(tmp, state, exporters)
@@ -359,6 +381,115 @@ def save_checkpoint(
         _prune(folder, keep_last)
     distributed.barrier()
     return final
+
+
+def _write_sharded(folder: Path, sharded: Mapping[str, Any]) -> None:
+    """Every rank writes its shards (DCP ``save`` is a collective; replicated tensors are written once)."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint import save as dcp_save
+
+    _check_only_tensors(sharded, "sharded state")
+    writer = FileSystemWriter(str(folder), single_file_per_rank=True, sync_files=True, thread_count=1)
+    dcp_save(dict(sharded), storage_writer=writer, no_dist=not distributed.is_dist_active())
+
+
+def _check_only_tensors(tree: Any, where: str) -> None:
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            _check_only_tensors(value, f"{where}[{key!r}]")
+    elif not isinstance(tree, torch.Tensor):
+        raise TypeError(f"{where} is a {type(tree).__name__}; the sharded state holds tensors only")
+
+
+class _LayoutUnpickler(pickle.Unpickler):
+    """Rebuilds only DCP's metadata records (classes of ``torch.distributed.checkpoint``), the torch
+    values they hold (sizes, dtypes, layouts) and paths; any other global is refused."""
+
+    _EXTRA = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # a layout by name
+        ("collections", "OrderedDict"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "PureWindowsPath"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch.distributed.checkpoint."):
+            found = super().find_class(module, name)
+            if isinstance(found, type):  # records and enums, never a function
+                return found
+        elif (module, name) in self._EXTRA:
+            return super().find_class(module, name)
+        elif module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
+
+
+def _safe_reader_class():
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeDCPReader(FileSystemReader):
+        """DCP's file reader with :class:`_LayoutUnpickler` for the ``.metadata`` file."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as stream:
+                metadata = _LayoutUnpickler(io.BytesIO(stream.read())).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeDCPReader
+
+
+def SafeDCPReader(path: str | os.PathLike):  # noqa: N802 (a class built lazily: DCP imports are slow)
+    """A ``torch.distributed.checkpoint`` reader of ``path`` that never unpickles arbitrary objects."""
+    return _safe_reader_class()(str(path))
+
+
+def _sharded_dir(ckpt: str | os.PathLike) -> Path:
+    folder = Path(ckpt) / SHARDED_DIRNAME
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no sharded state ({SHARDED_DIRNAME}/.metadata)")
+    return folder
+
+
+def load_sharded(ckpt: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Fill ``state`` (the same nested layout that was saved, tensors or DTensors of any sharding)
+    in place from checkpoint ``ckpt``; a collective on every rank of the current process group.
+    The number of ranks may differ from the saving run: DCP reads each rank's slices."""
+    from torch.distributed.checkpoint import load as dcp_load
+
+    dcp_load(
+        state, storage_reader=SafeDCPReader(_sharded_dir(ckpt)), no_dist=not distributed.is_dist_active()
+    )
+
+
+def read_sharded_tensors(ckpt: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Whole CPU tensors of the sharded state whose flattened key starts with ``prefix.`` (keys
+    returned without it), read in this process alone (no process group needed), e.g.
+    ``read_sharded_tensors(ckpt, "default")`` is the trained weights."""
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = _sharded_dir(ckpt)
+    metadata = SafeDCPReader(folder).read_metadata()
+    start = f"{prefix}." if prefix else ""
+    wanted = {
+        key: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(start) and isinstance(meta, TensorStorageMetadata)
+    }
+    if not wanted:
+        raise KeyError(f"checkpoint {ckpt} holds no sharded tensors under {prefix!r}")
+    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        dcp_load(wanted, storage_reader=SafeDCPReader(folder), no_dist=True)
+    return {key[len(start) :]: value for key, value in wanted.items()}
 
 
 def _previous_note(folder: Path) -> str:

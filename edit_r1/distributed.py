@@ -363,7 +363,7 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all([state[k].to(torch.uint8).cpu() for k in cuda_keys])
 
 
-def _default_shard_units(module: nn.Module) -> list[nn.Module]:
+def default_shard_units(module: nn.Module) -> list[nn.Module]:
     """Every element of every ``nn.ModuleList`` (transformer blocks), outermost lists only."""
     units: list[nn.Module] = []
 
@@ -408,7 +408,7 @@ def sharded_frozen_module(
     units = (
         [m for m in module.modules() if m is not module and shard_unit(m)]
         if shard_unit
-        else _default_shard_units(module)
+        else default_shard_units(module)
     )
     for unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=True)

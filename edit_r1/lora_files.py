@@ -10,7 +10,8 @@
   ``adapter_model_converted.safetensors``;
 * a training checkpoint ``checkpoint-<epoch>/``: ``weights="ema"`` (default) takes the exported
   EMA LoRA ``lora/pytorch_lora_weights.safetensors``, ``weights="default"`` the trained adapter
-  ``tensors/default.safetensors`` with rank and alpha from ``config.json``;
+  (the ``default`` tensors of ``sharded/``, or ``tensors/default.safetensors``) with rank and alpha
+  from ``config.json``;
 * a run folder: its latest complete checkpoint.
 
 A file without alpha is read with alpha = rank (scale 1), which is what ``load_lora_weights``
@@ -31,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from edit_r1.checkpoint import latest_checkpoint
+from edit_r1.checkpoint import SHARDED_DIRNAME, latest_checkpoint, read_sharded_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,18 @@ def _from_checkpoint(ckpt: Path, weights: str) -> LoraWeights:
     train = config.get("train", {})
     if not config.get("use_lora", True) or "lora_alpha" not in train:
         raise ValueError(f"{ckpt}/config.json does not describe a LoRA run (train.lora_alpha missing)")
-    path = ckpt / "tensors" / "default.safetensors"
-    lora = _from_file(path, alpha=float(train["lora_alpha"]))
+    if (ckpt / SHARDED_DIRNAME).is_dir():  # the trainer's sharded state (any number of ranks)
+        path = ckpt / SHARDED_DIRNAME
+        tensors = {_strip_prefix(k, path): t for k, t in read_sharded_tensors(ckpt, "default").items()}
+        lora = LoraWeights(
+            tensors=tensors,
+            rank=_uniform_rank(tensors, path),
+            alpha=float(train["lora_alpha"]),
+            source=str(path),
+        )
+    else:
+        path = ckpt / "tensors" / "default.safetensors"
+        lora = _from_file(path, alpha=float(train["lora_alpha"]))
     if lora.rank != int(train["lora_rank"]):
         raise ValueError(f"{path}: rank {lora.rank} differs from config train.lora_rank={train['lora_rank']}")
     return lora

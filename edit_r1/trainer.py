@@ -54,6 +54,7 @@ from edit_r1.checkpoint import (
     CheckpointState,
     CheckpointWriteError,
     load_checkpoint,
+    load_sharded,
     resolve_resume_checkpoint,
     save_checkpoint,
 )
@@ -64,6 +65,14 @@ from edit_r1.inference import to_pil_batch
 from edit_r1.models.base import EditPolicy
 from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
+from edit_r1.parallelize import (
+    ParallelOptions,
+    full_tensor,
+    gather_to_rank0,
+    like_param,
+    local_shards,
+    parallelize_policy,
+)
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
 from edit_r1.rewards.client import RewardClientSettings
 from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
@@ -161,14 +170,24 @@ class Trainer:
         self.timer = Timer(cuda_sync=dist.device.type == "cuda")
         torch.manual_seed(config.seed)  # identical LoRA init on every rank
         self.policy = self._load_policy()
-        self.lockstep_encoding = self._shard_text_encoders()
         self._broadcast_trainable()
+        self.parallel = parallelize_policy(
+            self.policy,
+            ParallelOptions(
+                fsdp_transformer=config.fsdp_transformer,
+                fsdp_text_encoder=config.fsdp_text_encoder,
+                offload_frozen=config.fsdp_offload_frozen,
+                mixed_precision=config.mixed_precision,
+            ),
+            dist,
+        )
+        self.lockstep_encoding = self.parallel.sharded_text_encoders
         distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
         self._build_data()
         self.algorithm = build_algorithm(config)
         self.params = self.policy.trainable_parameters()
         self.optimizer = self._build_optimizer()
-        self.ema = EMA(self.params) if config.train.ema else None
+        self.ema = EMA(local_shards(self.params)) if config.train.ema else None  # this rank's shards
         # Typed once here: the code below reads these, not the config's sections.
         self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
         self.reward = AsyncRewardScorer(build_combined_reward(_spec(config.reward_fn), self.reward_client))
@@ -260,21 +279,6 @@ class Trainer:
             **policy_class(config.model_family).options_from_config(config),
         )
         return policy
-
-    def _shard_text_encoders(self) -> bool:
-        """FSDP2-shard the frozen text encoders over the ranks (``fsdp_text_encoder``).
-
-        Every forward of a sharded module is a collective, so from then on conditions are encoded
-        in lockstep: each rank encodes the same items in the same order (see ``_encode``).
-        Returns whether sharding is active.
-        """
-        if not (self.config.fsdp_text_encoder and self.dist.is_distributed):
-            return False
-        for name in ("text_encoder", "text_encoder_2"):
-            module = getattr(self.policy, name, None)
-            if module is not None:
-                setattr(self.policy, name, distributed.sharded_frozen_module(module, self.dist))
-        return True
 
     @torch.no_grad()
     def _broadcast_trainable(self) -> None:
@@ -379,10 +383,11 @@ class Trainer:
 
     @torch.no_grad()
     def rollout(
-        self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool
+        self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool, generator=None
     ) -> SampleResult:
-        """One batch rolled out from fresh noise with policy ``adapter`` (states and log-probs kept)."""
-        z = self.policy.initial_noise(len(cond))
+        """One batch rolled out from fresh noise with policy ``adapter`` (states and log-probs kept);
+        noise from the global generator, or from ``generator`` (one ``torch.Generator`` or one per row)."""
+        z = self.policy.initial_noise(len(cond), generator)
         result = sample(
             lambda x, s: self.policy.velocity(x, s, cond, adapter=adapter),
             z,
@@ -390,6 +395,7 @@ class Trainer:
             solver=solver,
             deterministic=deterministic,
             noise_level=self.config.sample.noise_level,
+            generator=generator,
         )
         return result
 
@@ -599,28 +605,29 @@ class Trainer:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g
-        if self.dist.is_distributed:
+        # A sharded transformer's gradients were already averaged by FSDP's reduce-scatter.
+        if self.dist.is_distributed and not self.parallel.sharded_transformer:
             flat = torch.cat([g.reshape(-1) for g in grads])
             distributed.all_reduce_mean(flat)
             offset = 0
             for p, g in zip(self.params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
                 offset += g.numel()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.config.train.max_grad_norm))
         if not torch.isfinite(norm):
             raise TrainingError(f"non-finite gradient norm {float(norm)} at global step {self.global_step}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.ema is not None:
-            self.ema.step(self.params, step=self.global_step)
+            self.ema.step(local_shards(self.params), step=self.global_step)
         return float(norm)
 
     @torch.no_grad()
     def sync_old_policy(self) -> float:
         """``old <- d old + (1 - d) theta`` with ``d = old_policy_decay(global_step, decay_type)``."""
         decay = old_policy_decay(self.global_step, self.config.decay_type)
-        update_old_policy(self.policy.old_parameters(), self.params, decay)
+        update_old_policy(local_shards(self.policy.old_parameters()), local_shards(self.params), decay)
         return decay
 
     # ------------------------------------------------------------------------------- evaluation
@@ -630,26 +637,34 @@ class Trainer:
         config = self.config.sample
         indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
         real = len(indices)
-        if self.lockstep_encoding:  # the same number of (collective) encoder calls on every rank
+        if self.parallel.lockstep:  # the same number of (collective) forwards on every rank
             per_rank = -(-len(self.test_set) // self.dist.world_size)
             indices += [indices[-1] if indices else 0] * (per_rank - real)
         scores, grid = [], []
-        context = self.ema.applied(self.params) if self.ema is not None else contextlib.nullcontext()
+        context = (
+            self.ema.applied(local_shards(self.params)) if self.ema is not None else contextlib.nullcontext()
+        )
         with self.timer("evaluation"), context:
             for start in progress(
                 range(0, len(indices), config.test_batch_size), desc="eval", enabled=self.dist.is_main
             ):
-                items = [self.test_set[i] for i in indices[start : start + config.test_batch_size]]
+                batch = indices[start : start + config.test_batch_size]
+                items = [self.test_set[i] for i in batch]
                 images = [center_crop_resize(item.image, self.config.resolution) for item in items]
                 cond = self.policy.encode_condition([item.prompt for item in items], images)
                 keep = max(0, min(len(items), real - start))  # drop lockstep padding
-                if keep == 0:
-                    continue
-                items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
+                if not self.parallel.sharded_transformer:  # padding rows need no rollout
+                    if keep == 0:
+                        continue
+                    items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
                 _, samples = self.edit_batch(
                     cond, items, images, adapter="default", sigmas=self.eval_sigmas,
                     solver=config.eval_solver, deterministic=config.eval_deterministic,
+                    generator=[self._eval_generator(epoch, i) for i in batch[: len(items)]],
                 )  # fmt: skip
+                samples = samples[:keep]
+                if not samples:
+                    continue
                 output = self.eval_reward(samples)
                 scores.append(output)
                 grid.extend(
@@ -661,6 +676,14 @@ class Trainer:
             path = save_eval_grid(grid[:8], self.run_dir / "samples" / f"eval_epoch{epoch:05d}.png")
             self.tracker.log_image("eval_grid", path, step=epoch)
         return metrics
+
+    def _eval_generator(self, epoch: int, index: int) -> torch.Generator:
+        """The noise of test item ``index`` at ``epoch``: its own seeded generator, so evaluation
+        never draws from the training generators (rollouts and timesteps do not depend on whether or
+        how often evaluation ran, nor on lockstep padding) and a score does not depend on the rank
+        or world size that evaluated the item."""
+        seed = int(np.random.SeedSequence([self.config.seed, epoch, index]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
 
     def _gather_eval_scores(self, outputs: list[RewardOutput]) -> dict[str, float]:
         names = list(self.eval_reward.weights)
@@ -679,10 +702,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- checkpoints
     def save(self, epoch: int) -> Path:
-        """Full state after ``epoch`` epochs, atomically, plus the EMA LoRA in diffusers format."""
+        """Full state after ``epoch`` epochs, atomically: every rank writes its shards of the weights,
+        old policy, EMA and optimizer (DCP), plus the exported EMA weights (LoRA file or diffusers
+        transformer folder, gathered once to rank 0)."""
         state = CheckpointState(
-            tensors=self._tensor_state(),
-            states={"optimizer": self.optimizer.state_dict()},
+            sharded=self._sharded_state(),
             metadata={
                 "epoch": epoch,
                 "global_step": self.global_step,
@@ -698,7 +722,7 @@ class Trainer:
                 state,
                 keep_last=self.config.num_checkpoint_limit,
                 dist_info=self.dist,
-                exporters=[self._export_weights],
+                exporters=[self._exporter()],
             )
         except CheckpointWriteError as error:
             # Stop: training on without a checkpoint would risk more work than it saves.
@@ -706,19 +730,49 @@ class Trainer:
         distributed.rank0_print(f"saved {path}")
         return path
 
-    def _tensor_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        policy = self.policy.policy_state_dict()
-        tensors = {"default": policy["default"], "old": policy["old"]}
+    def _sharded_state(self) -> dict[str, dict[str, Any]]:
+        """Weights, old policy, EMA and AdamW state by parameter name, as this rank holds them
+        (DTensors when sharded): the layout ``torch.distributed.checkpoint`` reshards on load."""
+        names = self.policy.trainable_parameter_names()
+        state: dict[str, dict[str, Any]] = {
+            "default": {n: p.detach() for n, p in zip(names, self.params, strict=True)},
+            "old": {n: q.detach() for n, q in zip(names, self.policy.old_parameters(), strict=True)},
+            "optimizer": {n: self._adam_state(p) for n, p in zip(names, self.params, strict=True)},
+        }
         if self.ema is not None:
-            tensors["ema"] = {f"{i:06d}": t for i, t in enumerate(self.ema.shadow)}  # aligned with params
-        return tensors
+            state["ema"] = {
+                n: like_param(shadow, p)
+                for n, shadow, p in zip(names, self.ema.shadow, self.params, strict=True)
+            }
+        return state
 
-    def _export_weights(self, directory: Path) -> None:
-        weights = self.ema.shadow if self.ema is not None else None
-        if self.config.use_lora:
-            self.policy.save_lora(directory / "lora", weights=weights)
-        else:
-            self.policy.save_full(directory / "transformer", weights=weights)
+    def _adam_state(self, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+        """AdamW's state of ``param``, created as AdamW creates it when absent (step 0, zero moments),
+        so a checkpoint taken before the first step and a resumed run hold the same layout."""
+        state = self.optimizer.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def _exporter(self):
+        """Gathers the exported weights (EMA if kept, else the trained ones) once to rank 0 (a
+        collective, so here on every rank) and returns the rank-0 writer of the export."""
+        source = (
+            [like_param(s, p) for s, p in zip(self.ema.shadow, self.params, strict=True)]
+            if self.ema is not None
+            else self.params
+        )
+        weights = gather_to_rank0(source, self.dist.is_main)
+
+        def export(directory: Path) -> None:
+            if self.config.use_lora:
+                self.policy.save_lora(directory / "lora", weights=weights)
+            else:
+                self.policy.save_full(directory / "transformer", weights=weights)
+
+        return export
 
     def _resume_checkpoint(self, path: str) -> Path:
         """Rank 0 picks the newest intact checkpoint (SHA-256 of every file, falling back past damaged
@@ -742,13 +796,17 @@ class Trainer:
     def _resume(self, path: str) -> None:
         checkpoint = self._resume_checkpoint(path)
         state = load_checkpoint(checkpoint, rank=self.dist.rank, checksums=False)  # verified just now
-        self.policy.load_policy_state_dict({"default": state.tensors["default"], "old": state.tensors["old"]})
+        sharded = self._sharded_state()
+        try:
+            load_sharded(checkpoint, sharded)  # reshards when the world size changed
+        except FileNotFoundError as error:
+            raise TrainingError(
+                f"resume_from={path!r}: {error}; it was written by an older version of edit_r1"
+            ) from error
         if self.ema is not None:
-            shadow = state.tensors["ema"]
-            self.ema.load_state_dict(
-                {"max_decay": self.ema.max_decay, "shadow": [shadow[k] for k in sorted(shadow)]}
-            )
-        self.optimizer.load_state_dict(state.states["optimizer"])
+            for shadow, loaded in zip(self.ema.shadow, local_shards(sharded["ema"].values()), strict=True):
+                if loaded.data_ptr() != shadow.data_ptr():
+                    shadow.copy_(loaded)
         self.sampler.load_state_dict(state.metadata["sampler"])
         self.global_step = int(state.metadata["global_step"])
         self.first_epoch = int(state.metadata["epoch"])

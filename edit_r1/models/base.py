@@ -26,6 +26,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -559,6 +560,10 @@ class EditPolicy(FamilyFacts, ABC):
         old = dict(self.old_transformer.named_parameters())
         return [(name, p, old[name]) for name, p in self.transformer.named_parameters()]
 
+    def trainable_parameter_names(self) -> list[str]:
+        """State-dict names of `trainable_parameters()` (the same for the old policy's)."""
+        return [name for name, _, _ in self._parameter_pairs()]
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters of the trained policy (what the optimizer and the EMA see)."""
         return [p for _, p, _ in self._parameter_pairs()]
@@ -613,25 +618,34 @@ class EditPolicy(FamilyFacts, ABC):
 
     @torch.no_grad()
     def save_full(self, directory: str | Path, weights: Sequence[torch.Tensor] | None = None) -> Path:
-        """Saves the trained transformer (or it with `weights` swapped in) as a diffusers
-        transformer folder loadable with `<TransformerClass>.from_pretrained(directory)`."""
+        """Saves the trained transformer as a diffusers transformer folder loadable with
+        `<TransformerClass>.from_pretrained(directory)`. `weights` (whole tensors aligned with
+        `trainable_parameters()`, e.g. the EMA) replace the live parameters in the written state;
+        the live module is never modified."""
         if self.use_lora:
             raise ValueError("save_full is for full-weight mode; use save_lora for LoRA training")
+        from huggingface_hub import save_torch_state_dict
+
+        names = [name for name, _, _ in self._parameter_pairs()]
+        if weights is not None and len(weights) != len(names):
+            raise ValueError(f"got {len(weights)} weights for {len(names)} trainable parameters")
+        state = dict(self.transformer.state_dict())
+        for name, value in zip(
+            names, weights if weights is not None else self.trainable_parameters(), strict=True
+        ):
+            state[name] = value
+        state = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
         directory = Path(directory)
-        params = self.trainable_parameters()
-        backup = None
-        if weights is not None:
-            if len(weights) != len(params):
-                raise ValueError(f"got {len(weights)} weights for {len(params)} trainable parameters")
-            backup = [p.detach().clone() for p in params]
-            for p, w in zip(params, weights, strict=True):
-                p.copy_(w)
-        try:
-            self.transformer.save_pretrained(directory)
-        finally:
-            if backup is not None:
-                for p, b in zip(params, backup, strict=True):
-                    p.copy_(b)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = json.loads(self.transformer.to_json_string())
+        config["_class_name"] = self.transformer_class.__name__  # the family's class (FamilyFacts)
+        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_torch_state_dict(
+            state,
+            directory,
+            filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+            max_shard_size="10GB",
+        )
         return directory
 
 

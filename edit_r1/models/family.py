@@ -10,6 +10,8 @@ overrides what differs for its family; callers reach the class through
   :attr:`FamilyFacts.source_size_benchmarks` and :meth:`FamilyFacts.edit_geometry` /
   :meth:`FamilyFacts.reference_image`: how the original reproduction scripts called the stock
   pipeline (``edit_r1.inference``, ``edit_r1.reproduction``);
+* memory -- :meth:`FamilyFacts.meta_text_encoders`, :meth:`FamilyFacts.transformer_call`
+  (``edit_r1.memory_plan``);
 * speed -- :attr:`FamilyFacts.benchmark_architectures`, :attr:`FamilyFacts.benchmark_text_tokens`,
   :meth:`FamilyFacts.random_transformer`, :meth:`FamilyFacts.meta_vae`,
   :meth:`FamilyFacts.synthetic_condition`, :meth:`FamilyFacts.benchmark_options` (``benchmarks/``);
@@ -99,6 +101,20 @@ class FamilyFacts:
         """The family's real VAE architecture on the meta device (no memory): the training step
         only needs its config (latent scale factor)."""
         raise NotImplementedError(f"{cls.__name__} defines no benchmark VAE")
+
+    @classmethod
+    def meta_text_encoders(cls) -> dict[str, torch.nn.Module]:
+        """The family's real text encoders on the meta device, by display name (memory plan)."""
+        raise NotImplementedError(f"{cls.__name__} defines no text encoder architectures")
+
+    @classmethod
+    def transformer_call(
+        cls, transformer: torch.nn.Module, batch: int, grid: int, text: int
+    ) -> dict[str, Any]:
+        """Keyword arguments of one forward of ``transformer`` (the family's class) on random CPU
+        inputs, as the policy calls it: a target and a reference image of ``grid x grid`` tokens
+        each and ``text`` text tokens (the memory plan measures saved activations with it)."""
+        raise NotImplementedError(f"{cls.__name__} defines no transformer call")
 
     def synthetic_condition(self, batch: int, generator: torch.Generator) -> Any:
         """A condition of the real shapes (text states, reference latents on the target grid)."""

@@ -49,6 +49,14 @@ PREFERRED_RESOLUTIONS = (
 DEFAULT_REQUEST = (1024, 1024)  # the pipeline's size when none is given
 PREFERRED_AREA = 1024 * 1024  # the area of the preferred resolutions
 # Benchmark sizes (diffusers constructor arguments of FluxTransformer2DModel).
+# FLUX.1's text encoders: the T5-XXL encoder and CLIP-L (their published configs).
+T5_XXL_CONFIG: dict[str, Any] = dict(
+    d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128, feed_forward_proj="gated-gelu"
+)  # fmt: skip
+CLIP_L_CONFIG: dict[str, Any] = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=49408,
+    max_position_embeddings=77, projection_dim=768,
+)  # fmt: skip
 BENCHMARK_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # FLUX.1 (12B): 19 double + 38 single blocks, 24 heads x 128, T5-XXL (4096) + CLIP-L pooled (768).
     "full": dict(
@@ -344,6 +352,36 @@ class KontextPolicy(EditPolicy):
         """Resized to the reference size, as the pipeline's `_auto_resize`."""
         ref_w, ref_h = geometry.reference
         return self.image_processor.resize(image, ref_h, ref_w)
+
+    @classmethod
+    def meta_text_encoders(cls) -> dict[str, torch.nn.Module]:
+        from transformers import CLIPTextConfig, T5Config
+
+        with torch.device("meta"):
+            return {
+                "T5-XXL": T5EncoderModel(T5Config(**T5_XXL_CONFIG)),
+                "CLIP-L": CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG)),
+            }
+
+    @classmethod
+    def transformer_call(
+        cls, transformer: torch.nn.Module, batch: int, grid: int, text: int
+    ) -> dict[str, Any]:
+        config = transformer.config
+        img_ids = torch.zeros(2 * grid * grid, 3)
+        img_ids[:, 1] = torch.arange(grid).repeat_interleave(grid).repeat(2).float()
+        img_ids[:, 2] = torch.arange(grid).repeat(2 * grid).float()
+        img_ids[grid * grid :, 0] = 1.0  # the reference image's tokens
+        return dict(
+            hidden_states=torch.randn(batch, 2 * grid * grid, config.in_channels),
+            encoder_hidden_states=torch.randn(batch, text, config.joint_attention_dim),
+            pooled_projections=torch.randn(batch, config.pooled_projection_dim),
+            timestep=torch.full((batch,), 0.5),
+            img_ids=img_ids,
+            txt_ids=torch.zeros(text, 3),
+            guidance=torch.full((batch,), 2.5),
+            return_dict=False,
+        )
 
     @classmethod
     def meta_vae(cls) -> torch.nn.Module:

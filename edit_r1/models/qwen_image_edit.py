@@ -91,6 +91,19 @@ BENCHMARK_ARCHITECTURES: dict[str, dict[str, Any]] = {
         axes_dims_rope=(8, 12, 12),
     ),
 }
+# Qwen2.5-VL-7B-Instruct, the text encoder of Qwen-Image-Edit (its published config.json).
+QWEN_VL_7B_CONFIG: dict[str, Any] = dict(
+    text_config=dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+    ),
+    vision_config=dict(
+        depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+        spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+    ),
+    tie_word_embeddings=False,
+)  # fmt: skip
 # Real prompts fill most of the 256 stored positions: a 384^2 condition image is 196 vision
 # tokens, plus "Picture 1:", the instruction and the assistant prefix (~30).
 USED_TEXT_FRACTION = 226 / 256
@@ -456,6 +469,29 @@ class QwenImageEditPolicy(EditPolicy):
         (`fit_to_area(max_area, aspect of the source, 32)`); ``request_size`` is not used."""
         width, height = fit_to_area(max_area, image_size[0] / image_size[1], SIDE_MULTIPLE)
         return Geometry(output=(width, height), reference=(width, height))
+
+    @classmethod
+    def meta_text_encoders(cls) -> dict[str, torch.nn.Module]:
+        from transformers import Qwen2_5_VLConfig
+
+        with torch.device("meta"):
+            return {
+                "Qwen2.5-VL-7B": Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**QWEN_VL_7B_CONFIG))
+            }
+
+    @classmethod
+    def transformer_call(
+        cls, transformer: torch.nn.Module, batch: int, grid: int, text: int
+    ) -> dict[str, Any]:
+        config = transformer.config
+        return dict(
+            hidden_states=torch.randn(batch, 2 * grid * grid, config.in_channels),
+            encoder_hidden_states=torch.randn(batch, text, config.joint_attention_dim),
+            encoder_hidden_states_mask=torch.ones(batch, text, dtype=torch.long),
+            timestep=torch.full((batch,), 0.5),
+            img_shapes=[[(1, grid, grid), (1, grid, grid)]] * batch,
+            return_dict=False,
+        )
 
     @classmethod
     def meta_vae(cls) -> torch.nn.Module:

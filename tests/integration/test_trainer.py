@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from edit_r1 import distributed
+from edit_r1.checkpoint import read_sharded_tensors
 from edit_r1.config import ConfigError, load_config
 from edit_r1.data.toy import write_toy_dataset
 from edit_r1.rewards import AsyncRewardScorer, CombinedReward
@@ -57,8 +57,8 @@ def metrics_without_times(run_dir: Path) -> list[dict]:
 
 
 def checkpoint_tensors(run_dir: Path, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
-    folder = run_dir / "checkpoints" / f"checkpoint-{epoch}" / "tensors"
-    return {f.stem: load_file(f) for f in folder.glob("*.safetensors")}
+    ckpt = run_dir / "checkpoints" / f"checkpoint-{epoch}"
+    return {group: read_sharded_tensors(ckpt, group) for group in ("default", "old", "ema", "optimizer")}
 
 
 def test_resume_continues_bit_for_bit(make_config, capsys):
@@ -80,7 +80,7 @@ def test_resume_continues_bit_for_bit(make_config, capsys):
     out = capsys.readouterr().out
     assert "warning: checkpoint" in out and "checkpoint-2 is damaged: tensors/default.safetensors" in out
     a, b = checkpoint_tensors(straight.run_dir, 3), checkpoint_tensors(resumed.run_dir, 3)
-    assert a.keys() == b.keys() == {"default", "old", "ema"}
+    assert a.keys() == b.keys() == {"default", "old", "ema", "optimizer"}
     for group in a:
         for name in a[group]:
             assert torch.equal(a[group][name], b[group][name]), f"{group}/{name} differs after resume"

@@ -123,7 +123,13 @@ def test_reward_scenario_against_real_servers(tiny_kit):
     assert set(result["results"]) == {"batched", "single"}
     assert set(result["results"]["batched"]) == {"1", "2"}
     assert result["results"]["single"]["2"]["failed_items"] == 0.0
-    assert_positive_ratios(result, ["batched_vs_single_throughput", "engine_batch_gain"])
+    assert_positive_ratios(
+        result, ["batched_vs_single_throughput", "engine_batch_gain", "share_of_engine_batch_gain"]
+    )
+    ratios = result["ratios"]
+    assert ratios["share_of_engine_batch_gain"] == pytest.approx(
+        ratios["batched_vs_single_throughput"] / ratios["engine_batch_gain"]
+    )
     assert set(result["engine"]) == {"batched_s_per_item", "single_s_per_item"}
 
 

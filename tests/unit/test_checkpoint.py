@@ -25,6 +25,8 @@ from edit_r1.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_sharded,
+    read_sharded_tensors,
     resolve_resume_checkpoint,
     save_checkpoint,
     verify_checkpoint,
@@ -334,3 +336,42 @@ def test_no_space_left_while_saving_keeps_the_previous_checkpoint(tmp_path: Path
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-1"]  # temp dir removed
     verify_checkpoint(tmp_path / "checkpoints" / "checkpoint-1")
     assert torch.equal(load_checkpoint(tmp_path).tensors["ema"]["w"], torch.full((2, 3), 1.0))
+
+
+def test_sharded_state_round_trip_in_one_process(tmp_path: Path) -> None:
+    """The DCP part: written into the atomic checkpoint, listed in the manifest, read back whole
+    (read_sharded_tensors) and in place (load_sharded)."""
+    saved = {
+        "default": {"a.weight": torch.randn(3, 4)},
+        "optimizer": {"a.weight": {"step": torch.tensor(2.0)}},
+    }
+    path = save_checkpoint(tmp_path, 1, CheckpointState(sharded=saved))
+    manifest = json.loads((path / "COMPLETE").read_text())
+    assert "sharded/.metadata" in manifest["files"]
+    assert torch.equal(read_sharded_tensors(path, "default")["a.weight"], saved["default"]["a.weight"])
+    assert read_sharded_tensors(path, "optimizer") == {"a.weight.step": torch.tensor(2.0)}
+    target = {
+        "default": {"a.weight": torch.zeros(3, 4)},
+        "optimizer": {"a.weight": {"step": torch.tensor(0.0)}},
+    }
+    load_sharded(path, target)
+    assert torch.equal(target["default"]["a.weight"], saved["default"]["a.weight"])
+    assert float(target["optimizer"]["a.weight"]["step"]) == 2.0
+    with pytest.raises(TypeError, match="tensors only"):
+        save_checkpoint(tmp_path, 2, CheckpointState(sharded={"lr": 0.1}))
+    assert latest_checkpoint(tmp_path) == path
+
+
+class _Gadget:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_forged_dcp_metadata_is_refused(tmp_path: Path, capsys) -> None:
+    import pickle
+
+    path = save_checkpoint(tmp_path, 1, CheckpointState(sharded={"default": {"w": torch.ones(2)}}))
+    (path / "sharded" / ".metadata").write_bytes(pickle.dumps(_Gadget()))
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        read_sharded_tensors(path, "default")
+    assert "must never run" not in capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""Runs several real Trainers one after another in one torchrun launch (sharded and unsharded).
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/integration/fsdp_probe.py \\
+        OUT_DIR '[{"name": "qwen-lora-fsdp", "spec": "config/qwen_image_edit_nft.py:tiny", "overrides": {...}}]'
+
+Each case trains with its overrides (``logdir``/``run_name`` are set to ``OUT_DIR/runs/<name>``).
+For a case with ``resume_from``, rank 0 writes ``OUT_DIR/<name>-loaded.safetensors``: the whole
+``default``/``old``/``ema`` tensors right after the resume (before any training), gathered from the
+shards. ``OUT_DIR/<name>.json`` records the world size, whether the transformer was sharded and
+the first epoch.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from edit_r1 import distributed
+from edit_r1.config import load_config
+from edit_r1.parallelize import full_tensor, like_param
+from edit_r1.trainer import Trainer
+
+
+def apply_overrides(config, overrides: dict) -> None:
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+
+
+def loaded_tensors(trainer: Trainer) -> dict:
+    names = trainer.policy.trainable_parameter_names()
+    groups = {"default": trainer.params, "old": trainer.policy.old_parameters()}
+    if trainer.ema is not None:
+        groups["ema"] = [like_param(s, p) for s, p in zip(trainer.ema.shadow, trainer.params, strict=True)]
+    return {
+        f"{group}.{name}": full_tensor(t.detach()).cpu().contiguous()
+        for group, tensors in groups.items()
+        for name, t in zip(names, tensors, strict=True)
+    }
+
+
+def main() -> None:
+    out, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
+    dist = distributed.init_distributed()
+    for case in cases:
+        config = load_config(case["spec"])
+        apply_overrides(config, {**case["overrides"], "logdir": str(out / "runs"), "run_name": case["name"]})
+        trainer = Trainer(config, dist)
+        if config.resume_from:
+            tensors = loaded_tensors(trainer)
+            if dist.is_main:
+                save_file(tensors, str(out / f"{case['name']}-loaded.safetensors"))
+        trainer.run()
+        if dist.is_main:
+            info = {
+                "world_size": dist.world_size,
+                "sharded": trainer.parallel.sharded_transformer,
+                "first_epoch": trainer.first_epoch,
+                "is_dtensor": type(trainer.params[0]).__name__ == "DTensor",
+            }
+            (out / f"{case['name']}.json").write_text(json.dumps(info))
+        distributed.barrier()
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
