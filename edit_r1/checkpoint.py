@@ -390,7 +390,9 @@ def _write_sharded(folder: Path, sharded: Mapping[str, Any]) -> None:
 
     _check_only_tensors(sharded, "sharded state")
     writer = FileSystemWriter(str(folder), single_file_per_rank=True, sync_files=True, thread_count=1)
-    dcp_save(dict(sharded), storage_writer=writer, no_dist=not distributed.is_dist_active())
+    with warnings.catch_warnings():  # DCP warns when it saves in one process: expected there
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_save(dict(sharded), storage_writer=writer, no_dist=not distributed.is_dist_active())
 
 
 def _check_only_tensors(tree: Any, where: str) -> None:
@@ -464,9 +466,10 @@ def load_sharded(ckpt: str | os.PathLike, state: dict[str, Any]) -> None:
     The number of ranks may differ from the saving run: DCP reads each rank's slices."""
     from torch.distributed.checkpoint import load as dcp_load
 
-    dcp_load(
-        state, storage_reader=SafeDCPReader(_sharded_dir(ckpt)), no_dist=not distributed.is_dist_active()
-    )
+    reader = SafeDCPReader(_sharded_dir(ckpt))
+    with warnings.catch_warnings():  # DCP warns when it loads in one process: expected there
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(state, storage_reader=reader, no_dist=not distributed.is_dist_active())
 
 
 def read_sharded_tensors(ckpt: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
