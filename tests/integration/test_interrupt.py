@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from edit_r1.checkpoint import list_checkpoints, verify_checkpoint
+from edit_r1.checkpoint import list_checkpoints, read_sharded_tensors, verify_checkpoint
 from edit_r1.data.toy import write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,11 +111,9 @@ def test_sigterm_to_torchrun_stops_every_rank_and_the_last_checkpoint_resumes_ex
     _finish(*resumed)
     _finish(*straight)
     assert f"resumed from {last}" in "".join(resumed[1])
-    for group in ("default", "old", "ema"):
-        a = load_file(
-            logdir / "straight" / "checkpoints" / "checkpoint-2" / "tensors" / f"{group}.safetensors"
-        )
-        b = load_file(run_dir / "checkpoints" / "checkpoint-2" / "tensors" / f"{group}.safetensors")
+    for group in ("default", "old", "ema", "optimizer"):
+        a = read_sharded_tensors(logdir / "straight" / "checkpoints" / "checkpoint-2", group)
+        b = read_sharded_tensors(run_dir / "checkpoints" / "checkpoint-2", group)
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{group} differs after resume"
 
 

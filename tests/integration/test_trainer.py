@@ -66,7 +66,7 @@ def test_resume_continues_bit_for_bit(make_config, capsys):
     falls back to the one before it (with a warning naming the file) and still ends bit for bit."""
     straight = train(make_config("straight", num_epochs=3, save_freq=10))
     interrupted = train(make_config("resumed", num_epochs=2, save_freq=1))
-    damaged = interrupted.run_dir / "checkpoints" / "checkpoint-2" / "tensors" / "default.safetensors"
+    damaged = interrupted.run_dir / "checkpoints" / "checkpoint-2" / "sharded" / "__0_0.distcp"
     data = bytearray(damaged.read_bytes())
     data[-3] ^= 0x01
     damaged.write_bytes(bytes(data))
@@ -78,7 +78,7 @@ def test_resume_continues_bit_for_bit(make_config, capsys):
 
     assert resumed.first_epoch == 1
     out = capsys.readouterr().out
-    assert "warning: checkpoint" in out and "checkpoint-2 is damaged: tensors/default.safetensors" in out
+    assert "warning: checkpoint" in out and "checkpoint-2 is damaged: sharded/__0_0.distcp" in out
     a, b = checkpoint_tensors(straight.run_dir, 3), checkpoint_tensors(resumed.run_dir, 3)
     assert a.keys() == b.keys() == {"default", "old", "ema", "optimizer"}
     for group in a:
