@@ -3,7 +3,7 @@
 Named configs (``config/qwen_image_edit_nft.py``, ``config/kontext_nft.py``) start from
 ``get_config()`` here and change only what differs. Every key can be overridden on the command
 line, e.g. ``--config.train.learning_rate=1e-4``. Keys documented as "0 = auto" are filled at start
-by ``edit_r1.config.apply_batch_plan`` from the real world size (SPEC section 4). The full key
+by ``edit_r1.config.apply_batch_plan`` from the real world size (docs/configs.md#batch-planning). The full key
 reference with units lives in ``docs/configs.md``.
 """
 
@@ -75,7 +75,7 @@ def _train_config() -> ml_collections.ConfigDict:
     train.beta = 1e-4  # KL weight: mean (v - v_ref)^2 keeps the policy near the reference model (upstream)
     train.ema = True  # EMA of trained weights, used for evaluation and the saved default weights (upstream)
     train.lora_rank = 32  # LoRA rank r (upstream)
-    train.lora_alpha = 64  # LoRA alpha; scale alpha/r = 2 must survive export (SPEC defect 11)
+    train.lora_alpha = 64  # LoRA alpha; scale alpha/r = 2 must survive export (upstream-differences entry 11)
     train.lora_init = "gaussian"  # gaussian | default: peft init of the LoRA A matrices (upstream: gaussian)
     train.lora_target_modules = LORA_TARGET_MODULES  # attention projections of image and text streams
     train.gradient_checkpointing = True  # recompute transformer activations: fits a 20B model at 512px
@@ -105,7 +105,7 @@ def _wandb_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """All keys with their shipped defaults (SPEC section 4); named configs override a few."""
+    """All keys with their shipped defaults (docs/configs.md#every-key); named configs override a few."""
     config = ml_collections.ConfigDict()
     config.run_name = ""  # "" = named from the config and start time; names logdir/run_name and the wandb run
     config.seed = 42  # base seed of sampler, noise and init; ranks offset it for noise diversity (upstream)

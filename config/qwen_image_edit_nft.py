@@ -48,7 +48,7 @@ TOYWORLD = REPO_ROOT / "edit_r1" / "toyworld" / "checkpoints"  # the committed t
 
 
 def qwen_mllm_reward() -> ml_collections.ConfigDict:
-    """The shipped Qwen-Image-Edit-2509 recipe (SPEC section 4).
+    """The shipped Qwen-Image-Edit-2509 recipe (docs/configs.md#named-configs).
 
     Launch: ``torchrun --nproc_per_node=8 scripts/train_nft_qwen_image_edit.py
     --config config/qwen_image_edit_nft.py:qwen_mllm_reward`` (with ``REWARD_SERVER=host:12341``).

@@ -3,7 +3,7 @@
 The configs themselves live in ``config/*.py`` (ml_collections, the ``file.py:name`` convention of
 ``absl`` ``config_flags``). This module holds the logic that must not live inside a config file:
 
-* :func:`plan_batches` -- the batch arithmetic of SPEC section 4, computed at start from the real
+* :func:`plan_batches` -- the batch arithmetic (docs/configs.md#batch-planning), computed at start from the real
   ``WORLD_SIZE`` (the original release hard-coded it for 8 GPUs inside the config);
 * :func:`apply_batch_plan` -- writes a plan into the ``0 = auto`` batch fields of a config;
 * :func:`validate_config` -- one :class:`ConfigError` listing every problem at once;
@@ -99,7 +99,7 @@ def select_named_config(name: str, named: dict, file: str) -> ml_collections.Con
 
 
 # ----------------------------------------------------------------------------------------------
-# Batch arithmetic (SPEC section 4)
+# Batch arithmetic (docs/configs.md#batch-planning)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -423,8 +423,9 @@ def validate_config(
     """Check a config before training; raise one :class:`ConfigError` listing every problem.
 
     Returns warnings (legal but probably unintended settings), e.g. ``num_image_per_prompt=1``:
-    every group then has std 0, so every advantage is 0 and only the KL term trains (SPEC: it
-    must run; it cannot learn from the reward). ``check_files`` also checks the dataset files.
+    every group then has std 0, so every advantage is 0 and only the KL term trains (it must run:
+    the original ended in ``assert False``, docs/upstream-differences.md entry 13; it cannot learn
+    from the reward). ``check_files`` also checks the dataset files.
     """
     problems: list[str] = []
     _check_top_level(config, problems)

@@ -1,4 +1,4 @@
-"""The DiffusionNFT epoch of Edit-R1 (SPEC section 1), shared by both model families.
+"""The DiffusionNFT epoch of Edit-R1 (docs/training.md#the-loop), shared by both model families.
 
 One epoch, on every rank (``torchrun``; a single process works too):
 
@@ -456,7 +456,8 @@ class Trainer:
     def compute_advantages(
         self, rollouts: list[Rollout], outputs: list[RewardOutput], metrics: dict[str, float]
     ) -> dict[str, torch.Tensor]:
-        """Epoch-wide advantages, keep-mask and bans from every rank's rewards (SPEC 1.8-1.9).
+        """Epoch-wide advantages, keep-mask and bans from every rank's rewards
+        (docs/algorithm.md#4-advantages, #5-low-variance-group-filtering).
 
         Returns this rank's slice: ``advantages`` and ``mask`` aligned with the concatenated rollouts.
         """

@@ -1,4 +1,4 @@
-"""The judge's prompt (SPEC section 3), versioned by name so a score can be traced to its prompt.
+"""The judge's prompt (docs/reward-server.md), versioned by name so a score can be traced to its prompt.
 
 The judge sees one user turn: [source image, edited image, text]. The text states the instruction
 and the item's requirement, asks for a 0-5 rating and for the number only. Changing the wording

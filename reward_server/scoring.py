@@ -1,4 +1,4 @@
-"""From the judge's next-token distribution to the reward (SPEC section 3).
+"""From the judge's next-token distribution to the reward (docs/reward-server.md).
 
 Score = sum_k k * p_k / 5 with p the judge's distribution at the first generated position,
 renormalised over the six digit tokens "0".."5" (a softmax over their logits, or equivalently

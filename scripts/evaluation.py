@@ -9,7 +9,7 @@ Each benchmark item's output is read in either layout of the sampling scripts (`
 ``original`` (GEdit ``OUT/{task_type}/{key}.png``, ImgEdit ``OUT/{key}.jpg``) or ``official`` (GEdit
 ``OUT/fullset/{task_type}/en/{key}.png``, ImgEdit ``OUT/{key}.png``); ``auto`` (the default) takes
 the layout with more outputs present. It is sent with its source image and instruction to the server, which returns the judge's expected
-0-5 rating mapped to [0, 1] (SPEC section 3). The result holds per-task means over scored items,
+0-5 rating mapped to [0, 1] (docs/reward-server.md). The result holds per-task means over scored items,
 the overall mean over all scored items, and counts of missing outputs and judge failures (NaN),
 which are excluded from the means and never counted as 0.
 

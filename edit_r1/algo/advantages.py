@@ -1,4 +1,5 @@
-"""Group-relative advantages (SPEC 1.8) and low-variance group filtering (SPEC 1.9).
+"""Group-relative advantages and low-variance group filtering (docs/algorithm.md, sections 4 and 5:
+#4-advantages, #5-low-variance-group-filtering).
 
 A group is every rollout of one dataset item in an epoch, keyed by its group key (instruction,
 source image). A non-finite reward is a failed score: it is left out of every statistic, its
@@ -77,7 +78,8 @@ def group_filter(
     mean_threshold: float,
     enabled: bool = True,
 ) -> tuple[torch.Tensor, set]:
-    """Keep-mask of the loss and the group keys to ban from later sampling (SPEC 1.9).
+    """Keep-mask of the loss and the group keys to ban from later sampling
+    (docs/algorithm.md#5-low-variance-group-filtering).
 
     Kept: ``valid_i and std_G > std_threshold and mean_G < mean_threshold`` (this epoch only).
     Banned (permanently): groups with ``std_G < std_threshold and mean_G > mean_threshold`` — only

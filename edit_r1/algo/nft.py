@@ -1,4 +1,5 @@
-"""The DiffusionNFT loss (SPEC 1.10): negative-aware fine-tuning on clean samples, no likelihoods.
+"""The DiffusionNFT loss (docs/algorithm.md#6-the-nft-loss): negative-aware fine-tuning on clean
+samples, no likelihoods.
 
 For one timestep ``t`` of one sample with clean latent ``x0`` and noised ``x_t = (1 - t) x0 + t eps``,
 the trained velocity ``v`` and the old policy's ``v_old`` define an implicit positive and negative

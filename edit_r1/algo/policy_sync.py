@@ -1,4 +1,4 @@
-"""Old-policy decay (SPEC 1.12) and the EMA of the trained weights (SPEC 1.11)."""
+"""Old-policy decay and the EMA of the trained weights (docs/algorithm.md#7-ema-and-old-policy-update)."""
 
 from __future__ import annotations
 

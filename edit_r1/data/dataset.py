@@ -14,9 +14,10 @@ Each non-blank line is a JSON object::
 Every problem is reported with file, line and field. All image files are checked to exist when the
 dataset is built; images are decoded only when :attr:`EditItem.image` is read.
 
-A group (SPEC 1.1) is keyed by **(instruction, source image)**: the same instruction on two images
-is two groups. The key uses the image path as written in the file, normalised (``./a/../b.png`` ->
-``b.png``), so it is stable across machines and usable in checkpoints and ban lists.
+A group (docs/algorithm.md#1-prompt-groups) is keyed by **(instruction, source image)**: the same
+instruction on two images is two groups. The key uses the image path as written in the file,
+normalised (``./a/../b.png`` -> ``b.png``), so it is stable across machines and usable in
+checkpoints and ban lists.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class EditItem:
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Crop the largest centred square, then resize it to ``size x size`` (bicubic); returns RGB.
 
-    SPEC 2: target and reference images are centre-cropped and resized to ``resolution``.
+    As the original (docs/models.md#how-each-model-is-conditioned): target and reference images
+    are centre-cropped and resized to ``resolution``.
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")

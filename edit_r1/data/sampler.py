@@ -1,4 +1,4 @@
-"""The distributed k-repeat group sampler (SPEC 1.1).
+"""The distributed k-repeat group sampler (docs/algorithm.md#1-prompt-groups).
 
 Every rank builds the same global batch from the same seed and takes its own slice, so no
 communication is needed: draw ``i`` of epoch ``e`` seeds a generator with

@@ -10,7 +10,7 @@ constants) and exposes exactly what the algorithm needs:
     v_old, v_ref = policy.velocity_old_and_ref(z, sigma, cond)
     images = policy.decode(z)                                # (B, 3, H, W) in [0, 1]
 
-Three policies live in one object (SPEC section 1, step 10):
+Three policies live in one object (docs/models.md#the-three-policies):
 
 * ``default`` - the trained policy (LoRA adapter ``default``, or the trained transformer);
 * ``old``     - the sampling policy, a frozen copy that follows ``default`` by decay;

@@ -1,6 +1,6 @@
 """FLUX.1-Kontext adapter behind `EditPolicy`.
 
-Conditioning (SPEC section 2), per (instruction, source image):
+Conditioning (docs/models.md#how-each-model-is-conditioned), per (instruction, source image):
 
 * text: CLIP-L pooled output (prompt padded to the CLIP tokenizer's 77 tokens) and the T5 encoder's
   last hidden state (padded/truncated to `max_text_length`, 512 as the stock pipeline); text

@@ -1,7 +1,7 @@
 """LoRA policies on one transformer: adapters ``default`` (trained) and ``old`` (frozen), the
 reference being the base weights (adapters bypassed).
 
-* `add_policy_adapters` injects both adapters with the SPEC settings (r 32, alpha 64, gaussian
+* `add_policy_adapters` injects both adapters with the original's settings (r 32, alpha 64, gaussian
   init, the attention projections of both streams) and leaves only ``default`` trainable.
 * `mixed_adapter_batch` runs one forward where each batch row uses its own adapter: peft's LoRA
   layers accept ``adapter_names=[...]`` (one name per row, ``"__base__"`` = no adapter). PeftModel

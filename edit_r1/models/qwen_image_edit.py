@@ -4,7 +4,7 @@
 modulates the reference-image tokens with timestep 0, using the `img_shapes` passed here, so the
 adapter needs no option for it (`docs/models.md`).
 
-Conditioning (SPEC section 2), per (instruction, source image):
+Conditioning (docs/models.md#how-each-model-is-conditioned), per (instruction, source image):
 
 * text/vision: Qwen2.5-VL reads the family's chat template (the system prompt of the stock
   pipeline) with the condition image. Plus (2509) writes "Picture 1: <|vision_start|><|image_pad|>

@@ -1,4 +1,7 @@
-"""Sigma schedules, solver steps and the rollout loop (pure tensor code, SPEC 1.3 and 1.5)."""
+"""Sigma schedules, solver steps and the rollout loop (pure tensor code).
+
+The formulas: docs/algorithm.md#2-sigma-schedule and #3-rollout.
+"""
 
 from .sampler import SampleResult, sample, sigma_batch
 from .schedules import compute_mu, sigma_schedule

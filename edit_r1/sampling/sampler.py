@@ -66,7 +66,7 @@ def sample(
       :func:`~edit_r1.sampling.solvers.sde_step`), or their ``eta = 0`` step when ``deterministic``
       (``flow`` is then plain Euler, identical to diffusers' Euler scheduler).
     - ``dpm1`` / ``dpm2``: deterministic only (a ``ValueError`` otherwise); Euler first and last
-      steps, multistep DPM-Solver++ in between (SPEC 1.5).
+      steps, multistep DPM-Solver++ in between (docs/algorithm.md#3-rollout).
 
     ``generator`` (one ``torch.Generator`` or one per sample) draws the SDE noise; with a fixed
     generator state a rollout is reproducible bit for bit.

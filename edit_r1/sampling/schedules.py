@@ -1,4 +1,4 @@
-"""Sigma schedules of the flow-matching samplers (SPEC 1.3).
+"""Sigma schedules of the flow-matching samplers (docs/algorithm.md#2-sigma-schedule).
 
 The schedule is the one diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps`` builds when a
 pipeline passes ``sigmas = linspace(1, 1/N, N)`` and a resolution-dependent ``mu``. The arithmetic

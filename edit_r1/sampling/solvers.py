@@ -1,4 +1,4 @@
-"""One-step update rules of the rollout solvers (SPEC 1.5), as pure tensor functions.
+"""One-step update rules of the rollout solvers (docs/algorithm.md#3-rollout), as pure tensor functions.
 
 Conventions (rectified flow, as in Qwen-Image and FLUX):
 

@@ -1,6 +1,6 @@
 """The backend interface: score a batch of decoded items with the judge.
 
-A backend returns one entry per item, in order: the score in [0, 1] (SPEC section 3), or an
+A backend returns one entry per item, in order: the score in [0, 1] (docs/reward-server.md), or an
 exception describing why that one item could not be scored. Raising instead means the whole batch
 failed; the batcher then retries the items one by one so that a single bad item cannot take its
 batch-mates down with it.

@@ -2,7 +2,7 @@
 
 One forward pass per batch with left padding (so the last position of every row is its first
 generated position), logits at that position restricted to the digit tokens, softmax, expected
-rating / 5 (SPEC section 3). bf16 on GPU, float32 on CPU unless ``--dtype`` says otherwise.
+rating / 5 (docs/reward-server.md). bf16 on GPU, float32 on CPU unless ``--dtype`` says otherwise.
 """
 
 from __future__ import annotations

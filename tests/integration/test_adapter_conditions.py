@@ -79,7 +79,7 @@ def test_batched_encoding_equals_per_item(policy):
 
 def test_encode_once_per_group_equals_encoding_every_sample(policy):
     texts = ["make it red", "make it red", "make it red", "remove the tree", "remove the tree", "make it red"]
-    # Same instruction on two different images: two groups, not one (SPEC defect 1).
+    # Same instruction on two different images: two groups, not one (docs/upstream-differences.md, entry 1).
     images = [
         random_image(1),
         random_image(1),

@@ -113,7 +113,8 @@ def test_folders_load_with_the_standard_classes_in_a_fresh_interpreter(tiny_kit:
 
 
 def test_schedulers_carry_the_published_constants(tiny_kit: Path) -> None:
-    """SPEC section 1.3: at 512x512 (1024 packed tokens) and 6 steps, the published sigma tables."""
+    """At 512x512 (1024 packed tokens) and 6 steps, the published sigma tables
+    (docs/algorithm.md#2-sigma-schedule)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     expected = {

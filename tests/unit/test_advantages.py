@@ -1,4 +1,5 @@
-"""Group advantages (SPEC 1.8) and low-variance group filtering / bans (SPEC 1.9)."""
+"""Group advantages and low-variance group filtering / bans (docs/algorithm.md#4-advantages,
+#5-low-variance-group-filtering)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Named configs, shipped defaults (SPEC section 4), batch arithmetic and validation."""
+"""Named configs, shipped defaults (docs/configs.md#every-key), batch arithmetic and validation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The distributed k-repeat group sampler (SPEC 1.1)."""
+"""The distributed k-repeat group sampler (docs/algorithm.md#1-prompt-groups)."""
 
 import json
 from collections import Counter

@@ -1,4 +1,4 @@
-"""NFT loss (SPEC 1.10): formula, invariants, masking, adv modes."""
+"""NFT loss (docs/algorithm.md#6-the-nft-loss): formula, invariants, masking, adv modes."""
 
 import pytest
 import torch
@@ -39,7 +39,7 @@ def loss_of(batch, **overrides):
 
 
 def reference_loss(batch, nft_beta, kl_beta, adv_mode="all"):
-    """Direct float64 transcription of SPEC 1.10."""
+    """Direct float64 transcription of docs/algorithm.md#6-the-nft-loss."""
     v, v_old, v_ref = batch["v"].double(), batch["v_old"].double(), batch["v_ref"].double()
     x_t, x0, t = batch["x_t"].double(), batch["x0"].double(), batch["t"].double().view(-1, 1, 1)
     m = batch["mask"].double()

@@ -1,4 +1,4 @@
-"""Old-policy decay (SPEC 1.12) and EMA (SPEC 1.11)."""
+"""Old-policy decay and EMA (docs/algorithm.md#7-ema-and-old-policy-update)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The reward protocol, the SPEC score formula, the prompt template and the image guard."""
+"""The reward protocol, the score formula (docs/reward-server.md), the prompt template and the image guard."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sigma schedules (SPEC 1.3) against the published tables and diffusers' scheduler."""
+"""Sigma schedules (docs/algorithm.md#2-sigma-schedule) against the published tables and diffusers'
+scheduler."""
 
 import math
 

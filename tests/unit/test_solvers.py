@@ -1,4 +1,4 @@
-"""Solvers (SPEC 1.5) on analytic velocity fields, their log-probs and reproducibility."""
+"""Solvers (docs/algorithm.md#3-rollout) on analytic velocity fields, their log-probs and reproducibility."""
 
 import math
 
@@ -190,7 +190,7 @@ def test_per_sample_generators_make_rows_independent_of_batch_composition():
 
 
 def spec_mean_std(solver, z, v, s, t, eta, sigma1):
-    """Independent float64 transcription of SPEC 1.5's three stochastic steps."""
+    """Independent float64 transcription of the three stochastic steps of docs/algorithm.md#3-rollout."""
     z, v = z.double(), v.double()
     x0 = z - s * v
     if solver == "flow":
