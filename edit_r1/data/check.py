@@ -103,12 +103,10 @@ class _ImageProbe:
 
 
 def item_image_fields(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(field label, path)`` of every source image of a record: ``image`` and each ``images[i]``."""
-    paths = [("image", record["image"])]
-    extra = record.get("images")
-    if isinstance(extra, list):
-        paths += [(f"images[{i}]", p) for i, p in enumerate(extra) if isinstance(p, str)]
-    return paths
+    """``(field label, path)`` of every source image of a parsed record: ``images[i]`` or ``image``."""
+    if isinstance(record.get("images"), list):
+        return [(f"images[{i}]", path) for i, path in enumerate(record["images"])]
+    return [("image", record["image"])]
 
 
 def _check_record(

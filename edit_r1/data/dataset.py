@@ -6,6 +6,9 @@ Each non-blank line is a JSON object::
 
 * ``prompt`` (non-empty string): the editing instruction.
 * ``image`` (non-empty string): the source image, relative to ``DIR`` (an absolute path is used as is).
+* ``images`` (optional, non-empty list of such strings): several source images, in order ("Picture 1",
+  "Picture 2", ... for the Qwen Plus models). With ``images``, ``image`` may be left out; when both
+  are given ``image`` must equal ``images[0]`` (so tools that read ``image`` see the first).
 * ``requirement`` (string, required, may be ``""``): what a correct edit must satisfy; the MLLM judge
   reads it. It is required like upstream: a missing key is usually a broken export, and silently
   judging without requirements would change the reward. Write ``""`` to opt out explicitly.
@@ -17,11 +20,13 @@ dataset is built; images are decoded only when :attr:`EditItem.image` is read.
 A group (docs/algorithm.md#1-prompt-groups) is keyed by **(instruction, source image)**: the same
 instruction on two images is two groups. The key uses the image path as written in the file,
 normalised (``./a/../b.png`` -> ``b.png``), so it is stable across machines and usable in
-checkpoints and ban lists.
+checkpoints and ban lists. With several source images the key is
+``(instruction, path 1, path 2, ...)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from dataclasses import dataclass, field
@@ -33,8 +38,9 @@ from PIL import Image
 
 SPLITS = ("train", "test")
 REQUIRED_FIELDS = ("prompt", "image", "requirement")
+IMAGE_LIST_FIELD = "images"
 
-GroupKey = tuple[str, str]
+GroupKey = tuple[str, ...]
 
 
 class DatasetError(ValueError):
@@ -43,7 +49,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class EditItem:
-    """One editing task. ``image`` is decoded (RGB) on first access and then cached."""
+    """One editing task. ``image`` is decoded (RGB) on first access and then cached.
+
+    ``image_relpaths`` / ``image_paths`` hold every source image (one unless the line has
+    ``images``); ``image_relpath`` / ``image_path`` are the first.
+    """
 
     index: int
     prompt: str
@@ -51,17 +61,42 @@ class EditItem:
     image_relpath: str
     image_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    image_relpaths: tuple[str, ...] = ()
+    image_paths: tuple[Path, ...] = ()
+    line: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.image_relpaths:  # a single-image item built without the lists
+            object.__setattr__(self, "image_relpaths", (self.image_relpath,))
+            object.__setattr__(self, "image_paths", (self.image_path,))
 
     @property
     def group_key(self) -> GroupKey:
-        """``(instruction, normalised image relpath)``: identifies the item's group."""
-        return (self.prompt, self.image_relpath)
+        """``(instruction, normalised image relpath, ...)``: identifies the item's group."""
+        return (self.prompt, *self.image_relpaths)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_paths)
+
+    @cached_property
+    def images(self) -> list[Image.Image]:
+        """Every source image as RGB, in order (the first is :attr:`image`)."""
+        return [self.image, *(_load_rgb(path) for path in self.image_paths[1:])]
+
+    def source(self) -> Image.Image | list[Image.Image]:
+        """What a policy's ``encode_condition`` takes for this item: the image, or the list of images."""
+        return self.image if self.num_images == 1 else self.images
 
     @cached_property
     def image(self) -> Image.Image:
         """The source image as an RGB ``PIL.Image`` (decoded lazily)."""
-        with Image.open(self.image_path) as image:
-            return image.convert("RGB")
+        return _load_rgb(self.image_path)
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -93,6 +128,7 @@ def _parse_line(text: str, where: str) -> dict[str, Any]:
         raise DatasetError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    _check_image_list(record, where)
     for name in REQUIRED_FIELDS:
         if name not in record:
             raise DatasetError(f"{where}: missing field {name!r} (required: {', '.join(REQUIRED_FIELDS)})")
@@ -104,6 +140,23 @@ def _parse_line(text: str, where: str) -> dict[str, Any]:
         if not record[name].strip():
             raise DatasetError(f"{where}: field {name!r} is empty")
     return record
+
+
+def _check_image_list(record: dict[str, Any], where: str) -> None:
+    """Validates ``images`` and fills ``image`` from it when absent (in place)."""
+    if IMAGE_LIST_FIELD not in record:
+        return
+    images = record[IMAGE_LIST_FIELD]
+    if not isinstance(images, list) or not images:
+        raise DatasetError(f"{where}: field 'images' must be a non-empty list of paths, got {images!r}")
+    for i, path in enumerate(images):
+        if not isinstance(path, str) or not path.strip():
+            raise DatasetError(f"{where}: field 'images[{i}]' must be a non-empty string, got {path!r}")
+    first = record.setdefault("image", images[0])
+    if isinstance(first, str) and _normalise_relpath(first) != _normalise_relpath(images[0]):
+        raise DatasetError(
+            f"{where}: field 'image' ({record['image']!r}) must equal images[0] ({images[0]!r}) when both are given"
+        )
 
 
 def read_metadata(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -136,20 +189,26 @@ class EditDataset:
         return read_metadata(self.metadata_path)
 
     def _make_item(self, index: int, line_number: int, record: dict[str, Any]) -> EditItem:
-        relpath = _normalise_relpath(record["image"])
-        image_path = self.root / relpath
-        if not image_path.is_file():
-            raise DatasetError(
-                f"{self.metadata_path}:{line_number}: field 'image' names a missing file: {image_path}"
-            )
-        extra = {k: v for k, v in record.items() if k not in REQUIRED_FIELDS}
+        named = record.get(IMAGE_LIST_FIELD, [record["image"]])
+        relpaths = tuple(_normalise_relpath(raw) for raw in named)
+        paths = tuple(self.root / relpath for relpath in relpaths)
+        for i, path in enumerate(paths):
+            if not path.is_file():
+                label = "image" if IMAGE_LIST_FIELD not in record else f"images[{i}]"
+                raise DatasetError(
+                    f"{self.metadata_path}:{line_number}: field {label!r} names a missing file: {path}"
+                )
+        extra = {k: v for k, v in record.items() if k not in (*REQUIRED_FIELDS, IMAGE_LIST_FIELD)}
         return EditItem(
             index=index,
             prompt=record["prompt"],
             requirement=record["requirement"],
-            image_relpath=relpath,
-            image_path=image_path,
+            image_relpath=relpaths[0],
+            image_path=paths[0],
             extra=extra,
+            image_relpaths=relpaths,
+            image_paths=paths,
+            line=line_number,
         )
 
     def __len__(self) -> int:
@@ -158,14 +217,7 @@ class EditDataset:
     def __getitem__(self, index: int) -> EditItem:
         """A fresh item each call, so decoded images are not kept alive by the dataset."""
         item = self._items[index]
-        return EditItem(
-            index=item.index,
-            prompt=item.prompt,
-            requirement=item.requirement,
-            image_relpath=item.image_relpath,
-            image_path=item.image_path,
-            extra=dict(item.extra),
-        )
+        return dataclasses.replace(item, extra=dict(item.extra))
 
     def __repr__(self) -> str:
         groups = len(set(self.group_keys))

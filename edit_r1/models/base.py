@@ -247,6 +247,8 @@ class EditPolicy(FamilyFacts, ABC):
     """
 
     pipeline_class: type | None = None  # the stock diffusers pipeline of the family (for export)
+    # How many source images one edit may take ("Picture 1", "Picture 2", ... for Qwen Plus).
+    max_reference_images: int = 1
     # Whether the family's transformer gives attention a key mask (Qwen masks padded text); the
     # attention-backend check then passes one too, since some kernels (flash) take no mask.
     attention_key_mask: bool = False
@@ -338,15 +340,22 @@ class EditPolicy(FamilyFacts, ABC):
     ) -> Condition:
         """Encodes a batch of (instruction, source image) pairs; row i belongs to pair i.
 
-        Rows that share a group key are encoded once and copied (a group of k samples of the same
-        item costs one encoder pass). Without `group_keys` the key is (instruction, image content).
+        ``images[i]`` is one image, or a list of images for a family that takes several
+        (`max_reference_images`); every row of a batch has the same number. Rows that share a group
+        key are encoded once and copied (a group of k samples of the same item costs one encoder
+        pass). Without `group_keys` the key is (instruction, content of each image).
         """
         check_batch(instructions, images)
-        rgb = as_rgb_images(images)
+        rgb = self._source_rows(images)
         if group_keys is None:
-            group_keys = [(text, image_digest(img)) for text, img in zip(instructions, rgb, strict=True)]
+            group_keys = [
+                (text, *(image_digest(img) for img in row))
+                for text, row in zip(instructions, rgb, strict=True)
+            ]
         elif len(group_keys) != len(rgb):
             raise ValueError(f"got {len(group_keys)} group keys for {len(rgb)} images")
+        if len(rgb[0]) == 1:
+            rgb = [row[0] for row in rgb]  # one image per row: families see a flat list of images
         unique_row: dict[Hashable, int] = {}  # group key -> row in the unique batch
         positions: list[int] = []  # first sample of each unique group
         for position, key in enumerate(group_keys):
@@ -359,6 +368,21 @@ class EditPolicy(FamilyFacts, ABC):
         if len(positions) == len(rgb):
             return cond
         return cond.index_select(expand)
+
+    def _source_rows(self, images: Sequence[Any]) -> list[list[Image.Image]]:
+        """Each row's source images as RGB; raises for too many images or rows that differ in count."""
+        rows = [as_rgb_images(row if isinstance(row, (list, tuple)) else [row]) for row in images]
+        counts = sorted({len(row) for row in rows})
+        if counts[0] == 0:
+            raise ValueError("a row has an empty list of source images")
+        if counts[-1] > self.max_reference_images:
+            takes = "one source image" if self.max_reference_images == 1 else (
+                f"at most {self.max_reference_images} source images")  # fmt: skip
+            raise ValueError(f"{self.family} ({type(self).__name__}) takes {takes} per edit; got a row with "
+                             f"{counts[-1]}")  # fmt: skip
+        if len(counts) > 1:
+            raise ValueError(f"rows of one batch must have the same number of source images, got {counts}")
+        return rows
 
     # ----------------------------------------------------------------------------- latents
     @abstractmethod

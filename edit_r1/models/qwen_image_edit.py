@@ -59,8 +59,12 @@ logger = logging.getLogger(__name__)
 
 VARIANTS: dict[str, type] = {"plus": QwenImageEditPlusPipeline, "original": QwenImageEditPipeline}
 VARIANT_OF_PIPELINE = {cls.__name__: name for name, cls in VARIANTS.items()}
-# Plus names each input image in the user turn; one source image per edit here.
-PLUS_PICTURE_TAG = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>"
+# Plus names each input image in the user turn: "Picture 1: ...", "Picture 2: ...", as the stock pipeline.
+PLUS_PICTURE_TAG_FORMAT = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
+PLUS_PICTURE_TAG = PLUS_PICTURE_TAG_FORMAT.format(1)
+# Source images per edit the Plus models are documented for (the Qwen-Image-Edit-2509 model card
+# names 1 to 3); the stock pipeline itself sets no limit, hence an option.
+PLUS_MAX_REFERENCE_IMAGES = 3
 # The Qwen pipelines round reference and condition image sides to multiples of 32.
 SIDE_MULTIPLE = 32
 PLUS_CONDITION_AREA = 384 * 384
@@ -114,7 +118,8 @@ class QwenCondition(Condition):
     """Encoded Qwen-Image-Edit condition, batch-first.
 
     prompt_embeds (B, T, D) / prompt_mask (B, T): Qwen2.5-VL states, T = max_text_length;
-    ref_latents (B, Lr, 4C): packed normalised reference latents on a `ref_grid` of tokens;
+    ref_latents (B, Lr, 4C): packed normalised reference latents on a `ref_grid` of tokens, followed
+        by those of further source images on the `extra_ref_grids` (several reference images);
     negative_*: the negative prompt's embeddings (only when true CFG is on).
     """
 
@@ -124,6 +129,12 @@ class QwenCondition(Condition):
     ref_grid: tuple[int, int] = static_field()
     negative_prompt_embeds: torch.Tensor | None = None
     negative_prompt_mask: torch.Tensor | None = None
+    extra_ref_grids: tuple[tuple[int, int], ...] = static_field(default=())
+
+    @property
+    def ref_grids(self) -> tuple[tuple[int, int], ...]:
+        """The token grid of every reference image, in order."""
+        return (self.ref_grid, *self.extra_ref_grids)
 
     @functools.cached_property
     def text_length(self) -> int:
@@ -170,6 +181,8 @@ class QwenImageEditPolicy(EditPolicy):
             reference area for the original model, as the stock pipelines).
         max_text_length: fixed length of the prompt embeddings (truncate/pad, with a mask).
         true_cfg_scale: > 1 enables true CFG with `negative_prompt`.
+        max_reference_images: source images one edit may take (Plus: 3, the model card's range;
+            the original model: 1).
         policy_options: the `EditPolicy` options (use_lora, lora, gradient_checkpointing, dtype,
             attention_backend, compile_transformer, compile_mode).
     """
@@ -203,6 +216,7 @@ class QwenImageEditPolicy(EditPolicy):
         max_text_length: int = 256,
         true_cfg_scale: float = 1.0,
         negative_prompt: str = "",
+        max_reference_images: int | None = None,
         **policy_options: Any,
     ) -> None:
         if variant not in VARIANTS:
@@ -235,6 +249,10 @@ class QwenImageEditPolicy(EditPolicy):
         self.prompt_template: str = stock.prompt_template_encode
         self.prompt_template_drop: int = stock.prompt_template_encode_start_idx
         self.picture_tag = PLUS_PICTURE_TAG if variant == "plus" else ""
+        if variant == "plus":
+            self.max_reference_images = int(max_reference_images or PLUS_MAX_REFERENCE_IMAGES)
+        elif max_reference_images not in (None, 1):
+            raise ValueError("the original Qwen-Image-Edit model takes one source image per edit")
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -316,37 +334,61 @@ class QwenImageEditPolicy(EditPolicy):
             )
         return sizes.pop()
 
-    def _encode_batch(self, instructions: list[str], images: list[Image.Image]) -> QwenCondition:
-        ref_width, ref_height = self._reference_size(images)
-        if self.condition_area is None:
-            condition_images = [self.image_processor.resize(img, ref_height, ref_width) for img in images]
-        else:
-            condition_images = []
-            for img in images:
-                width, height = fit_to_area(self.condition_area, img.width / img.height, SIDE_MULTIPLE)
-                condition_images.append(self.image_processor.resize(img, height, width))
+    def _condition_image(self, image: Image.Image, reference_size: tuple[int, int]) -> Image.Image:
+        """What the vision encoder sees: the reference image (original model) or the image at
+        `condition_area` (Plus), aspect kept, sides rounded to 32."""
+        width, height = reference_size
+        if self.condition_area is not None:
+            width, height = fit_to_area(self.condition_area, image.width / image.height, SIDE_MULTIPLE)
+        return self.image_processor.resize(image, height, width)
+
+    def _encode_batch(self, instructions: list[str], images: list[Any]) -> QwenCondition:
+        """`images[i]` is one image or (several reference images) a list; the j-th images of all
+        rows share a reference size. The latents of the references follow each other in order."""
+        rows = [list(row) if isinstance(row, (list, tuple)) else [row] for row in images]
+        sizes = [self._reference_size([row[j] for row in rows]) for j in range(len(rows[0]))]
+        condition_images = [
+            [self._condition_image(img, size) for img, size in zip(row, sizes, strict=True)] for row in rows
+        ]
         embeds, mask = self._encode_text(instructions, condition_images)
         negative_embeds = negative_mask = None
         if self.true_cfg_scale > 1:
             negative_embeds, negative_mask = self._encode_text(
-                [self.negative_prompt] * len(images), condition_images
+                [self.negative_prompt] * len(rows), condition_images
             )
         factor = self.vae_scale_factor * 2
+        latents = [
+            self._encode_reference([row[j] for row in rows], height, width)
+            for j, (width, height) in enumerate(sizes)
+        ]
+        grids = [(height // factor, width // factor) for width, height in sizes]
         return QwenCondition(
             prompt_embeds=embeds,
             prompt_mask=mask,
-            ref_latents=self._encode_reference(images, ref_height, ref_width),
-            ref_grid=(ref_height // factor, ref_width // factor),
+            ref_latents=torch.cat(latents, dim=1),
+            ref_grid=grids[0],
             negative_prompt_embeds=negative_embeds,
             negative_prompt_mask=negative_mask,
+            extra_ref_grids=tuple(grids[1:]),
         )
 
+    def _picture_tags(self, count: int) -> str:
+        """Plus: "Picture 1: <vision tokens>Picture 2: ..." for `count` images; the original: ""."""
+        if not self.picture_tag:
+            return ""
+        return "".join(PLUS_PICTURE_TAG_FORMAT.format(i + 1) for i in range(count))
+
     def _encode_text(
-        self, texts: list[str], condition_images: list[Image.Image]
+        self, texts: list[str], condition_images: list[list[Image.Image]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Qwen2.5-VL last hidden states without the template prefix, padded to max_text_length."""
-        prompts = [self.prompt_template.format(self.picture_tag + text) for text in texts]
-        inputs = self.processor(text=prompts, images=condition_images, padding=True, return_tensors="pt")
+        """Qwen2.5-VL last hidden states without the template prefix, padded to max_text_length.
+        `condition_images[i]` are row i's images, in order."""
+        prompts = [
+            self.prompt_template.format(self._picture_tags(len(row)) + text)
+            for text, row in zip(texts, condition_images, strict=True)
+        ]
+        flat_images = [img for row in condition_images for img in row]
+        inputs = self.processor(text=prompts, images=flat_images, padding=True, return_tensors="pt")
         inputs = inputs.to(self.text_encoder.device)
         outputs = self.text_encoder(
             input_ids=inputs["input_ids"],
@@ -424,7 +466,7 @@ class QwenImageEditPolicy(EditPolicy):
             embeds = torch.cat([embeds, cond.negative_prompt_embeds])
             mask = torch.cat([mask, cond.negative_prompt_mask])
             row_adapters = None if row_adapters is None else row_adapters * 2
-        img_shapes = [[(1, *self.latent_grid), (1, *cond.ref_grid)]] * hidden.shape[0]
+        img_shapes = [[(1, *self.latent_grid), *((1, *grid) for grid in cond.ref_grids)]] * hidden.shape[0]
         with self._row_adapters(module, row_adapters):
             out = module(
                 hidden_states=hidden,

@@ -230,3 +230,26 @@ def test_qwen_text_length_keeps_every_used_position_and_is_computed_once(qwen):
         rows, prompt_mask=torch.zeros_like(mask), negative_prompt_mask=torch.zeros_like(mask)
     )
     assert empty.text_length == 1
+
+
+def test_several_reference_images_encode_each_and_key_on_all(qwen, kontext):
+    first, second, third = random_image(21), random_image(22, 32, 96), random_image(23)
+    cond = qwen.encode_condition(["put the cat on the sofa", "x"], [[first, second], [third, second]])
+    assert len(cond) == 2
+    assert cond.ref_grids == ((8, 8), (12, 4)) and cond.ref_latents.shape[1] == 8 * 8 + 12 * 4
+    single = qwen.encode_condition(["put the cat on the sofa"], [first])
+    torch.testing.assert_close(cond.ref_latents[:1, : 8 * 8], single.ref_latents)  # Picture 1 first
+    assert not torch.allclose(cond.prompt_embeds[:1].float(), single.prompt_embeds.float())  # 2 tags
+    # Rows are keyed on every image: changing only the second image is another group.
+    other = random_image(24, 32, 96)
+    keyed = qwen.encode_condition(["a", "a", "a"], [[first, second], [first, second], [first, other]])
+    torch.testing.assert_close(keyed.ref_latents[0], keyed.ref_latents[1])
+    assert not torch.allclose(keyed.ref_latents[0, 64:], keyed.ref_latents[2, 64:])
+    with pytest.raises(ValueError, match=r"at most 3 source images per edit; got a row with 4"):
+        qwen.encode_condition(["a"], [[first, second, third, first]])
+    with pytest.raises(ValueError, match="same number of source images"):
+        qwen.encode_condition(["a", "b"], [[first, second], first])
+    with pytest.raises(ValueError, match="takes one source image per edit; got a row with 2"):
+        kontext.encode_condition(["a"], [[first, second]])
+    z = qwen.initial_noise(2, torch.Generator().manual_seed(0))
+    assert qwen.velocity(z, torch.tensor([0.5, 0.5]), cond).shape == z.shape

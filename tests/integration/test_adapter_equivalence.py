@@ -179,3 +179,21 @@ def test_qwen_2511_matches_stock_pipeline_and_differs_from_2509(tiny_kit, qwen_s
     assert_same(ours, run_stock(stock_2511, image, true_cfg_scale=4.0, negative_prompt=""))
     latents_2509, _ = run_stock(qwen_stock, image, true_cfg_scale=4.0, negative_prompt="")
     assert (ours[0] - latents_2509).abs().max() > 1e-3
+
+
+def test_qwen_plus_two_reference_images_match_stock_pipeline(qwen_path, qwen_stock, monkeypatch):
+    """Several reference images: "Picture 1", "Picture 2" in the prompt, each image at the
+    condition area for the vision encoder and at the VAE area as reference latents, in order."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
+
+    from edit_r1.models.qwen_image_edit import QwenImageEditPolicy
+
+    condition_area, reference_area = 48 * 48, SIZE * SIZE
+    monkeypatch.setattr(plus_module, "CONDITION_IMAGE_SIZE", condition_area)
+    monkeypatch.setattr(plus_module, "VAE_IMAGE_SIZE", reference_area)
+    policy = QwenImageEditPolicy.from_pretrained(
+        qwen_path, resolution=SIZE, condition_area=condition_area, max_text_length=1024, true_cfg_scale=4.0
+    )
+    images = [source_image(), source_image(56, 72).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    stock = run_stock(qwen_stock, images, true_cfg_scale=4.0, negative_prompt="")
+    assert_same(run_ours(policy, images), stock)
