@@ -28,6 +28,7 @@ def make_main(default_config: str, model_family: str):
 
     def main(argv) -> None:
         del argv
+        from edit_r1.data import DatasetError
         from edit_r1.trainer import Trainer, TrainingError
 
         config = flags.FLAGS.config
@@ -41,7 +42,7 @@ def make_main(default_config: str, model_family: str):
         code = 0
         try:
             Trainer(config, dist).run()
-        except (ConfigError, TrainingError, FileNotFoundError) as error:
+        except (ConfigError, TrainingError, DatasetError, FileNotFoundError) as error:
             print(f"[rank {dist.rank}] error: {error}", file=sys.stderr)
             code = 1
         except KeyboardInterrupt:

@@ -59,7 +59,7 @@ from edit_r1.checkpoint import (
     save_checkpoint,
 )
 from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
-from edit_r1.data import EditDataset, GroupBatchSampler
+from edit_r1.data import EditDataset, GroupBatchSampler, check_source_counts
 from edit_r1.data.dataset import center_crop_resize
 from edit_r1.inference import to_pil_batch
 from edit_r1.models.base import EditPolicy
@@ -127,6 +127,12 @@ def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda" or mixed_precision == "no":
         return torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+
+
+def _reward_sample(edit, sources, item) -> RewardSample:
+    """The edit with its task: the first source image, then any further ones (several references)."""
+    first, *rest = sources if isinstance(sources, list) else [sources]
+    return RewardSample(edit, first, item.prompt, item.requirement, item.extra, tuple(rest))
 
 
 def _mean_ignoring_nan(values: np.ndarray) -> float | None:
@@ -223,6 +229,9 @@ class Trainer:
         config, dist = self.config, self.dist
         self.train_set = EditDataset(config.dataset, "train")
         self.test_set = EditDataset(config.dataset, "test")
+        check_source_counts(
+            [self.train_set, self.test_set], self.policy.max_reference_images, type(self.policy).__name__
+        )
         self.group_id = self._canonical_group_ids(self.train_set.group_keys)
         self.sampler = GroupBatchSampler(
             self.train_set.group_keys,
@@ -349,8 +358,12 @@ class Trainer:
     # ------------------------------------------------------------------------------- sampling
     def _items(self, indices: Sequence[int]):
         items = [self.train_set[i] for i in indices]
-        images = [center_crop_resize(item.image, self.config.resolution) for item in items]
-        return items, images
+        return items, [self._sources(item) for item in items]
+
+    def _sources(self, item):
+        """The item's source image centre-cropped to the resolution, or the list of its images."""
+        images = [center_crop_resize(image, self.config.resolution) for image in item.images]
+        return images[0] if len(images) == 1 else images
 
     def _encode(self, items, images, cache: dict[int, Any], shared: Sequence[int] | None = None):
         """Conditions for a batch, each distinct group encoded once per epoch on this rank.
@@ -404,8 +417,7 @@ class Trainer:
         result = self.rollout(cond, **rollout_options)
         edits = to_pil_batch(self.policy.decode(result.latents))
         samples = [
-            RewardSample(edit, image, item.prompt, item.requirement, item.extra)
-            for edit, image, item in zip(edits, images, items, strict=True)
+            _reward_sample(edit, image, item) for edit, image, item in zip(edits, images, items, strict=True)
         ]
         return result, samples
 
@@ -651,7 +663,7 @@ class Trainer:
             ):
                 batch = indices[start : start + config.test_batch_size]
                 items = [self.test_set[i] for i in batch]
-                images = [center_crop_resize(item.image, self.config.resolution) for item in items]
+                images = [self._sources(item) for item in items]
                 cond = self.policy.encode_condition([item.prompt for item in items], images)
                 keep = max(0, min(len(items), real - start))  # drop lockstep padding
                 if not self.parallel.sharded_transformer:  # padding rows need no rollout

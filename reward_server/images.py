@@ -44,10 +44,21 @@ class JudgeItem:
     image: Image.Image
     source_image: Image.Image
     image_b: Image.Image | None = None  # the second edit of a pairwise item
+    more_source_images: tuple[Image.Image, ...] = ()
 
     @property
     def pairwise(self) -> bool:
         return self.raw.kind == PAIRWISE
+
+    @property
+    def sources(self) -> tuple[Image.Image, ...]:
+        """Every source image, in order (one unless the edit has several references)."""
+        return (self.source_image, *self.more_source_images)
+
+    @property
+    def source_files(self) -> tuple[bytes, ...]:
+        """The file bytes of :attr:`sources`, in order."""
+        return (self.raw.source_image, *self.raw.more_source_images)
 
     @property
     def instruction(self) -> str:
@@ -140,21 +151,32 @@ def decode_item(raw: RawItem, index: int, limits: Limits) -> JudgeItem:
         image_b, image_b_file = decode_image_file(
             raw.image_b, f"items[{index}].image_b", limits.max_image_pixels
         )
+    more = [
+        decode_image_file(data, f"items[{index}].more_source_images[{i}]", limits.max_image_pixels)
+        for i, data in enumerate(raw.more_source_images)
+    ]
     return JudgeItem(
-        raw=dataclasses.replace(raw, image=image_file, source_image=source_file, image_b=image_b_file),
+        raw=dataclasses.replace(
+            raw,
+            image=image_file,
+            source_image=source_file,
+            image_b=image_b_file,
+            more_source_images=tuple(f for _, f in more),
+        ),
         image=image,
         source_image=source,
         image_b=image_b,
+        more_source_images=tuple(rgb for rgb, _ in more),
     )
 
 
 def judge_images(item: JudgeItem) -> tuple[list[Image.Image], list[bytes]]:
-    """The images the judge sees, in order, as pixels and as file bytes: source then edit, plus
-    the second edit of a pairwise item."""
+    """The images the judge sees, in order, as pixels and as file bytes: the source image(s) (several
+    for an edit with several references) then the edit, plus the second edit of a pairwise item."""
     if item.pairwise:
         return [item.source_image, item.image, item.image_b], [
             item.raw.source_image,
             item.raw.image,
             item.raw.image_b,
         ]
-    return [item.source_image, item.image], [item.raw.source_image, item.raw.image]
+    return [*item.sources, item.image], [*item.source_files, item.raw.image]

@@ -1,7 +1,14 @@
 """The judge's prompt (docs/reward-server.md), versioned by name so a score can be traced to its prompt.
 
-The judge sees one user turn: [source image, edited image, text]. The text states the instruction
-and the item's requirement, asks for a 0-5 rating and for the number only. Changing the wording
+The judge sees one user turn: [source image(s), edited image, text]. The text states the instruction
+and the item's requirement, asks for a 0-5 rating and for the number only.
+
+Placeholders of a template: ``{instruction}``, ``{requirement}`` (an empty one is stated as
+"none beyond the instruction") and ``{image_roles}``, the sentence saying which image is which. With
+one source image it reads "The first image is the original image and the second image is the
+edited result." (so the text of ``edit_r1_v1`` is unchanged from its first version); with n > 1
+(several reference images) "The first n images are the original images (Picture 1 to Picture n)
+and the last image is the edited result." Changing the wording
 changes the reward, so a new wording gets a new name instead of silently replacing an old one;
 the server reports the name it uses in ``/health``.
 """
@@ -15,8 +22,7 @@ DEFAULT_TEMPLATE = "edit_r1_v1"
 NO_REQUIREMENT = "none beyond the instruction"
 
 _EDIT_R1_V1 = (
-    "You are evaluating an image edit. The first image is the original image and the second image "
-    "is the edited result.\n"
+    "You are evaluating an image edit. {image_roles}\n"
     "Editing instruction: {instruction}\n"
     "Requirements: {requirement}\n"
     "Rate the edit on a scale from 0 to 5, where 0 means the wrong object was edited or the edit "
@@ -48,12 +54,28 @@ PAIRWISE_TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1
 PAIRWISE_ANSWERS = ("1", "2")  # answer tokens of the pairwise question: edit 1 / edit 2 is better
 
 
-def render_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+def image_roles(num_sources: int = 1) -> str:
+    """The ``{image_roles}`` sentence for ``num_sources`` source images followed by the edit."""
+    if num_sources < 1:
+        raise ValueError(f"need at least one source image, got {num_sources}")
+    if num_sources == 1:
+        return "The first image is the original image and the second image is the edited result."
+    return (
+        f"The first {num_sources} images are the original images (Picture 1 to Picture {num_sources}) "
+        "and the last image is the edited result."
+    )
+
+
+def render_prompt(
+    instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE, num_sources: int = 1
+) -> str:
     """The judge's text for one item; an empty requirement is stated as such rather than left blank."""
     if template not in TEMPLATES:
         raise KeyError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
     requirement = requirement.strip() or NO_REQUIREMENT
-    return TEMPLATES[template].format(instruction=instruction.strip(), requirement=requirement)
+    return TEMPLATES[template].format(
+        instruction=instruction.strip(), requirement=requirement, image_roles=image_roles(num_sources)
+    )
 
 
 def render_pairwise_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
@@ -68,15 +90,18 @@ def render_pairwise_prompt(instruction: str, requirement: str = "", template: st
 
 def render_item_prompt(item, template: str = DEFAULT_TEMPLATE) -> str:
     """The text of a judge item (anything with ``instruction``, ``requirement``, ``pairwise``)."""
-    render = render_pairwise_prompt if item.pairwise else render_prompt
-    return render(item.instruction, item.requirement, template)
+    if item.pairwise:
+        return render_pairwise_prompt(item.instruction, item.requirement, template)
+    return render_prompt(item.instruction, item.requirement, template, len(item.sources))
 
 
 def chat_messages(text: str, source_part: dict, *edited_parts: dict) -> list[dict]:
-    """One user turn in the OpenAI/transformers chat format: source image, edited image(s), then text.
+    """One user turn in the OpenAI/transformers chat format: the images in order (source image(s),
+    edited image(s)), then text.
 
     The parts are the backend's image content entries (a bare ``{"type": "image"}`` placeholder for
-    transformers, ``image_url`` data URIs for vLLM/OpenAI); a pairwise item has two edited images.
+    transformers, ``image_url`` data URIs for vLLM/OpenAI); a pairwise item has two edited images,
+    an edit with several reference images several sources (``images.judge_images`` orders them).
     """
     content = [source_part, *edited_parts, {"type": "text", "text": text}]
     return [{"role": "user", "content": content}]

@@ -5,7 +5,8 @@ The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``
 
 - ``GET /health`` -> ``{"status": "ok"|"degraded"|"down", "backend", "model", "template", "replicas_alive",
   "replicas"}`` once the judge is loaded (open without the API key, then only status/backend/template).
-- ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?}, ...]}``
+- ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?,
+  "more_source_images"?}, ...]}``
   (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null]}``
   in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the
   judge could not score has ``null`` and an error message, never a made-up number.
@@ -32,6 +33,10 @@ PROTOCOL_VERSION = 2
 POINTWISE, PAIRWISE = "pointwise", "pairwise"
 ITEM_KINDS = (POINTWISE, PAIRWISE)
 ITEM_FIELDS = ("kind", "image", "image_b", "source_image", "instruction", "requirement")
+# Optional list: the further source images of an edit with several references ("Picture 2", ...).
+# A client sends it only when there are some, so single-image requests are unchanged.
+MORE_SOURCES_FIELD = "more_source_images"
+ITEM_FIELDS = (*ITEM_FIELDS, MORE_SOURCES_FIELD)
 REQUIRED_ITEM_FIELDS = ("image", "source_image", "instruction")
 IMAGE_FIELDS = ("image", "source_image")
 TEXT_FIELDS = ("instruction", "requirement")
@@ -56,6 +61,7 @@ class Limits:
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_text_chars: int = 8192
+    max_more_source_images: int = 7
 
 
 class ProtocolError(ValueError):
@@ -77,6 +83,7 @@ class RawItem:
     requirement: str = ""
     kind: str = POINTWISE  # "pairwise": compare ``image`` (shown first) with ``image_b``
     image_b: bytes | None = None
+    more_source_images: tuple[bytes, ...] = ()
 
 
 def image_format(data: bytes) -> str | None:
@@ -161,7 +168,10 @@ def parse_item(raw: object, index: int, limits: Limits) -> RawItem:
     requirement = _check_text(raw.get("requirement", ""), f"{where}.requirement", limits)
     if not instruction.strip():
         raise ProtocolError(400, f"{where}.instruction: empty")
-    return RawItem(images["image"], images["source_image"], instruction, requirement, kind, image_b)
+    more = _more_sources(raw.get(MORE_SOURCES_FIELD, []), f"{where}.{MORE_SOURCES_FIELD}", limits)
+    if more and kind == PAIRWISE:
+        raise ProtocolError(400, f"{where}.{MORE_SOURCES_FIELD}: pairwise items take one source image")
+    return RawItem(images["image"], images["source_image"], instruction, requirement, kind, image_b, more)
 
 
 def _item_kind(raw: dict, where: str) -> str:
@@ -172,6 +182,14 @@ def _item_kind(raw: dict, where: str) -> str:
     if kind == POINTWISE and "image_b" in raw:
         raise ProtocolError(400, f"{where}.image_b: only pairwise items have a second edit (set kind)")
     return kind
+
+
+def _more_sources(value: object, where: str, limits: Limits) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        raise ProtocolError(400, f"{where}: expected a list of base64 images, got {type(value).__name__}")
+    if len(value) > limits.max_more_source_images:
+        raise ProtocolError(413, f"{where}: {len(value)} images, at most {limits.max_more_source_images}")
+    return tuple(_decode_base64_image(v, f"{where}[{i}]", limits) for i, v in enumerate(value))
 
 
 def _refuse_constant(name: str) -> None:
@@ -246,6 +264,8 @@ def build_score_request(items: Sequence[Mapping[str, object]]) -> dict:
         if item.get("kind", POINTWISE) == PAIRWISE:
             entry["kind"] = PAIRWISE
             entry["image_b"] = encode_image_bytes(item["image_b"])
+        if item.get(MORE_SOURCES_FIELD):
+            entry[MORE_SOURCES_FIELD] = [encode_image_bytes(data) for data in item[MORE_SOURCES_FIELD]]
         encoded.append(entry)
     request: dict = {"items": encoded}
     if any(entry.get("kind") == PAIRWISE for entry in encoded):

@@ -214,6 +214,10 @@ class EditDataset:
     def __len__(self) -> int:
         return len(self._items)
 
+    def image_counts(self) -> list[tuple[int, int]]:
+        """``(line number, number of source images)`` of every item, in order."""
+        return [(item.line, item.num_images) for item in self._items]
+
     def __getitem__(self, index: int) -> EditItem:
         """A fresh item each call, so decoded images are not kept alive by the dataset."""
         item = self._items[index]
@@ -222,3 +226,24 @@ class EditDataset:
     def __repr__(self) -> str:
         groups = len(set(self.group_keys))
         return f"EditDataset({str(self.root)!r}, split={self.split!r}, items={len(self)}, groups={groups})"
+
+
+def check_source_counts(datasets: list[EditDataset], max_images: int, model: str) -> int:
+    """The number of source images every item has; raises :class:`DatasetError` naming file and
+    line when items differ in it (a batch's rows are stacked, so they must agree) or when an item
+    has more than ``max_images`` (what ``model`` takes)."""
+    first = None
+    for dataset in datasets:
+        for line, count in dataset.image_counts():
+            where = f"{dataset.metadata_path}:{line}"
+            if count > max_images:
+                takes = "one source image" if max_images == 1 else f"at most {max_images} source images"
+                raise DatasetError(f"{where}: {count} source images, but {model} takes {takes} per edit")
+            if first is None:
+                first = (where, count)
+            elif count != first[1]:
+                raise DatasetError(
+                    f"{where}: {count} source images, but {first[0]} has {first[1]}; every item of a "
+                    "dataset must have the same number (items are batched together)"
+                )
+    return first[1] if first else 1

@@ -168,6 +168,14 @@ def as_rgb_images(images: Sequence[Any]) -> list[Image.Image]:
     return out
 
 
+def _row_images(index: int, row: Any) -> list[Image.Image]:
+    """One row's source images (an image or a list of them) as RGB; errors name the row."""
+    try:
+        return as_rgb_images(row if isinstance(row, (list, tuple)) else [row])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"row {index}: {error}") from None
+
+
 def check_batch(instructions: Sequence[str], images: Sequence[Any]) -> None:
     """Raises a clear error for an empty batch, a non-string instruction or mismatched lengths."""
     if isinstance(instructions, str):
@@ -371,7 +379,10 @@ class EditPolicy(FamilyFacts, ABC):
 
     def _source_rows(self, images: Sequence[Any]) -> list[list[Image.Image]]:
         """Each row's source images as RGB; raises for too many images or rows that differ in count."""
-        rows = [as_rgb_images(row if isinstance(row, (list, tuple)) else [row]) for row in images]
+        if not any(isinstance(row, (list, tuple)) for row in images):
+            rows = [[image] for image in as_rgb_images(images)]  # errors name the image's index
+        else:
+            rows = [_row_images(i, row) for i, row in enumerate(images)]
         counts = sorted({len(row) for row in rows})
         if counts[0] == 0:
             raise ValueError("a row has an empty list of source images")

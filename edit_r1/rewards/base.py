@@ -14,13 +14,18 @@ import numpy as np
 
 
 class RewardSample(NamedTuple):
-    """One edited image to score, with what the edit was asked to do."""
+    """One edited image to score, with what the edit was asked to do.
+
+    ``source_image`` is the (first) source image; ``more_source_images`` holds the further ones of
+    an edit with several reference images ("Picture 2", ...), empty otherwise.
+    """
 
     edited_image: Any
     source_image: Any
     instruction: str
     requirement: str = ""
     extra: Mapping[str, Any] = {}
+    more_source_images: tuple[Any, ...] = ()
 
 
 class PairSample(NamedTuple):

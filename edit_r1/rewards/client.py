@@ -215,6 +215,7 @@ class RewardClient:
             "source_image": image_to_png(entry.source_image),
             "instruction": entry.instruction,
             "requirement": entry.requirement,
+            "more_source_images": [image_to_png(image) for image in entry.more_source_images],
         }
 
     def _encode(self, chunk: Sequence[RewardSample | PairSample]) -> dict:

@@ -317,3 +317,20 @@ def test_openai_backend_scores_pairwise_items_from_the_two_answer_tokens(mode):
     by_text = {body["messages"][0]["content"][-1]["text"]: body["messages"] for body in server.bodies}
     conversations = [next(m for text, m in by_text.items() if item.instruction in text) for item in items]
     _check_pairwise(results, items, conversations, server.judge)
+
+
+def test_vllm_and_openai_messages_carry_every_source_image():
+    from reward_server.backends.openai_backend import chat_request
+
+    raw = RawItem(png_bytes(random_image(1)), png_bytes(random_image(2)), "put both on a table", "",
+                  more_source_images=(png_bytes(random_image(3)),))  # fmt: skip
+    item = decode_item(raw, 0, Limits())
+    for messages in (
+        _vllm_conversation(item),
+        chat_request("judge", item, "edit_r1_v1", range(6))["messages"],
+    ):
+        content = messages[0]["content"]
+        assert [part["type"] for part in content] == ["image_url"] * 3 + ["text"]
+        urls = [part["image_url"]["url"] for part in content[:3]]
+        assert len(set(urls)) == 3 and urls[2].endswith(base64.b64encode(raw.image).decode())
+        assert "Picture 1 to Picture 2" in content[3]["text"]

@@ -420,3 +420,24 @@ def _wait_for_health(url: str, status: str, headers: dict, timeout_s: float = 30
             assert health["status"] == status, health
             return health
         time.sleep(0.05)
+
+
+def test_several_source_images_reach_the_judge(server, judge, items, reference_scores):
+    """`more_source_images`: the judge's turn holds every source image, then the edit; the score
+    over HTTP equals the in-process one and differs from the score with the first source only."""
+    import dataclasses
+
+    extra = png_bytes(random_image(300, 40))
+    raw = dataclasses.replace(items[0], more_source_images=(extra,))
+    decoded = decode_item(raw, 0, LIMITS)
+    assert len(decoded.sources) == 2
+    batch = judge.prepare_batch([decoded])
+    assert len(batch["image_grid_thw"]) == 3  # two sources and the edit
+    prompt = judge._prompt(decoded)
+    assert "Picture 1 to Picture 2" in prompt and prompt.count("<|vision_start|>") == 3
+    response = _post(server, [raw, items[0]])
+    assert response.status_code == 200, response.text
+    two_sources, one_source = response.json()["scores"]
+    assert two_sources == pytest.approx(judge.score_batch([decoded])[0], abs=1e-5)
+    assert one_source == pytest.approx(reference_scores[0], abs=1e-5)
+    assert abs(two_sources - one_source) > 1e-6

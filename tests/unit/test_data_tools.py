@@ -163,3 +163,45 @@ def test_convert_jsonl_field_mapping_and_bad_split(tmp_path: Path, capsys) -> No
     assert "needs --input_path" in capsys.readouterr().err
     assert main([*base[:-4], "--overwrite"]) == 1  # default field names absent
     assert f"{tmp_path / 'in.jsonl'}:1: needs the fields 'image' and 'prompt'" in capsys.readouterr().err
+
+
+def test_several_source_images_in_the_loader_and_check(good: Path, capsys) -> None:
+    from edit_r1.data import DatasetError, check_source_counts
+
+    _write(good, "train", [_rec(image="a.png", images=["a.png", "b.png"]), {"prompt": "p", "images": ["b.png", "c.png"], "requirement": ""}])  # fmt: skip
+    _write(good, "test", [_rec(image="c.png", images=["c.png", "./x/../a.png"])])
+    train, test = EditDataset(good, "train"), EditDataset(good, "test")
+    assert train[0].group_key == ("make it red", "a.png", "b.png") and train[1].image_relpath == "b.png"
+    assert [im.size for im in test[0].images] == [(600, 520)] * 2 and test[0].image_relpaths[1] == "a.png"
+    assert check_source_counts([train, test], 3, "Model") == 2
+    with pytest.raises(DatasetError, match=r"train_metadata.jsonl:1: 2 source images, but M takes one"):
+        check_source_counts([train], 1, "M")
+    assert main(["check", str(good)]) == 0
+    assert "| train | 2 | 2 | 3 |" in capsys.readouterr().out  # groups keyed on both images
+
+    _write(good, "test", [_rec(image="c.png", images=["c.png", "gone.png"]), _rec(image="a.png", images=["b.png"]),
+                          _rec(images="c.png")])  # fmt: skip
+    assert main(["check", str(good)]) == 1
+    out = capsys.readouterr().out
+    assert "test_metadata.jsonl:1: error: field 'images[1]' names a missing file" in out
+    assert "test_metadata.jsonl:2: error: field 'image' ('a.png') must equal images[0]" in out
+    assert "test_metadata.jsonl:3: error: field 'images' must be a non-empty list" in out
+    _write(good, "test", [_rec(image="c.png", images=["c.png", "a.png"]), _rec(image="c.png")])
+    with pytest.raises(DatasetError, match=r"test_metadata.jsonl:2: 1 source images, but .*:1 has 2"):
+        check_source_counts([EditDataset(good, "test")], 3, "M")
+
+
+def test_convert_jsonl_with_image_lists(tmp_path: Path) -> None:
+    for i in range(4):
+        _image(tmp_path / f"{i}.png")
+    lines = [
+        json.dumps({"image": [f"{i}.png", f"{(i + 1) % 4}.png"], "prompt": f"combine {i}"}) for i in range(4)
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert (
+        main(["convert", "--from", "jsonl", "--input_path", str(tmp_path / "in.jsonl"), "--out", str(out)])
+        == 0
+    )
+    items = [*EditDataset(out, "train"), *EditDataset(out, "test")]
+    assert all(item.num_images == 2 for item in items) and len(items) == 4

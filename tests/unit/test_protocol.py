@@ -200,3 +200,38 @@ def test_pairwise_items_round_trip_beside_pointwise_ones():
     assert (first.kind, first.image_b) == ("pointwise", None)
     assert (second.kind, second.image, second.image_b) == ("pairwise", pair["image"], pair["image_b"])
     assert parse_score_request(json.dumps({"items": [_item()], "protocol": 1}).encode(), Limits())
+
+
+def test_more_source_images_are_optional_and_checked():
+    from reward_server.prompt_template import chat_messages
+
+    single = build_score_request([{"image": _png(), "source_image": _jpeg(), "instruction": "x"}])
+    assert "more_source_images" not in single["items"][0]  # unchanged wire format for one source
+    assert parse_score_request(json.dumps(single).encode(), Limits())[0].more_source_images == ()
+    several = build_score_request(
+        [{"image": _png(), "source_image": _jpeg(), "instruction": "x", "more_source_images": [_png((4, 4))]}]
+    )
+    assert parse_score_request(json.dumps(several).encode(), Limits())[0].more_source_images == (
+        _png((4, 4)),
+    )
+    with pytest.raises(ProtocolError, match=r"items\[0\]\.more_source_images: expected a list") as raised:
+        parse_score_request(_body([_item(more_source_images="abc")]), Limits())
+    assert raised.value.status == 400
+    with pytest.raises(ProtocolError, match=r"more_source_images\[1\]: not valid base64"):
+        parse_score_request(_body([_item(more_source_images=[_item()["image"], "!!"])]), Limits())
+    with pytest.raises(ProtocolError, match="at most 1") as raised:
+        parse_score_request(
+            _body([_item(more_source_images=[_item()["image"]] * 2)]), Limits(max_more_source_images=1)
+        )
+    assert raised.value.status == 413
+    assert "The first image is the original image" in render_prompt("x", "")
+    assert "The first 3 images are the original images (Picture 1 to Picture 3)" in render_prompt(
+        "x", "", num_sources=3
+    )
+    pair = _item(kind="pairwise", image_b=_item()["image"], more_source_images=[_item()["image"]])
+    with pytest.raises(ProtocolError, match="pairwise items take one source image"):
+        parse_score_request(_body([pair]), Limits())
+    content = chat_messages("t", {"type": "image"}, {"type": "image"}, {"type": "image", "edit": 1})[0][
+        "content"
+    ]
+    assert [part.get("edit") for part in content] == [None, None, 1, None] and content[-1]["text"] == "t"
