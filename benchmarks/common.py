@@ -37,6 +37,7 @@ class Settings:
     gradient_checkpointing: bool = False
     compile: bool = False
     attention_backend: str | None = None
+    text_tokens: int | None = None  # None: the family's length (tiny: TINY_MAX_TEXT_LENGTH, else per size)
     concurrency: tuple[int, ...] = (1, 8, 32)
     requests_per_client: int = 2
     images_per_request: int = 3

@@ -38,7 +38,7 @@ def tiny_policy(settings: Settings) -> EditPolicy:
         lora=lora_settings(min(settings.lora_rank, 8)),
         gradient_checkpointing=settings.gradient_checkpointing,
         attention_backend=settings.attention_backend,
-        max_text_length=TINY_MAX_TEXT_LENGTH,
+        max_text_length=settings.text_tokens or TINY_MAX_TEXT_LENGTH,
         **family.benchmark_options(size),
     )
 
@@ -68,7 +68,7 @@ def random_policy(settings: Settings) -> EditPolicy:
         gradient_checkpointing=settings.gradient_checkpointing,
         attention_backend=settings.attention_backend,
         dtype=settings.dtype,
-        max_text_length=family.benchmark_text_tokens[settings.size],
+        max_text_length=settings.text_tokens or family.benchmark_text_tokens[settings.size],
         **kit.encoders(),
     )
 

@@ -30,10 +30,12 @@ def _sample_config() -> ml_collections.ConfigDict:
     sample.eval_num_steps = (
         15  # evaluation steps: more steps give a faithful picture of the policy (upstream)
     )
-    sample.guidance_scale = 1.0  # FLUX-Kontext embedded guidance; Kontext configs set 2.5; Qwen ignores it
-    sample.true_cfg_scale = (
-        1.0  # Qwen true CFG, active only when > 1 (negative prompt ""); 1.0 = off in training
-    )
+    # Kontext: the embedded (distilled) guidance, 2.5 in its configs. Qwen: the original's key for
+    # the true-CFG scale of rollouts and evaluation (same meaning as sample.true_cfg_scale).
+    sample.guidance_scale = 1.0
+    # Qwen true CFG of rollouts and evaluation, active only when > 1 (negative prompt ""); the
+    # training forwards (v, v_old, v_ref) are plain conditional passes, as the original's.
+    sample.true_cfg_scale = 1.0
     sample.noise_level = 0.7  # eta of the stochastic solvers (flow/ddim/dance); unused by deterministic ones
     sample.solver = (
         "dpm2"  # rollout solver: flow | ddim | dance | dpm1 | dpm2; dpm2 = best quality in 6 steps
@@ -128,7 +130,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.resolution = 512  # target and reference images are centre-cropped and resized to this (upstream)
     config.dataset = ""  # directory with {train,test}_metadata.jsonl and the images they name
     config.model_family = "qwen_image_edit"  # qwen_image_edit | kontext: picks the model adapter
-    config.max_sequence_length = 512  # text tokens of the condition, padded/truncated with a mask
+    config.max_sequence_length = 0  # text tokens of the condition; 0 = the family's original length:
+    # Qwen 256 after the template prefix, Kontext T5 128 (FLUX attends to T5 padding: it changes results)
     config.condition_area = 384 * 384  # Qwen: area of the condition image given to the vision encoder
     config.fsdp_text_encoder = False  # shard the frozen text encoder over ranks (FSDP2); no-op on one process
     config.fsdp_transformer = (

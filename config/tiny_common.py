@@ -18,7 +18,6 @@ def make_tiny(config: ml_collections.ConfigDict, model_dir: Path) -> None:
     config.dataset = str(TOY_DATA_DIR)  # toy shapes dataset built by edit_r1.data.toy
     config.resolution = 64  # the tiny VAE/transformer run a 64 px rollout in ~0.1 s
     config.condition_area = 64 * 64  # keep the vision encoder input tiny too (384^2 takes a minute on CPU)
-    config.max_sequence_length = 256  # the Qwen chat template alone is ~130 tokens; no truncation
     config.mixed_precision = "no"  # CPU: full fp32
     config.allow_tf32 = False  # no CUDA
     config.fsdp_text_encoder = False  # single process or gloo: nothing worth sharding

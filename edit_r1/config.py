@@ -337,9 +337,11 @@ def _check_algorithm(config, problems: list[str]) -> None:
 
 
 def _check_top_level(config, problems: list[str]) -> None:
-    from edit_r1.models.registry import family_names  # the model stack, only when validating
+    from edit_r1.models.registry import family_names, policy_class  # the model stack, when validating
 
     _one_of(problems, "model_family", config.model_family, family_names())
+    if config.model_family in family_names():
+        problems.extend(policy_class(config.model_family).config_problems(config))
     _one_of(problems, "decay_type", config.decay_type, VALID_DECAY_TYPES)
     _one_of(problems, "mixed_precision", config.mixed_precision, VALID_MIXED_PRECISION)
     _one_of(problems, "wandb.mode", config.wandb.mode, VALID_WANDB_MODES)

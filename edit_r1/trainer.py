@@ -106,16 +106,21 @@ class Rollout:
 
 @dataclasses.dataclass
 class BoundPolicy:
-    """A policy with one micro-batch's condition bound: the ``PolicyForward`` an algorithm sees."""
+    """A policy with one micro-batch's condition bound: the ``PolicyForward`` an algorithm sees.
+
+    Training forwards are plain conditional passes (``EditPolicy.unguided``): the original's three
+    training forwards (v, v_old, v_ref) never use CFG, even when its rollouts do."""
 
     policy: EditPolicy
     cond: Any
 
     def velocity(self, z: torch.Tensor, sigma: torch.Tensor, adapter: str) -> torch.Tensor:
-        return self.policy.velocity(z, sigma, self.cond, adapter=adapter)
+        with self.policy.unguided():
+            return self.policy.velocity(z, sigma, self.cond, adapter=adapter)
 
     def velocity_old_and_ref(self, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.policy.velocity_old_and_ref(z, sigma, self.cond)
+        with self.policy.unguided():
+            return self.policy.velocity_old_and_ref(z, sigma, self.cond)
 
 
 def _spec(value: Any) -> Any:
@@ -281,7 +286,7 @@ class Trainer:
             use_lora=config.use_lora,
             lora=lora,
             gradient_checkpointing=train.gradient_checkpointing,
-            max_text_length=config.max_sequence_length,
+            **({"max_text_length": config.max_sequence_length} if config.max_sequence_length else {}),
             attention_backend=config.attention_backend or None,
             compile_transformer=config.compile_transformer,
             compile_mode=config.compile_mode or None,

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-backend",
         help="train-step: diffusers attention backend (attention_backend), e.g. _native_cudnn",
     )
+    parser.add_argument(
+        "--text-tokens",
+        type=int,
+        help="train-step/rollout: text length (default: the family's training length)",
+    )
     parser.add_argument("--concurrency", default="1,8,32", help="reward: comma-separated client counts")
     parser.add_argument("--requests-per-client", type=int, default=defaults.requests_per_client)
     parser.add_argument("--images-per-request", type=int, default=defaults.images_per_request)
@@ -84,7 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         warmup=args.warmup, batch_size=args.batch_size, resolution=args.resolution,
         group_size=args.group_size, lora_rank=args.lora_rank,
         gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-        attention_backend=args.attention_backend, concurrency=concurrency,
+        attention_backend=args.attention_backend, text_tokens=args.text_tokens, concurrency=concurrency,
         requests_per_client=args.requests_per_client, images_per_request=args.images_per_request,
         server_batch_size=args.server_batch_size, nproc=args.nproc, epochs=args.epochs,
     )  # fmt: skip

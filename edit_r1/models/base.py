@@ -304,6 +304,7 @@ class EditPolicy(FamilyFacts, ABC):
         self.compiled, self.compile_mode = False, None
         if compile_transformer:
             self.compile(mode=compile_mode)
+        self.guided = True  # False inside `unguided()`: the family's CFG is skipped (training forwards)
 
     # ----------------------------------------------------------------------------- geometry
     @property
@@ -482,6 +483,17 @@ class EditPolicy(FamilyFacts, ABC):
             )
         v = v.float()
         return v[:n], v[n:]
+
+    @contextlib.contextmanager
+    def unguided(self) -> Iterator[None]:
+        """Plain conditional forwards inside this block: classifier-free guidance (Qwen's true CFG)
+        is skipped. The original's three training forwards (v, v_old, v_ref) never use CFG, even
+        when rollouts do; embedded guidance (Kontext's distilled guidance input) is not CFG and stays."""
+        previous, self.guided = self.guided, False
+        try:
+            yield
+        finally:
+            self.guided = previous
 
     @contextlib.contextmanager
     def _row_adapters(self, module: torch.nn.Module, rows: list[str] | None) -> Iterator[None]:

@@ -62,6 +62,12 @@ class FamilyFacts:
         return {}
 
     @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        """Problems of a training config for this family (one line each): e.g. a key the family
+        would otherwise ignore. Nothing a user sets may be ignored silently."""
+        return []
+
+    @classmethod
     def sampling_options(cls, settings: Any) -> dict[str, Any]:
         """The family's ``from_pretrained`` options for benchmark sampling (``SamplingSettings``)."""
         return {}

@@ -3,7 +3,8 @@
 Conditioning (docs/models.md#how-each-model-is-conditioned), per (instruction, source image):
 
 * text: CLIP-L pooled output (prompt padded to the CLIP tokenizer's 77 tokens) and the T5 encoder's
-  last hidden state (padded/truncated to `max_text_length`, 512 as the stock pipeline); text
+  last hidden state (padded/truncated to `max_text_length`: 128 as the original release trains
+  and evaluates, `train_nft_kontext.py` ~293 and ~734; the stock pipeline's 512 for sampling); text
   position ids are all zero.
 * reference latents: the source image resized to area resolution^2 (aspect kept, sides rounded to
   16), VAE-encoded (distribution mode), mapped to `(z - shift) * scale` and packed 2x2. Position
@@ -132,6 +133,9 @@ def position_ids(grid: tuple[int, int], first: float, device: torch.device) -> t
     return ids.reshape(rows * cols, 3)
 
 
+SAMPLING_MAX_TEXT_LENGTH = 512  # FluxKontextPipeline's default max_sequence_length
+
+
 class KontextPolicy(EditPolicy):
     """FLUX.1-Kontext as trained / old / reference policies.
 
@@ -139,7 +143,8 @@ class KontextPolicy(EditPolicy):
         text_encoder, tokenizer: CLIP text model and tokenizer (pooled output).
         text_encoder_2, tokenizer_2: T5 encoder and tokenizer.
         reference_area: pixel area of the VAE reference image (default: height * width).
-        max_text_length: T5 length (pad/truncate), at most 512.
+        max_text_length: T5 length (pad/truncate), at most 512; 128 as the original's training. FLUX
+            has no text mask, so the padding is attended to: the length changes every forward.
         guidance_scale: the embedded guidance value.
         policy_options: the `EditPolicy` options (use_lora, lora, gradient_checkpointing, dtype,
             attention_backend, compile_transformer, compile_mode).
@@ -152,7 +157,7 @@ class KontextPolicy(EditPolicy):
     # The original GEdit script asked the pipeline for the source size; its ImgEdit script for none.
     source_size_benchmarks = ("gedit",)
     benchmark_architectures = BENCHMARK_ARCHITECTURES
-    benchmark_text_tokens = {"small": 64, "full": 512}  # T5 pads to 512 (no mask)
+    benchmark_text_tokens = {"small": 64, "full": 128}  # the training length; T5 has no mask
     transformer_class = FluxTransformer2DModel
     pipeline_class = FluxKontextPipeline
 
@@ -168,7 +173,7 @@ class KontextPolicy(EditPolicy):
         scheduler: FlowMatchEulerDiscreteScheduler,
         resolution: int | tuple[int, int] = 512,
         reference_area: int | None = None,
-        max_text_length: int = 512,
+        max_text_length: int = 128,
         guidance_scale: float = 2.5,
         **policy_options: Any,
     ) -> None:
@@ -339,8 +344,18 @@ class KontextPolicy(EditPolicy):
         return {"guidance_scale": config.sample.guidance_scale}
 
     @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        if config.sample.true_cfg_scale != 1.0:
+            return [
+                f"sample.true_cfg_scale={config.sample.true_cfg_scale!r}: Kontext has no true CFG (its "
+                "guidance is the embedded sample.guidance_scale); leave true_cfg_scale at 1.0"
+            ]
+        return []
+
+    @classmethod
     def sampling_options(cls, settings: Any) -> dict[str, Any]:
-        return {"guidance_scale": settings.guidance_scale}
+        """Embedded guidance; T5 at the stock pipeline's 512 tokens, as the reproduction scripts."""
+        return {"guidance_scale": settings.guidance_scale, "max_text_length": SAMPLING_MAX_TEXT_LENGTH}
 
     @classmethod
     def edit_geometry(

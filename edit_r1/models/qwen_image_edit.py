@@ -456,7 +456,7 @@ class QwenImageEditPolicy(EditPolicy):
             cond = cond.without_text_padding()
         hidden = torch.cat([z, cond.ref_latents.to(z.dtype)], dim=1).to(self.dtype)
         embeds, mask = cond.prompt_embeds, cond.prompt_mask
-        cfg = self.true_cfg_scale > 1
+        cfg = self.true_cfg_scale > 1 and self.guided
         if cfg:
             if cond.negative_prompt_embeds is None:
                 raise ValueError(
@@ -487,7 +487,25 @@ class QwenImageEditPolicy(EditPolicy):
     # ----------------------------------------------------------------------------- family facts
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
-        return {"condition_area": config.condition_area, "true_cfg_scale": config.sample.true_cfg_scale}
+        """``true_cfg_scale`` is ``sample.true_cfg_scale`` or the original's key for it,
+        ``sample.guidance_scale`` (its Qwen pipeline got ``true_cfg_scale=config.sample.guidance_scale``),
+        whichever differs from 1 (both set and different: see `config_problems`)."""
+        true_cfg, guidance = float(config.sample.true_cfg_scale), float(config.sample.guidance_scale)
+        return {
+            "condition_area": config.condition_area,
+            "true_cfg_scale": true_cfg if true_cfg != 1.0 else guidance,
+        }
+
+    @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        sample = config.sample
+        if 1.0 != sample.true_cfg_scale != sample.guidance_scale != 1.0:
+            return [
+                f"sample.true_cfg_scale={sample.true_cfg_scale!r} and sample.guidance_scale="
+                f"{sample.guidance_scale!r} both set the true-CFG scale (guidance_scale is the original's "
+                "key for it); set one of them"
+            ]
+        return []
 
     @classmethod
     def sampling_options(cls, settings: Any) -> dict[str, Any]:

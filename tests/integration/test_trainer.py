@@ -262,3 +262,28 @@ def test_speed_switches_reach_the_policy(make_config):
     # Compiled in place, block by block (nothing is traced until the first forward).
     assert all(block._compiled_call_impl is not None for block in policy.transformer.transformer_blocks)
     assert "_orig_mod" not in "".join(name for name, _ in policy.transformer.named_parameters())
+
+
+def test_rollouts_use_true_cfg_and_training_forwards_do_not(make_config, monkeypatch):
+    """The original's Qwen key ``sample.guidance_scale`` sets true CFG of the rollouts; its three
+    training forwards (v, v_old, v_ref) are plain conditional passes."""
+    config = make_config("cfg", num_epochs=1, save_freq=100, eval_freq=100)
+    config.sample.guidance_scale = 3.0
+    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
+    policy = trainer.policy
+    assert policy.true_cfg_scale == 3.0 and policy.max_text_length == 256
+    seen: list[tuple[bool, bool]] = []  # (guided, gradient enabled) of each transformer pass
+    forward_rows = policy._forward_rows
+
+    def spy(module, z, sigma, cond, rows):
+        seen.append((policy.guided, torch.is_grad_enabled()))
+        return forward_rows(module, z, sigma, cond, rows)
+
+    monkeypatch.setattr(policy, "_forward_rows", spy)
+    trainer.evaluate = lambda epoch: {}
+    trainer.train_epoch(0)
+    rollout_passes = [guided for guided, grad in seen if not grad and guided]
+    training_passes = [(guided, grad) for guided, grad in seen if not guided]
+    assert rollout_passes and seen[: len(rollout_passes)] == [(True, False)] * len(rollout_passes)
+    assert {grad for _, grad in training_passes} == {True, False}  # v (grad) and v_old+v_ref (no grad)
+    assert len(rollout_passes) + len(training_passes) == len(seen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import ml_collections
@@ -385,3 +386,44 @@ def test_pairwise_reward_is_checked(toy_dir: Path) -> None:
         validate_config(config, world_size=1)
     problems = "\n".join(error.value.problems)
     assert "num_image_per_prompt=1" in problems and "eval_reward_fn names group reward(s)" in problems
+
+
+def test_text_lengths_default_to_each_familys_original() -> None:
+    """0 = the family's own length: Qwen 256 after the template prefix, Kontext's T5 128."""
+    from edit_r1.models.kontext import KontextPolicy
+    from edit_r1.models.qwen_image_edit import QwenImageEditPolicy
+
+    for spec in ALL_SPECS:
+        assert load_config(spec).max_sequence_length == 0, spec
+    defaults = {
+        cls: inspect.signature(cls.__init__).parameters["max_text_length"].default
+        for cls in (QwenImageEditPolicy, KontextPolicy)
+    }
+    assert defaults == {QwenImageEditPolicy: 256, KontextPolicy: 128}
+
+
+def qwen_true_cfg(config) -> float:
+    from edit_r1.models.registry import policy_class
+
+    return policy_class(config.model_family).options_from_config(config)["true_cfg_scale"]
+
+
+def test_qwen_reads_the_originals_guidance_key(toy_dir: Path) -> None:
+    config = load_config(f"{QWEN}:tiny")
+    config.dataset = str(toy_dir)
+    config.sample.guidance_scale = 4.0  # the original's Qwen key for the true-CFG scale
+    validate_config(config, 1)
+    assert qwen_true_cfg(config) == 4.0
+    config.sample.true_cfg_scale = 3.0
+    with pytest.raises(ConfigError, match=r"true_cfg_scale=3\.0 and sample\.guidance_scale=4\.0"):
+        validate_config(config, 1)
+    config.sample.guidance_scale = 1.0
+    assert qwen_true_cfg(config) == 3.0
+
+
+def test_kontext_rejects_a_true_cfg_scale_it_would_ignore(toy_dir: Path) -> None:
+    config = load_config(f"{KONTEXT}:tiny")
+    config.dataset = str(toy_dir)
+    config.sample.true_cfg_scale = 4.0
+    with pytest.raises(ConfigError, match="Kontext has no true CFG"):
+        validate_config(config, 1)
