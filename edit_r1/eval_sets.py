@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 GEDIT_COLUMNS = ("key", "task_type", "instruction", "instruction_language")
 GEDIT_IMAGE_COLUMN = "input_image_raw"
@@ -142,8 +142,11 @@ def imgedit_items(
 
 
 def _file_image_loader(path: Path) -> Callable[[], Image.Image]:
+    """Loads as the original's ImgEdit scripts did (``diffusers.utils.load_image``): EXIF
+    orientation applied (``ImageOps.exif_transpose``), then RGB."""
+
     def load() -> Image.Image:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
 
     return load

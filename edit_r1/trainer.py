@@ -44,6 +44,7 @@ from edit_r1.algo import (
     EMA,
     NFT,
     TrainBatch,
+    global_advantages,
     group_advantages,
     group_filter,
     old_policy_decay,
@@ -487,6 +488,8 @@ class Trainer:
             with self.timer("group_reward"):
                 rewards = rewards + self.score_group_rewards(rollouts, group_ids, metrics)
         stats = group_advantages(group_ids, rewards, global_std=config.global_std)
+        if config.num_image_per_prompt == 1:  # no group spread: standardise over the epoch, as the original
+            stats = dataclasses.replace(stats, advantages=global_advantages(rewards))
         mask, banned = group_filter(
             stats,
             group_ids,

@@ -1,7 +1,7 @@
 """Training algorithms (pure tensor code): DiffusionNFT and Flow-GRPO behind one interface,
 plus the shared group statistics and policy synchronisation (``docs/algorithm.md``)."""
 
-from .advantages import GroupStats, group_advantages, group_filter, group_ids
+from .advantages import GroupStats, global_advantages, group_advantages, group_filter, group_ids
 from .base import Algorithm, PolicyForward, TrainBatch
 from .grpo import GRPO, clipped_policy_loss, transition_kl
 from .nft import ADV_MODES, NFT, nft_loss, positive_weight, transform_advantages
@@ -23,6 +23,7 @@ __all__ = [
     "TrainBatch",
     "clipped_policy_loss",
     "ema_decay",
+    "global_advantages",
     "group_advantages",
     "group_filter",
     "group_ids",

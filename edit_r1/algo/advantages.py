@@ -70,6 +70,22 @@ def group_advantages(group_keys: Sequence[Hashable], rewards, *, global_std: boo
     )
 
 
+def global_advantages(rewards) -> torch.Tensor:
+    """``A_i = (r_i - mean(r)) / (std(r) + 1e-4)`` over the epoch's finite rewards (population std).
+
+    Groups of one sample (``num_image_per_prompt = 1``) have no spread of their own: the original
+    then standardised the rewards over the whole epoch (``train_nft_qwen_image_edit.py`` ~918-921).
+    Failed (non-finite) rewards get ``A = 0``.
+    """
+    rewards = torch.as_tensor(rewards, dtype=torch.float64).detach().cpu().reshape(-1)
+    valid = torch.isfinite(rewards)
+    finite = rewards[valid]
+    if not finite.numel():
+        return torch.zeros_like(rewards)
+    standardised = (rewards - finite.mean()) / (float(_population_std(finite)) + 1e-4)
+    return torch.where(valid, standardised, torch.zeros_like(rewards))
+
+
 def group_filter(
     stats: GroupStats,
     group_keys: Sequence[Hashable],

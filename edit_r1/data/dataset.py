@@ -10,8 +10,9 @@ Each non-blank line is a JSON object::
   "Picture 2", ... for the Qwen Plus models). With ``images``, ``image`` may be left out; when both
   are given ``image`` must equal ``images[0]`` (so tools that read ``image`` see the first).
 * ``requirement`` (string, required, may be ``""``): what a correct edit must satisfy; the MLLM judge
-  reads it. It is required like upstream: a missing key is usually a broken export, and silently
-  judging without requirements would change the reward. Write ``""`` to opt out explicitly.
+  reads it. The original treated a missing key as ``""``; here it is required (a deliberate
+  difference, ``docs/upstream-differences.md``): a missing key is usually a broken export, and
+  silently judging without requirements would change the reward. Write ``""`` to opt out.
 * any other field is kept, untouched, in :attr:`EditItem.extra` (e.g. the toy data's ``target_color``).
 
 Every problem is reported with file, line and field. All image files are checked to exist when the
@@ -100,10 +101,15 @@ def _load_rgb(path: Path) -> Image.Image:
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Crop the largest centred square, then resize it to ``size x size`` (bicubic); returns RGB.
+    """Crop the largest centred square, then resize it to ``size x size`` (LANCZOS); returns RGB.
 
+<<<<<<< HEAD
     As the original (docs/models.md#how-each-model-is-conditioned): target and reference images
     are centre-cropped and resized to ``resolution``.
+=======
+    Target and reference images are centre-cropped and resized to ``resolution`` with LANCZOS, as
+    the original's training dataset does (``train_nft_qwen_image_edit.py`` ~101-116).
+>>>>>>> 8fa7160 (Images as the original: LANCZOS resize for training/evaluation, EXIF transpose for ImgEdit; num_image_per_prompt=1 standardises rewards over the epoch (the original's k=1 branch); upstream-differences #13/#27 corrected, #34 (requirement key))
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
@@ -114,7 +120,7 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     square = image.convert("RGB").crop((left, top, left + side, top + side))
     if side == size:
         return square
-    return square.resize((size, size), Image.Resampling.BICUBIC)
+    return square.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def _normalise_relpath(raw: str) -> str:

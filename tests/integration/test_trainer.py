@@ -243,8 +243,9 @@ def test_full_weight_training_and_groups_of_one_run(make_config, name, overrides
     assert (final / ("transformer" if name == "full" else "lora")).is_dir()
     row = metrics_without_times(trainer.run_dir)[0]
     assert np.isfinite(row["total_loss"]) and row["global_step"] == 1
-    if name == "k1":
-        assert all(a == 0 for a in trainer.last_epoch_stats["all_advantages"].tolist())
+    if name == "k1":  # standardised over the epoch, as the original's k = 1 branch
+        advantages = trainer.last_epoch_stats["all_advantages"]
+        assert advantages.abs().sum() > 0 and abs(float(advantages.mean())) < 1e-9
 
 
 def test_speed_switches_reach_the_policy(make_config):

@@ -139,3 +139,17 @@ def test_filter_disabled_keeps_every_scored_sample_and_bans_nothing():
     keep, banned = group_filter(stats, keys, std_threshold=0.05, mean_threshold=0.9, enabled=False)
     assert keep.tolist() == [i != 4 for i in range(12)]
     assert banned == set()
+
+
+def test_global_advantages_standardise_over_the_epoch_and_mask_failures() -> None:
+    from edit_r1.algo import global_advantages
+
+    rewards = torch.tensor([0.2, float("nan"), 0.6, 1.0])
+    finite = torch.tensor([0.2, 0.6, 1.0], dtype=torch.float64)
+    expected = (finite - finite.mean()) / (finite.std(correction=0) + 1e-4)
+    out = global_advantages(rewards)
+    assert out[1] == 0
+    assert torch.allclose(out[[0, 2, 3]], expected, atol=1e-6)
+    assert torch.equal(
+        global_advantages(torch.tensor([float("nan")] * 2)), torch.zeros(2, dtype=torch.float64)
+    )

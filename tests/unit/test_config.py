@@ -318,7 +318,7 @@ def test_group_of_one_is_allowed_with_a_warning_but_not_with_ban_prompt(toy_dir:
     config = _valid_tiny(toy_dir)
     config.sample.num_image_per_prompt = 1
     (warning,) = validate_config(config, world_size=1)
-    assert "every advantage is 0" in warning
+    assert "standardised over the whole epoch" in warning
     config.sample.ban_prompt = True
     with pytest.raises(ConfigError, match="every sample would be masked"):
         validate_config(config, world_size=1)
