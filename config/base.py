@@ -50,7 +50,9 @@ def _sample_config() -> ml_collections.ConfigDict:
     )
     sample.train_batch_size = 0  # per-GPU rollout batch; 0 = auto: largest bsz <= max that divides evenly
     sample.num_batches_per_epoch = 0  # 0 = auto: groups*k / (world_size * train_batch_size)
-    sample.test_batch_size = 4  # per-GPU batch for evaluation rollouts (no training memory needed then)
+    # per-GPU evaluation batch; 0 = auto as the original's plan: the per-GPU rollout batch, halved
+    # above 32 GPUs
+    sample.test_batch_size = 0
     sample.global_std = True  # divide advantages by the std of all epoch rewards (+1e-4), not the group std
     sample.ban_prompt = False  # low-variance group filtering + bans; on in the Qwen and *_ban_prompt configs
     sample.ban_std_thres = 0.05  # groups with reward std <= this are masked (and banned if also solved)
@@ -81,6 +83,9 @@ def _train_config() -> ml_collections.ConfigDict:
     train.lora_init = "gaussian"  # gaussian | default: peft init of the LoRA A matrices (upstream: gaussian)
     train.lora_target_modules = LORA_TARGET_MODULES  # attention projections of image and text streams
     train.gradient_checkpointing = True  # recompute transformer activations: fits a 20B model at 512px
+    # warm start: a LoRA to start the trained (and old) adapter from, as a PEFT folder
+    # (adapter_config.json) or a diffusers file/folder; its rank and alpha must equal lora_rank/alpha
+    train.lora_path = ""
     return train
 
 
@@ -115,7 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 100000  # effectively "until stopped" as upstream; a final checkpoint is still written
     config.save_freq = 30  # epochs between checkpoints (upstream)
     config.eval_freq = 10  # epochs between evaluations on the test split (upstream)
-    config.num_checkpoint_limit = 5  # oldest checkpoints beyond this many are deleted
+    config.num_checkpoint_limit = 0  # 0 = keep every checkpoint (as the original); N = keep the newest N
+    config.save_dir = ""  # checkpoint root (save_dir/checkpoints/checkpoint-N); "" = logdir/run_name
     config.mixed_precision = (
         "bf16"  # no | fp16 | bf16: autocast dtype of rollouts and training (upstream bf16)
     )

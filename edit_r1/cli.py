@@ -7,19 +7,74 @@ single process.
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from edit_r1 import distributed
-from edit_r1.config import ConfigError
+from edit_r1.config import ConfigError, load_config
+
+OVERRIDE_PREFIX = "--config."
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
+
+
+def _config_spec(argv: Sequence[str], default_config: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return default_config
+
+
+def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        keys.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def unknown_override_keys(argv: Sequence[str], default_config: str) -> str | None:
+    """One line naming the first ``--config.KEY`` override that the config lacks and the closest
+    existing keys, or None when every override names a key (absl would end in a traceback)."""
+    overrides = [
+        arg[len(OVERRIDE_PREFIX) :].split("=", 1)[0] for arg in argv if arg.startswith(OVERRIDE_PREFIX)
+    ]
+    if not overrides:
+        return None
+    spec = _config_spec(argv, default_config)
+    known = _dotted_keys(load_config(spec))
+    for key in overrides:
+        if key not in known:
+            leaf_matches = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            closest = list(
+                dict.fromkeys(leaf_matches + difflib.get_close_matches(key, known, n=3, cutoff=0.5))
+            )
+            hint = f"; closest: {', '.join(closest[:4])}" if closest else ""
+            return f"error: unknown config key {key!r} in {spec}{hint}"
+    return None
+
+
+def run(main, default_config: str, argv: Sequence[str] | None = None) -> None:
+    """``app.run(main)`` after checking the ``--config.KEY`` overrides: an unknown key prints one
+    line naming it and the closest keys, and exits with status 2 (no traceback)."""
+    argv = list(sys.argv if argv is None else argv)
+    problem = unknown_override_keys(argv[1:], default_config)
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv)
 
 
 def make_main(default_config: str, model_family: str):

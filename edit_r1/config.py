@@ -212,27 +212,72 @@ def plan_batches(
 
 
 def plan_batches_for(config: ml_collections.ConfigDict, world_size: int) -> BatchPlan:
-    """:func:`plan_batches` with the numbers a config records."""
-    return plan_batches(
+    """:func:`plan_batches` with the numbers a config records.
+
+    A user's ``train.gradient_accumulation_steps`` (0 = auto) is honoured: it sets the optimizer
+    steps per epoch to ``batches / accumulation`` (it must divide the batches, and agree with a
+    ``train.gradient_step_per_epoch`` other than 1). A user's ``sample.num_batches_per_epoch``
+    (0 = auto) must equal the plan's. Anything else is a :class:`ConfigError` naming the numbers.
+    """
+    plan = plan_batches(
         num_groups=config.sample.num_groups_per_epoch,
         k=config.sample.num_image_per_prompt,
         world_size=world_size,
         max_per_gpu=config.sample.max_train_batch_size,
-        gradient_step_per_epoch=config.train.gradient_step_per_epoch,
         per_gpu_batch=config.sample.train_batch_size,
     )
+    batches = plan.batches_per_epoch
+    wanted = config.sample.num_batches_per_epoch
+    if wanted and wanted != batches:
+        raise ConfigError(
+            [
+                f"sample.num_batches_per_epoch={wanted} but {plan.num_groups} groups x k={plan.k} over "
+                f"{world_size} GPU(s) x {plan.per_gpu_batch} per batch give {batches} batches; set "
+                f"sample.num_groups_per_epoch={wanted * world_size * plan.per_gpu_batch // plan.k} "
+                "(or leave num_batches_per_epoch at 0 = auto)"
+            ]
+        )
+    steps = config.train.gradient_step_per_epoch
+    accumulation = config.train.gradient_accumulation_steps
+    if accumulation:
+        if batches % accumulation or (steps != 1 and steps * accumulation != batches):
+            raise ConfigError(
+                [
+                    f"train.gradient_accumulation_steps={accumulation} does not fit {batches} batches per "
+                    f"epoch with train.gradient_step_per_epoch={steps}: it must divide the batches "
+                    "(then steps per epoch = batches / accumulation); or leave it at 0 = auto"
+                ]
+            )
+        steps = batches // accumulation
+    return plan_batches(
+        num_groups=plan.num_groups,
+        k=plan.k,
+        world_size=world_size,
+        max_per_gpu=config.sample.max_train_batch_size,
+        gradient_step_per_epoch=steps,
+        per_gpu_batch=plan.per_gpu_batch,
+    )
+
+
+def auto_test_batch_size(plan: BatchPlan) -> int:
+    """The original's evaluation batch: the per-GPU rollout batch, halved above 32 GPUs."""
+    return max(1, plan.per_gpu_batch // 2) if plan.world_size > 32 else plan.per_gpu_batch
 
 
 def apply_batch_plan(config: ml_collections.ConfigDict, plan: BatchPlan) -> None:
     """Write a plan into the config's derived batch fields (works on a locked config).
 
     Sets ``sample.train_batch_size``, ``sample.num_batches_per_epoch``, ``train.batch_size`` (the
-    training minibatch equals the sampling batch, as upstream) and ``train.gradient_accumulation_steps``.
+    training minibatch equals the sampling batch, as upstream), ``train.gradient_accumulation_steps``,
+    ``train.gradient_step_per_epoch`` and, when 0 (auto), ``sample.test_batch_size``.
     """
     config.sample.train_batch_size = plan.per_gpu_batch
     config.sample.num_batches_per_epoch = plan.batches_per_epoch
     config.train.batch_size = plan.per_gpu_batch
     config.train.gradient_accumulation_steps = plan.gradient_accumulation_steps
+    config.train.gradient_step_per_epoch = plan.gradient_step_per_epoch
+    if not config.sample.test_batch_size:
+        config.sample.test_batch_size = auto_test_batch_size(plan)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,8 +332,8 @@ def _check_sampling(config, problems: list[str]) -> None:
     for key in ("train_batch_size", "num_batches_per_epoch", "test_batch_size", "max_train_batch_size"):
         if not isinstance(sample[key], int) or sample[key] < 0:
             problems.append(f"sample.{key}={sample[key]!r} must be a non-negative integer (0 = auto)")
-    if sample.test_batch_size == 0 or sample.max_train_batch_size == 0:
-        problems.append("sample.test_batch_size and sample.max_train_batch_size must be >= 1")
+    if sample.max_train_batch_size == 0:
+        problems.append("sample.max_train_batch_size must be >= 1")
 
 
 def _check_training(config, problems: list[str]) -> None:
@@ -355,9 +400,13 @@ def _check_top_level(config, problems: list[str]) -> None:
         problems.append(
             f"resolution={config.resolution!r} must be a positive multiple of {RESOLUTION_MULTIPLE}"
         )
-    for key in ("num_epochs", "save_freq", "eval_freq", "num_checkpoint_limit"):
+    for key in ("num_epochs", "save_freq", "eval_freq"):
         if not isinstance(config[key], int) or config[key] < 1:
             problems.append(f"{key}={config[key]!r} must be a positive integer")
+    if not isinstance(config.num_checkpoint_limit, int) or config.num_checkpoint_limit < 0:
+        problems.append(
+            f"num_checkpoint_limit={config.num_checkpoint_limit!r} must be a non-negative integer (0 = keep all)"
+        )
     if not config.pretrained.model:
         problems.append("pretrained.model is empty")
     for key in ("reward_fn", "eval_reward_fn"):
@@ -424,15 +473,15 @@ def validate_config(
 ) -> list[str]:
     """Check a config before training; raise one :class:`ConfigError` listing every problem.
 
-    Returns warnings (legal but probably unintended settings), e.g. ``num_image_per_prompt=1``:
-<<<<<<< HEAD
-    every group then has std 0, so every advantage is 0 and only the KL term trains (it must run:
-    the original ended in ``assert False``, docs/upstream-differences.md entry 13; it cannot learn
-    from the reward). ``check_files`` also checks the dataset files.
-=======
-    groups of one have no spread, so rewards are standardised over the whole epoch instead (the
-    original's fallback). ``check_files`` also checks the dataset files.
->>>>>>> 8fa7160 (Images as the original: LANCZOS resize for training/evaluation, EXIF transpose for ImgEdit; num_image_per_prompt=1 standardises rewards over the epoch (the original's k=1 branch); upstream-differences #13/#27 corrected, #34 (requirement key))
+        Returns warnings (legal but probably unintended settings), e.g. ``num_image_per_prompt=1``:
+    <<<<<<< HEAD
+        every group then has std 0, so every advantage is 0 and only the KL term trains (it must run:
+        the original ended in ``assert False``, docs/upstream-differences.md entry 13; it cannot learn
+        from the reward). ``check_files`` also checks the dataset files.
+    =======
+        groups of one have no spread, so rewards are standardised over the whole epoch instead (the
+        original's fallback). ``check_files`` also checks the dataset files.
+    >>>>>>> 8fa7160 (Images as the original: LANCZOS resize for training/evaluation, EXIF transpose for ImgEdit; num_image_per_prompt=1 standardises rewards over the epoch (the original's k=1 branch); upstream-differences #13/#27 corrected, #34 (requirement key))
     """
     problems: list[str] = []
     _check_top_level(config, problems)

@@ -53,14 +53,20 @@ def load_edit_policy(
     lora_path: str | os.PathLike | None = None,
     *,
     lora_weights: str = "ema",
+    lora_scale: float | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[EditPolicy, LoraWeights | None]:
     """The base model (`lora_path` None) or base + LoRA, ready for `edit`.
 
     The LoRA is loaded into the policy's ``default`` adapter with its own rank, alpha and target
-    modules; every matrix of the file must find its module (no silent partial loads)."""
+    modules; every matrix of the file must find its module (no silent partial loads).
+    ``lora_scale`` replaces the file's ``alpha / r`` (alpha becomes ``lora_scale * r``)."""
     lora = read_lora(lora_path, weights=lora_weights) if lora_path is not None else None
+    if lora is not None and lora_scale is not None:
+        if not lora_scale > 0:
+            raise ValueError(f"lora_scale must be > 0, got {lora_scale}")
+        lora = dataclasses.replace(lora, alpha=float(lora_scale) * lora.rank)
     settings_for_policy = (
         lora_utils.LoraSettings(
             rank=lora.rank, alpha=lora.alpha, init=True, target_modules=lora.target_modules

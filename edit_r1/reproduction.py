@@ -63,6 +63,13 @@ def build_parser(family: str, benchmark: str) -> argparse.ArgumentParser:
         help="diffusers LoRA file/folder, original-release LoRA folder, training checkpoint or run folder",
     )
     parser.add_argument(
+        "--lora_scale",
+        type=float,
+        default=None,
+        help="apply the LoRA at this scale instead of its alpha / r (the original scripts: 1.0; see "
+        "reproduction/README.md for the setting that reproduces the published tables)",
+    )
+    parser.add_argument(
         "--lora_weights",
         choices=("ema", "default"),
         default="ema",
@@ -203,7 +210,7 @@ def main(family: str, benchmark: str, argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     policy, lora = load_edit_policy(
         family, args.pretrained_name_or_path, settings, args.lora_path,
-        lora_weights=args.lora_weights, device=device, dtype=dtype,
+        lora_weights=args.lora_weights, lora_scale=args.lora_scale, device=device, dtype=dtype,
     )  # fmt: skip
     if lora is None:
         print("No LoRA given: sampling the base model")

@@ -59,10 +59,11 @@ from edit_r1.checkpoint import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
-from edit_r1.config import apply_batch_plan, plan_batches_for, validate_config
+from edit_r1.config import ConfigError, apply_batch_plan, plan_batches_for, validate_config
 from edit_r1.data import EditDataset, GroupBatchSampler, check_source_counts
 from edit_r1.data.dataset import center_crop_resize
-from edit_r1.inference import to_pil_batch
+from edit_r1.inference import copy_lora_into_policy, to_pil_batch
+from edit_r1.lora_files import read_lora
 from edit_r1.models.base import EditPolicy
 from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
@@ -129,10 +130,36 @@ def _spec(value: Any) -> Any:
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
+def set_backend_flags(allow_tf32: bool) -> None:
+    """``allow_tf32`` for CUDA matmuls and cuDNN; cuDNN deterministic and without autotuning, as
+    the original sets them (``train_nft_qwen_image_edit.py`` ~83-84 and ~506-508)."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+    torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    if device.type != "cuda" or mixed_precision == "no":
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+    """The compute dtype: bf16 on any device (CPUs run bf16 too), fp16 on CUDA only, else float32.
+    Trained weights, optimizer state, EMA and old policy stay float32 (see EditPolicy)."""
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+def _zero_std_ratio(rewards: torch.Tensor, group_ids: Sequence[int]) -> float:
+    """Fraction of the epoch's groups whose finite rewards are all equal (std exactly 0, as the
+    original's ``zero_std_ratio``); groups without a finite reward are left out."""
+    ids, finite = torch.tensor(group_ids), torch.isfinite(rewards)
+    flat = total = 0
+    for gid in set(group_ids):
+        scored = rewards[(ids == gid) & finite]
+        if scored.numel():
+            total += 1
+            flat += int(scored.max() == scored.min())
+    return flat / total if total else 0.0
 
 
 def _reward_sample(edit, sources, item) -> RewardSample:
@@ -180,6 +207,7 @@ class Trainer:
         apply_batch_plan(config, self.plan)
         self.run_dir = self._run_dir()
         self.timer = Timer(cuda_sync=dist.device.type == "cuda")
+        set_backend_flags(config.allow_tf32)
         torch.manual_seed(config.seed)  # identical LoRA init on every rank
         self.policy = self._load_policy()
         self._broadcast_trainable()
@@ -216,6 +244,7 @@ class Trainer:
         )
         self.first_epoch = 0
         self.global_step = 0
+        self.trained_groups: set[int] = set()  # distinct group ids trained on (trained_prompt_num)
         self.last_epoch_stats: dict[str, Any] = {}  # gathered advantages/mask of the last epoch
         self.tracker = Tracker(
             self.run_dir,
@@ -293,7 +322,27 @@ class Trainer:
             compile_mode=config.compile_mode or None,
             **policy_class(config.model_family).options_from_config(config),
         )
+        if train.lora_path:
+            self._warm_start(policy, train.lora_path)
         return policy
+
+    def _warm_start(self, policy: EditPolicy, path: str) -> None:
+        """Start the trained adapter from an existing LoRA (``train.lora_path``), as the original's
+        ``PeftModel.from_pretrained``; ``old`` copies it before epoch 0 like any initial weights."""
+        train = self.config.train
+        try:
+            if not self.config.use_lora:
+                raise ValueError("needs use_lora=True")
+            lora = read_lora(path)
+            if (lora.rank, lora.alpha) != (train.lora_rank, float(train.lora_alpha)):
+                raise ValueError(
+                    f"holds rank {lora.rank} / alpha {lora.alpha:g} but train.lora_rank={train.lora_rank} / "
+                    f"train.lora_alpha={train.lora_alpha}; set them to the file's values"
+                )
+            copy_lora_into_policy(policy, lora)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError([f"train.lora_path={path!r}: {error}"]) from error
+        distributed.rank0_print(f"warm start from {lora.source} (rank {lora.rank}, alpha {lora.alpha:g})")
 
     @torch.no_grad()
     def _broadcast_trainable(self) -> None:
@@ -322,6 +371,8 @@ class Trainer:
         epoch = self.first_epoch
         finished = False
         try:
+            if self.first_epoch == 0 and not config.resume_from:
+                self.save(0)  # the starting weights, as the original saves at epoch 0
             for epoch in range(self.first_epoch, config.num_epochs):
                 self.train_epoch(epoch)
                 if (epoch + 1) % config.save_freq == 0 and epoch + 1 < config.num_epochs:
@@ -546,8 +597,13 @@ class Trainer:
         first = {gid: i for i, gid in reversed(list(enumerate(group_ids)))}
         group_std = stats.group_std[list(first.values())]
         metrics["reward_std_mean"] = float(group_std.nanmean())
-        metrics["zero_std_ratio"] = float((group_std < 1e-6).float().mean())
+        metrics["zero_std_ratio"] = _zero_std_ratio(rewards, group_ids)
         metrics["banned_groups"] = float(len(self.sampler.banned))
+        # The original's stat-tracker numbers: mean samples per group this epoch, and how many
+        # distinct groups have been trained on since the run began (kept across resumes).
+        self.trained_groups.update(first)
+        metrics["group_size"] = len(group_ids) / len(first)
+        metrics["trained_prompt_num"] = float(len(self.trained_groups))
 
     # ------------------------------------------------------------------------------- training
     def optimise(self, rollouts: list[Rollout], stats: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -594,10 +650,18 @@ class Trainer:
                 if (micro + 1) % self.plan.gradient_accumulation_steps == 0:
                     self._check_finite(sums, count)
                     grad_norms.append(self.optimizer_step())
-        out = {key: float(value) / count for key, value in sums.items()}
+        out = self._mean_over_ranks(sums, count)
         out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         return out
+
+    def _mean_over_ranks(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Each diagnostic's mean over this rank's backwards, then averaged over the ranks (one
+        all-reduce), as the original logs its loss terms."""
+        keys = sorted(sums)
+        local = torch.stack([sums[key].double() / count for key in keys]).to(self.dist.device)
+        averaged = distributed.all_reduce_mean(local).cpu().tolist()
+        return dict(zip(keys, averaged, strict=True))
 
     def _check_finite(self, sums: dict[str, torch.Tensor], count: int) -> None:
         """Stops before the optimizer step when a loss since the last step was NaN/inf (one sync)."""
@@ -732,16 +796,17 @@ class Trainer:
                 "epoch": epoch,
                 "global_step": self.global_step,
                 "sampler": self.sampler.state_dict(),
+                "trained_groups": sorted(self.trained_groups),
             },
             config=self.config.to_dict(),
             rng=distributed.get_rng_state(),
         )
         try:
             path = save_checkpoint(
-                self.run_dir,
+                Path(self.config.save_dir) if self.config.save_dir else self.run_dir,
                 epoch,
                 state,
-                keep_last=self.config.num_checkpoint_limit,
+                keep_last=self.config.num_checkpoint_limit or None,  # 0 = keep every checkpoint
                 dist_info=self.dist,
                 exporters=[self._exporter()],
             )
@@ -829,6 +894,7 @@ class Trainer:
                 if loaded.data_ptr() != shadow.data_ptr():
                     shadow.copy_(loaded)
         self.sampler.load_state_dict(state.metadata["sampler"])
+        self.trained_groups = set(state.metadata.get("trained_groups", []))
         self.global_step = int(state.metadata["global_step"])
         self.first_epoch = int(state.metadata["epoch"])
         if state.rng is not None:

@@ -9,12 +9,11 @@
 
 from pathlib import Path
 
-from absl import app
-
-from edit_r1.cli import make_main
+from edit_r1.cli import make_main, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-main = make_main(f"{REPO_ROOT}/config/kontext_nft.py:kontext_mllm_reward", "kontext")
+DEFAULT_CONFIG = f"{REPO_ROOT}/config/kontext_nft.py:kontext_mllm_reward"
+main = make_main(DEFAULT_CONFIG, "kontext")
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, DEFAULT_CONFIG)

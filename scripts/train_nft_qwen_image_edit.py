@@ -9,12 +9,11 @@ CPU smoke run on the tiny kit (after ``make demo`` built it):
 
 from pathlib import Path
 
-from absl import app
-
-from edit_r1.cli import make_main
+from edit_r1.cli import make_main, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-main = make_main(f"{REPO_ROOT}/config/qwen_image_edit_nft.py:qwen_mllm_reward", "qwen_image_edit")
+DEFAULT_CONFIG = f"{REPO_ROOT}/config/qwen_image_edit_nft.py:qwen_mllm_reward"
+main = make_main(DEFAULT_CONFIG, "qwen_image_edit")
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, DEFAULT_CONFIG)

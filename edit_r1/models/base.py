@@ -297,6 +297,7 @@ class EditPolicy(FamilyFacts, ABC):
             self.old_transformer = self._frozen_copy(transformer)
             self.ref_transformer = self._frozen_copy(transformer)
             transformer.requires_grad_(True)
+        self._master_weights_in_float32()
         self.set_gradient_checkpointing(gradient_checkpointing)
         self.attention_backend = attention_backend or None
         if self.attention_backend:
@@ -504,11 +505,29 @@ class EditPolicy(FamilyFacts, ABC):
                 yield
 
     # ----------------------------------------------------------------------------- precision
+    @torch.no_grad()
+    def _master_weights_in_float32(self) -> None:
+        """Trained and old weights in float32 whatever the compute dtype; the frozen base (and the
+        reference copy) stay in `dtype`. With bf16 masters, AdamW steps at lr 3e-4, the EMA and the
+        old-policy decay `d old + (1 - d) theta` would lose most of their precision; peft's
+        `get_peft_model` gave the original float32 adapters too (`autocast_adapter_dtype`). The
+        forwards run under `autocast()`, so the matmuls still run in `dtype`."""
+        if self.dtype == torch.float32:
+            return
+        if not self.use_lora:
+            self.transformer.float()
+            self.old_transformer.float()
+            return
+        for _, trained, old in self._parameter_pairs():
+            trained.data = trained.data.float()
+            old.data = old.data.float()
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on a GPU when the compute dtype is bf16; float32 (no autocast) on CPU."""
+        """Autocast to the compute dtype when it is not float32 (CUDA bf16/fp16, CPU bf16): the
+        float32 master weights then meet `dtype` activations in `dtype` matmuls."""
         device = self.device
-        if device.type == "cuda" and self.dtype == torch.bfloat16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.dtype == torch.bfloat16 or (self.dtype == torch.float16 and device.type == "cuda"):
+            return torch.autocast(device.type, dtype=self.dtype)
         return contextlib.nullcontext()
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:

@@ -88,13 +88,16 @@ def main() -> None:
     install_reward(trainer, mode)
     trainer.evaluate = lambda epoch: {}  # epoch 0 would evaluate first; not what this probe checks
     trainer.sampler.set_epoch(0)
-    trainer.train_epoch(0)
+    metrics = trainer.train_epoch(0)
     stats = trainer.last_epoch_stats
     n = len(stats["all_mask"]) // dist.world_size
     state = [*trainer.params, *trainer.policy.old_parameters()]
     state += list(trainer.ema.shadow) if trainer.ema is not None else []
     result = {
         "global_step": trainer.global_step,
+        "metrics": {
+            key: metrics[key] for key in ("total_loss", "policy_loss", "group_size", "trained_prompt_num")
+        },
         "local_mask": stats["all_mask"][dist.rank * n : (dist.rank + 1) * n].tolist(),
         "state_sha256": _digest([*state, *_optimizer_tensors(trainer.optimizer)]),
         "optimizer_steps": [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()][:1],

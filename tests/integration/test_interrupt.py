@@ -76,7 +76,8 @@ def _interrupt_after_first_checkpoint(tiny_kit, toy_data, logdir: Path, run_name
     process, log = _launch(tiny_kit, toy_data, logdir, run_name, epochs=2)
     try:
         deadline = time.monotonic() + 600
-        while not list_checkpoints(run_dir) and process.poll() is None and time.monotonic() < deadline:
+        # checkpoint-0 (the starting weights) is written at once; wait for the first trained one.
+        while len(list_checkpoints(run_dir)) < 2 and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert list_checkpoints(run_dir), "no checkpoint before the deadline:\n" + "".join(log[-40:])
         sent = time.monotonic()

@@ -50,6 +50,9 @@ def test_two_ranks_rank0_all_masked(tiny_kit, tmp_path):
     ranks = run_probe(2, "config/qwen_image_edit_nft.py:tiny", "rank0_failed", tmp_path / "out", overrides)
     assert not any(ranks[0]["local_mask"]) and any(ranks[1]["local_mask"])
     assert_ranks_agree(ranks)
+    # Loss diagnostics are averaged over the ranks (rank 0's own loss is 0): every rank logs the same.
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["metrics"]["total_loss"] > 0
+    assert ranks[0]["metrics"]["group_size"] == 4 and ranks[0]["metrics"]["trained_prompt_num"] == 2
 
 
 @pytest.mark.slow

@@ -237,6 +237,17 @@ def test_converted_lora_reproduces_our_outputs_in_the_stock_pipeline(
     np.testing.assert_allclose(result.images[0], ours, atol=1e-4)
 
 
+def test_lora_scale_replaces_the_trained_scale(tiny_kit, runs):
+    """``--lora_scale 1`` applies a LoRA as the original scripts did (alpha lost: scale 1)."""
+    checkpoint = runs["kontext"] / "checkpoints" / "checkpoint-3"
+    for scale in (None, 1.0):
+        policy, lora = load_edit_policy(
+            "kontext", tiny_kit / KIT_DIRS["kontext"], SETTINGS, checkpoint, lora_scale=scale, device="cpu"
+        )
+        layers = [m for m in policy.transformer.modules() if hasattr(m, "scaling") and "default" in m.scaling]
+        assert layers and {m.scaling["default"] for m in layers} == {lora.scale} == {scale or 2.0}
+
+
 @pytest.fixture(scope="module")
 def reward_server(tiny_kit: Path, tmp_path_factory: pytest.TempPathFactory):
     with start_reward_server(tiny_kit, tmp_path_factory.mktemp("server")) as address:

@@ -288,3 +288,69 @@ def test_rollouts_use_true_cfg_and_training_forwards_do_not(make_config, monkeyp
     assert rollout_passes and seen[: len(rollout_passes)] == [(True, False)] * len(rollout_passes)
     assert {grad for _, grad in training_passes} == {True, False}  # v (grad) and v_old+v_ref (no grad)
     assert len(rollout_passes) + len(training_passes) == len(seen)
+
+
+def test_save_dir_epoch_zero_checkpoint_backend_flags_and_warm_start(make_config, tmp_path):
+    """The original's keys: ``save_dir`` (checkpoint root), checkpoints kept from epoch 0 on,
+    ``allow_tf32`` and cuDNN flags applied, and ``train.lora_path`` warm-starting the adapter."""
+    root = tmp_path / "ckpts"
+    config = make_config("first", num_epochs=1, save_freq=100, save_dir=str(root), num_checkpoint_limit=0)
+    config.allow_tf32 = True
+    first = train(config)
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["checkpoint-0", "checkpoint-1"]
+    assert not (first.run_dir / "checkpoints").exists()
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32 = False  # leave the process as other tests expect
+
+    exported = root / "checkpoints" / "checkpoint-1" / "lora"
+    warm = Trainer(
+        make_config("warm", train__lora_path=str(exported)), distributed.init_distributed(device="cpu")
+    )
+    names = [name for name, _, _ in warm.policy._parameter_pairs()]
+    ema = {name: t for name, t in zip(names, first.ema.shadow, strict=True)}
+    for name, param, old in warm.policy._parameter_pairs():
+        assert torch.equal(param.detach(), ema[name]) and torch.equal(old.detach(), ema[name]), name
+
+    with pytest.raises(ConfigError, match=r"train.lora_path=.*rank 8 / alpha 16 but train.lora_rank=4"):
+        Trainer(
+            make_config("bad", train__lora_path=str(exported), train__lora_rank=4),
+            distributed.init_distributed(device="cpu"),
+        )
+
+
+@pytest.mark.parametrize("family", ["qwen", "kontext"])
+def test_bf16_policy_keeps_float32_masters_and_a_tiny_step_moves_them(make_config, tiny_kit, family):
+    """bf16 compute (CPU autocast) with float32 trained weights, old policy, EMA and AdamW state:
+    an lr 1e-6 step changes the weights (a bf16 master would round most such steps away)."""
+    config = make_config(f"bf16_{family}", num_epochs=1, mixed_precision="bf16", train__learning_rate=1e-6)
+    if family == "kontext":
+        kontext = load_config(str(REPO / "config/kontext_nft.py:tiny"))
+        for key in ("model_family", "sample", "reward_fn", "eval_reward_fn"):
+            config[key] = kontext[key]
+        config.pretrained.model = str(tiny_kit / "flux_kontext")
+    config.sample.num_steps = 2
+    config.train.timestep_fraction = 0.5
+    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
+    trainer.evaluate = lambda epoch: {}
+    policy = trainer.policy
+    assert policy.dtype == torch.bfloat16
+    assert next(p for p in policy.transformer.parameters() if not p.requires_grad).dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.params} == {p.dtype for p in policy.old_parameters()} == {torch.float32}
+    with torch.no_grad():  # weights of order 0.01 everywhere (LoRA B starts at 0), old = theta
+        for p in trainer.params:
+            p.add_(0.01 * torch.randn_like(p))
+        policy.copy_default_to_old()
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.train_epoch(0)
+    assert trainer.global_step == 1
+    states = trainer.optimizer.state_dict()["state"].values()
+    assert {s["exp_avg"].dtype for s in states} == {s["exp_avg_sq"].dtype for s in states} == {torch.float32}
+    assert {t.dtype for t in trainer.ema.shadow} == {torch.float32}
+    pairs = list(zip(before, trainer.params, strict=True))
+    moved = [not torch.equal(b, p.detach()) for b, p in pairs]
+    assert sum(moved) >= 0.8 * len(moved), f"only {sum(moved)} of {len(moved)} trained tensors moved"
+    # The same step on bf16 weights would round away almost everywhere: |step| ~ 1e-6 << 0.01 * 2^-8.
+    old, new = torch.cat([b.flatten() for b, _ in pairs]), torch.cat([p.detach().flatten() for _, p in pairs])
+    assert (old != new).float().mean() > 0.5
+    assert (old.bfloat16() != new.bfloat16()).float().mean() < 0.1

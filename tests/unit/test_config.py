@@ -427,3 +427,28 @@ def test_kontext_rejects_a_true_cfg_scale_it_would_ignore(toy_dir: Path) -> None
     config.sample.true_cfg_scale = 4.0
     with pytest.raises(ConfigError, match="Kontext has no true CFG"):
         validate_config(config, 1)
+
+
+def test_user_batch_keys_are_honoured_when_consistent() -> None:
+    config = load_config(f"{QWEN}:qwen_mllm_reward")  # 8 GPUs: 12 batches of 3 per GPU
+    config.train.gradient_accumulation_steps = 4
+    plan = plan_batches_for(config, world_size=8)
+    assert (plan.gradient_accumulation_steps, plan.gradient_step_per_epoch) == (4, 3)
+    config.train.gradient_accumulation_steps = 5
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=5 does not fit 12 batches"):
+        plan_batches_for(config, world_size=8)
+    config.train.gradient_accumulation_steps = 0
+    config.sample.num_batches_per_epoch = 6
+    with pytest.raises(ConfigError, match=r"num_batches_per_epoch=6 .* sample\.num_groups_per_epoch=12"):
+        plan_batches_for(config, world_size=8)
+    config.sample.num_batches_per_epoch = 12
+    assert plan_batches_for(config, world_size=8).batches_per_epoch == 12
+
+
+def test_originals_checkpoint_and_eval_batch_defaults() -> None:
+    config = load_config(f"{QWEN}:qwen_mllm_reward")
+    assert config.num_checkpoint_limit == 0 and config.save_dir == "" and config.train.lora_path == ""
+    for world_size, expected in ((8, 3), (48, 1)):  # the original: bsz, halved above 32 GPUs
+        config = load_config(f"{QWEN}:qwen_mllm_reward")
+        apply_batch_plan(config, plan_batches_for(config, world_size))
+        assert config.sample.test_batch_size == expected, world_size
