@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from edit_r1.benchmarks import imgedit_items
 from PIL import Image
 
 from edit_r1.data.dataset import center_crop_resize
+from edit_r1.eval_sets import imgedit_items
 
 ORIENTATION = 0x0112  # EXIF tag
 ROTATE_90_CW = 6  # the stored pixels must be rotated 90 degrees clockwise to display upright
