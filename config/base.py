@@ -100,6 +100,7 @@ def _reward_client_config() -> ml_collections.ConfigDict:
     # server_cooldown_s  a server that failed is skipped this long while another one answers
     # chunk_size         images per request; each chunk carries only its own prompts
     # pairs_per_sample   pairwise_mllm: partners drawn per edit (seeded); 0 = all k-1 (2 judge calls a pair)
+    # image_format       "jpeg" (the original's: quality 75, what its judge saw) or "png" (lossless)
     return ml_collections.ConfigDict(RewardClientSettings().as_mapping())
 
 

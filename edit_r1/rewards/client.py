@@ -38,6 +38,8 @@ SERVER_ENV = "REWARD_SERVER"
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
 DEFAULT_SERVER = "127.0.0.1:12341"
 DEFAULT_CHUNK_SIZE = 32  # images per request (the original sent 64 per request)
+IMAGE_FORMATS = ("jpeg", "png")
+DEFAULT_IMAGE_FORMAT = "jpeg"  # the original sent JPEG at PIL's default quality 75; "png" is lossless
 RETRYABLE_STATUS = frozenset({503})
 
 
@@ -70,6 +72,8 @@ class RewardClientSettings:
     ``server``: ``host:port[,host:port...]``, "" = ``REWARD_SERVER`` (else the default server);
     ``chunk_size``: items per request; ``retry``: timeouts and backoff (:class:`RetryPolicy`);
     ``pairs_per_sample``: partners per edit of the pairwise reward (0 = every other edit of its group).
+    ``image_format``: how source and edit travel, ``"jpeg"`` (the original's: PIL's default
+    quality 75, so the judge sees what it saw) or ``"png"`` (lossless).
     The config keeps the flat keys (``reward_client.deadline_s``, ...): :meth:`from_mapping`.
     """
 
@@ -77,12 +81,19 @@ class RewardClientSettings:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pairs_per_sample: int = 0
+    image_format: str = DEFAULT_IMAGE_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"reward_client.image_format={self.image_format!r} is not one of {list(IMAGE_FORMATS)}"
+            )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RewardClientSettings:
         """From the flat keys of ``reward_client`` (any subset); an unknown key is an error."""
         retry_keys = {f.name for f in fields(RetryPolicy)}
-        known = retry_keys | {"server", "chunk_size", "pairs_per_sample"}
+        known = retry_keys | {"server", "chunk_size", "pairs_per_sample", "image_format"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"reward_client: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -92,6 +103,7 @@ class RewardClientSettings:
             chunk_size=int(options.get("chunk_size", DEFAULT_CHUNK_SIZE)),
             retry=retry,
             pairs_per_sample=int(options.get("pairs_per_sample", 0)),
+            image_format=str(options.get("image_format", DEFAULT_IMAGE_FORMAT)),
         )
 
     def as_mapping(self) -> dict[str, Any]:
@@ -102,6 +114,7 @@ class RewardClientSettings:
             **retry,
             "chunk_size": self.chunk_size,
             "pairs_per_sample": self.pairs_per_sample,
+            "image_format": self.image_format,
         }
 
 
@@ -119,6 +132,26 @@ def parse_server_list(spec: str) -> list[str]:
     if not urls:
         raise ValueError(f"{SERVER_ENV}: no server in {spec!r}; expected host:port[,host:port...]")
     return urls
+
+
+def encode_image(image, image_format: str = DEFAULT_IMAGE_FORMAT) -> bytes:
+    """File bytes of a PIL image or uint8 array in ``image_format``: ``"jpeg"`` as the original
+    client (``flow_grpo/rewards.py`` ~64-76: RGB, PIL's default quality 75) or lossless ``"png"``."""
+    if image_format == "png":
+        return image_to_png(image)
+    if image_format != "jpeg":
+        raise ValueError(f"image_format must be one of {list(IMAGE_FORMATS)}, got {image_format!r}")
+    image = image if isinstance(image, Image.Image) else Image.fromarray(_uint8_array(image))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _uint8_array(image) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise TypeError(f"expected a PIL image or a uint8 (H, W[, C]) array, got {array.dtype} {array.shape}")
+    return array
 
 
 def image_to_png(image) -> bytes:
@@ -147,12 +180,16 @@ class RewardClient:
         retry: RetryPolicy = RetryPolicy(),
         api_key: str | None = None,
         max_parallel_chunks: int | None = None,
+        image_format: str = DEFAULT_IMAGE_FORMAT,
     ) -> None:
         self.servers = parse_server_list(servers if isinstance(servers, str) else ",".join(servers))
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
         self.retry = retry
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {list(IMAGE_FORMATS)}, got {image_format!r}")
+        self.image_format = image_format
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_chunks or 2 * len(self.servers))
@@ -166,7 +203,11 @@ class RewardClient:
     @classmethod
     def from_settings(cls, settings: RewardClientSettings) -> RewardClient:
         """A client for ``settings.server`` (``REWARD_SERVER`` when it is empty)."""
-        options = {"chunk_size": settings.chunk_size, "retry": settings.retry}
+        options = {
+            "chunk_size": settings.chunk_size,
+            "retry": settings.retry,
+            "image_format": settings.image_format,
+        }
         if settings.server:
             return cls(settings.server, **options)
         return cls.from_env(**options)
@@ -199,20 +240,19 @@ class RewardClient:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    @staticmethod
-    def _item(entry: RewardSample | PairSample) -> dict:
+    def _item(self, entry: RewardSample | PairSample) -> dict:
         if isinstance(entry, PairSample):
             return {
                 "kind": "pairwise",
-                "image": image_to_png(entry.first_image),
-                "image_b": image_to_png(entry.second_image),
-                "source_image": image_to_png(entry.source_image),
+                "image": encode_image(entry.first_image, self.image_format),
+                "image_b": encode_image(entry.second_image, self.image_format),
+                "source_image": encode_image(entry.source_image, self.image_format),
                 "instruction": entry.instruction,
                 "requirement": entry.requirement,
             }
         return {
-            "image": image_to_png(entry.edited_image),
-            "source_image": image_to_png(entry.source_image),
+            "image": encode_image(entry.edited_image, self.image_format),
+            "source_image": encode_image(entry.source_image, self.image_format),
             "instruction": entry.instruction,
             "requirement": entry.requirement,
             "more_source_images": [image_to_png(image) for image in entry.more_source_images],
