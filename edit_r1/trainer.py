@@ -76,7 +76,8 @@ from edit_r1.parallelize import (
     parallelize_policy,
 )
 from edit_r1.rewards import AsyncRewardScorer, RewardOutput, RewardSample, build_combined_reward
-from edit_r1.rewards.client import RewardClientSettings
+from edit_r1.rewards.client import RewardClient, RewardClientSettings
+from edit_r1.rewards.combine import CombinedReward
 from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
 from edit_r1.sampling import SampleResult, sample, sigma_schedule
 from edit_r1.settings import LossSettings, build_algorithm
@@ -128,6 +129,24 @@ class BoundPolicy:
 def _spec(value: Any) -> Any:
     """A ``reward_fn`` config value as plain Python (ConfigDict -> dict; strings stay)."""
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def judge_templates(reward: CombinedReward, ask: bool = True) -> dict[str, Any]:
+    """``{"judge_templates": {reward name: {"template", "template_sha256"}}}`` of every reward that
+    a judge server computes, from its ``/health``, for the run's logged config: a reward curve can
+    then be traced to the judge's prompt. A judge that does not answer yet is noted, not fatal."""
+    found: dict[str, Any] = {}
+    for name, function in reward.functions.items():
+        client = getattr(function, "__self__", None)
+        if not (ask and isinstance(client, RewardClient)):
+            continue
+        try:
+            health = client.health()
+            found[name] = {key: health.get(key) for key in ("template", "template_sha256")}
+        except Exception as error:  # noqa: BLE001 - any transport error: log it, training may still wait
+            found[name] = {"error": f"{type(error).__name__}: {error}"}
+        distributed.rank0_print(f"judge prompt of {name}: {found[name]}")
+    return {"judge_templates": found} if found else {}
 
 
 def set_backend_flags(allow_tf32: bool) -> None:
@@ -230,7 +249,8 @@ class Trainer:
         self.ema = EMA(local_shards(self.params)) if config.train.ema else None  # this rank's shards
         # Typed once here: the code below reads these, not the config's sections.
         self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
-        self.reward = AsyncRewardScorer(build_combined_reward(_spec(config.reward_fn), self.reward_client))
+        combined = build_combined_reward(_spec(config.reward_fn), self.reward_client)
+        self.reward = AsyncRewardScorer(combined)
         # Group rewards (pairwise_mllm) need every rank's edits of a group: scored after sampling.
         self.group_rewards = build_group_rewards(
             split_reward_spec(_spec(config.reward_fn))[1], self.reward_client, seed=config.seed
@@ -251,7 +271,7 @@ class Trainer:
             enabled=dist.is_main,
             wandb=resolve_wandb_settings(config.wandb.mode, config.wandb.project, config.wandb.entity),
             run_name=config.run_name,
-            config=config.to_dict(),
+            config={**config.to_dict(), **judge_templates(combined, dist.is_main)},
         )
         if config.resume_from:
             self._resume(config.resume_from)

@@ -116,7 +116,10 @@ def create_app(
             response.headers["Retry-After"] = "1"
             return response, status
         results = batcher.score(items)
-        return jsonify(build_score_response([s for s, _ in results], [e for _, e in results]))
+        body = build_score_response([s for s, _ in results], [e for _, e in results])
+        # Every score names the prompt that produced it (the template's name and text hash).
+        body.update({key: info[key] for key in ("template", "template_sha256") if key in info})
+        return jsonify(body)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

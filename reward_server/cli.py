@@ -26,7 +26,13 @@ from collections.abc import Sequence
 
 from reward_server.backends import BACKEND_NAMES, build_backend
 from reward_server.backends.base import BackendOptions
-from reward_server.prompt_template import DEFAULT_TEMPLATE, TEMPLATES
+from reward_server.prompt_template import (
+    DEFAULT_TEMPLATE,
+    TEMPLATES,
+    TemplateError,
+    template_id_for_file,
+    template_info,
+)
 from reward_server.protocol import Limits
 
 LOGGER = logging.getLogger("reward_server")
@@ -50,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or env {API_KEY_ENV})"
     )
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
+    parser.add_argument(
+        "--template-file",
+        default=None,
+        help="the judge's prompt from a file with the placeholders {prompt} and {requirement} (replaces "
+        "--template; docs/reward-server.md says how to reproduce the original's rewards)",
+    )
     parser.add_argument("--threads", type=int, default=32, help="HTTP worker threads (concurrent requests)")
     parser.add_argument("--device", default="auto", help="transformers: cuda, cpu or auto")
     parser.add_argument("--dtype", default="auto", help="transformers: bfloat16, float32 or auto")
@@ -128,8 +140,22 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
     raise KeyboardInterrupt
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments; ``--template-file`` is checked and becomes ``args.template`` (``file:`` id)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.template_file:
+        if args.template != DEFAULT_TEMPLATE:
+            parser.error("--template and --template-file: give one of them")
+        try:
+            args.template = template_id_for_file(args.template_file)
+        except TemplateError as error:
+            parser.error(str(error))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout
     )
@@ -143,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     LOGGER.info("loading %s judge %s", args.backend, args.model)
     replicas = build_replicas(args, limits)
     batcher = DynamicBatcher(replicas, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000)
-    info = {"backend": args.backend, "model": args.model, "template": args.template}
+    info = {"backend": args.backend, "model": args.model, **template_info(args.template)}
     app = create_app(batcher, info, limits, api_key=api_key)
     server = create_server(
         app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=limits.max_body_bytes

@@ -3,19 +3,29 @@
 The judge sees one user turn: [source image(s), edited image, text]. The text states the instruction
 and the item's requirement, asks for a 0-5 rating and for the number only.
 
-Placeholders of a template: ``{instruction}``, ``{requirement}`` (an empty one is stated as
+Placeholders of a template: ``{instruction}`` (or the original's name for it, ``{prompt}``), ``{requirement}`` (an empty one is stated as
 "none beyond the instruction") and ``{image_roles}``, the sentence saying which image is which. With
 one source image it reads "The first image is the original image and the second image is the
 edited result." (so the text of ``edit_r1_v1`` is unchanged from its first version); with n > 1
 (several reference images) "The first n images are the original images (Picture 1 to Picture n)
 and the last image is the edited result." Changing the wording
 changes the reward, so a new wording gets a new name instead of silently replacing an old one;
-the server reports the name it uses in ``/health``.
+the server reports the name and the SHA-256 of its text in ``/health`` and in every ``/score``
+response.
+
+A user's template (``reward_server.py --template-file PATH``) uses the original's placeholders
+``{prompt}`` (the instruction) and ``{requirement}``, filled in with ``str.format`` exactly as the
+original server did: nothing is stripped and an empty requirement stays blank. Its id is
+``file:<absolute path>``; its name in ``/health`` is ``file:<file name>``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import string
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 DEFAULT_TEMPLATE = "edit_r1_v1"
@@ -66,15 +76,79 @@ def image_roles(num_sources: int = 1) -> str:
     )
 
 
+FILE_PREFIX = "file:"
+PLACEHOLDERS = ("prompt", "requirement", "image_roles")
+
+
+class TemplateError(ValueError):
+    """A template file cannot be used; the message names the file and the problem."""
+
+
+@functools.lru_cache(maxsize=8)
+def load_template_file(path: str) -> str:
+    """The text of a template file, checked: UTF-8, ``{prompt}`` present, no other placeholder."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TemplateError(f"template file {path}: cannot read it ({error})") from None
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as error:
+        raise TemplateError(
+            f"template file {path}: {error} (write literal braces as {{{{ and }}}})"
+        ) from None
+    unknown = sorted(fields - set(PLACEHOLDERS))
+    if unknown or "prompt" not in fields:
+        raise TemplateError(
+            f"template file {path}: placeholders must be {{prompt}} (required), {{requirement}} and "
+            "{{image_roles}}; "
+            f"found {sorted(fields)}"
+        )
+    return text
+
+
+def template_id_for_file(path: str | Path) -> str:
+    """The id under which a (checked) template file is used: ``file:<absolute path>``."""
+    resolved = str(Path(path).resolve())
+    load_template_file(resolved)
+    return FILE_PREFIX + resolved
+
+
+def template_text(template: str) -> str:
+    """The text of a built-in template name or a ``file:`` id."""
+    if template.startswith(FILE_PREFIX):
+        return load_template_file(template[len(FILE_PREFIX) :])
+    if template not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[template]
+
+
+def template_info(template: str) -> dict[str, str]:
+    """``{"template": name, "template_sha256": hex}`` for ``/health`` and ``/score`` responses."""
+    name = (
+        FILE_PREFIX + Path(template[len(FILE_PREFIX) :]).name
+        if template.startswith(FILE_PREFIX)
+        else template
+    )
+    digest = hashlib.sha256(template_text(template).encode("utf-8")).hexdigest()
+    return {"template": name, "template_sha256": digest}
+
+
 def render_prompt(
     instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE, num_sources: int = 1
 ) -> str:
-    """The judge's text for one item; an empty requirement is stated as such rather than left blank."""
-    if template not in TEMPLATES:
-        raise KeyError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
-    requirement = requirement.strip() or NO_REQUIREMENT
-    return TEMPLATES[template].format(
-        instruction=instruction.strip(), requirement=requirement, image_roles=image_roles(num_sources)
+    """The judge's text for one item. Built-in templates strip the texts and state an empty
+    requirement as such; a template file is filled in as the original filled its prompt
+    (``text.format(prompt=..., requirement=...)``: nothing stripped, an empty requirement blank;
+    ``{image_roles}`` is available to it too)."""
+    text = template_text(template)
+    if template.startswith(FILE_PREFIX):
+        return text.format(prompt=instruction, requirement=requirement, image_roles=image_roles(num_sources))
+    return text.format(
+        instruction=instruction.strip(),
+        prompt=instruction.strip(),
+        requirement=requirement.strip() or NO_REQUIREMENT,
+        image_roles=image_roles(num_sources),
     )
 
 

@@ -7,7 +7,8 @@ The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``
   "replicas"}`` once the judge is loaded (open without the API key, then only status/backend/template).
 - ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?,
   "more_source_images"?}, ...]}``
-  (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null]}``
+  (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null],
+  "template", "template_sha256"}`` (the judge prompt's name and the SHA-256 of its text)
   in request order. A score is the judge's expected rating divided by 5, in [0, 1]; an item the
   judge could not score has ``null`` and an error message, never a made-up number.
 - Version 2 adds pairwise items, ``{"kind": "pairwise", "image", "image_b", "source_image",

@@ -15,6 +15,7 @@ from waitress import create_server
 from reward_server.app import create_app
 from reward_server.batcher import DynamicBatcher
 from reward_server.images import JudgeItem
+from reward_server.prompt_template import template_info
 from reward_server.protocol import Limits
 
 
@@ -57,7 +58,7 @@ def reward_app_server(
 ):
     """A real reward-server app (batcher + Flask + waitress) around the given backend replicas."""
     batcher = DynamicBatcher(backends, max_batch_size=max_batch_size, max_wait_s=0.005)
-    info = {"backend": backends[0].name, "model": backends[0].model, "template": backends[0].template}
+    info = {"backend": backends[0].name, "model": backends[0].model, **template_info(backends[0].template)}
     try:
         with serve_in_thread(
             create_app(batcher, info, limits, api_key=api_key), threads=24, port=port

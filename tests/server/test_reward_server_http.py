@@ -24,6 +24,7 @@ from reward_helpers import free_port, png_bytes, random_image, reward_app_server
 from reward_server.backends import BackendOptions, build_backend
 from reward_server.images import decode_item
 from reward_server.load_test import run_load
+from reward_server.prompt_template import template_info
 from reward_server.protocol import Limits, RawItem, build_score_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def test_health_reports_the_judge(server, tiny_judge):
         "protocol": 2,
         "backend": "transformers",
         "model": str(tiny_judge),
-        "template": "edit_r1_v1",
+        **template_info("edit_r1_v1"),
         "replicas_alive": 1,
         "replicas": 1,
     }
@@ -258,7 +259,7 @@ def test_api_key_is_required_when_configured(judge, items):
             "status": "ok",
             "protocol": 2,
             "backend": "transformers",
-            "template": "edit_r1_v1",
+            **template_info("edit_r1_v1"),
         }
         full = requests.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}, timeout=10)
         assert full.json()["model"] == judge.model and full.json()["replicas"] == 1
