@@ -33,10 +33,11 @@ from tqdm import tqdm
 from edit_r1.data.dataset import SPLITS, DatasetError, _normalise_relpath, _parse_line
 from reward_server.protocol import Limits
 
-# The text encoder keeps `max_sequence_length` = 512 tokens (config/base.py) including the chat
-# template; English BPE averages 3-4 characters a token, so ~1,500 characters is where truncation
-# becomes likely. A rough estimate, hence only a warning.
-LONG_PROMPT_CHARS = 1500
+# The text condition keeps the original's lengths (config/base.py `max_sequence_length` = 0): Kontext's
+# T5 128 tokens; Qwen 256 after the template prefix, of which a 384^2 condition image takes ~200.
+# English averages 3-4 characters a token, so past ~400 characters truncation becomes likely (for
+# Qwen, earlier). A rough estimate, hence only a warning.
+LONG_PROMPT_CHARS = 400
 EXTREME_ASPECT = 2.0  # the centre crop keeps 1/aspect of the image: below half of it beyond this
 
 
@@ -120,7 +121,7 @@ def _check_record(
                                 f"server accepts at most {Limits().max_text_chars}"))  # fmt: skip
     elif len(prompt) > LONG_PROMPT_CHARS:
         findings.append(Finding("warning", where, f"instruction of {len(prompt)} characters may be "
-                                "truncated by the text encoder (512 tokens with the template)"))  # fmt: skip
+                                "truncated by the text encoder (Kontext keeps 128 tokens, Qwen 256 including the image)"))  # fmt: skip
     if not record["requirement"].strip():
         report.empty_requirements += 1
         findings.append(Finding("warning", where, "empty 'requirement': the judge sees a blank line"))
