@@ -121,7 +121,7 @@ def _check_record(
                                 f"server accepts at most {Limits().max_text_chars}"))  # fmt: skip
     elif len(prompt) > LONG_PROMPT_CHARS:
         findings.append(Finding("warning", where, f"instruction of {len(prompt)} characters may be "
-                                "truncated by the text encoder (Kontext keeps 128 tokens, Qwen 256 including the image)"))  # fmt: skip
+                                "truncated by the text encoder (it keeps 128 to 256 tokens, image tokens included)"))  # fmt: skip
     if not record["requirement"].strip():
         report.empty_requirements += 1
         findings.append(Finding("warning", where, "empty 'requirement': the judge sees a blank line"))
