@@ -153,7 +153,7 @@ def test_pairwise_items_are_scored_beside_pointwise_ones(server, judge, items, r
     images = [
         Image.open(io.BytesIO(data)) for data in (items[0].image, items[1].image, items[0].source_image)
     ]
-    client = RewardClient(server.split("://", 1)[1])
+    client = RewardClient(server.split("://", 1)[1], image_format="png")  # lossless: the same pixels
     try:
         compared = client.compare([PairSample(images[0], images[1], images[2], "make the sky red")])
     finally:
