@@ -473,15 +473,9 @@ def validate_config(
 ) -> list[str]:
     """Check a config before training; raise one :class:`ConfigError` listing every problem.
 
-        Returns warnings (legal but probably unintended settings), e.g. ``num_image_per_prompt=1``:
-    <<<<<<< HEAD
-        every group then has std 0, so every advantage is 0 and only the KL term trains (it must run:
-        the original ended in ``assert False``, docs/upstream-differences.md entry 13; it cannot learn
-        from the reward). ``check_files`` also checks the dataset files.
-    =======
-        groups of one have no spread, so rewards are standardised over the whole epoch instead (the
-        original's fallback). ``check_files`` also checks the dataset files.
-    >>>>>>> 8fa7160 (Images as the original: LANCZOS resize for training/evaluation, EXIF transpose for ImgEdit; num_image_per_prompt=1 standardises rewards over the epoch (the original's k=1 branch); upstream-differences #13/#27 corrected, #34 (requirement key))
+    Returns warnings (legal but probably unintended settings), e.g. ``num_image_per_prompt=1``:
+    groups of one have no spread, so rewards are standardised over the whole epoch instead (the
+    original's fallback). ``check_files`` also checks the dataset files.
     """
     problems: list[str] = []
     _check_top_level(config, problems)

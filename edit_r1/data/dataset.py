@@ -103,13 +103,9 @@ def _load_rgb(path: Path) -> Image.Image:
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Crop the largest centred square, then resize it to ``size x size`` (LANCZOS); returns RGB.
 
-    <<<<<<< HEAD
-        As the original (docs/models.md#how-each-model-is-conditioned): target and reference images
-        are centre-cropped and resized to ``resolution``.
-    =======
-        Target and reference images are centre-cropped and resized to ``resolution`` with LANCZOS, as
-        the original's training dataset does (``train_nft_qwen_image_edit.py`` ~101-116).
-    >>>>>>> 8fa7160 (Images as the original: LANCZOS resize for training/evaluation, EXIF transpose for ImgEdit; num_image_per_prompt=1 standardises rewards over the epoch (the original's k=1 branch); upstream-differences #13/#27 corrected, #34 (requirement key))
+    Target and reference images are centre-cropped and resized to ``resolution`` with LANCZOS, as
+    the original's training dataset does (``train_nft_qwen_image_edit.py`` ~101-116; see
+    docs/models.md#how-each-model-is-conditioned).
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
