@@ -4,12 +4,12 @@ Reads ``DIR/train_metadata.jsonl`` and ``DIR/test_metadata.jsonl`` line by line 
 file and line, every
 
 * **error** (the run would fail, or an item is unusable): a line that is not a JSON object, a
-  missing or non-string ``prompt`` / ``image`` / ``requirement`` field (the loader requires all
-  three, ``docs/data.md``), an empty instruction, an instruction longer than the reward server
+  missing or non-string ``prompt`` / ``image`` field or a non-string ``requirement`` (``docs/data.md``),
+  an empty instruction, an instruction longer than the reward server
   accepts (``reward_server.protocol.Limits.max_text_chars``), an image that is missing or does not
   decode, a missing metadata file or one with no items;
-* **warning** (the run works, but probably not as intended): an empty ``requirement`` (the judge
-  sees a blank line), an instruction so long the text encoder may truncate it, an image smaller
+* **warning** (the run works, but probably not as intended): a missing ``requirement`` key (judged
+  as ``""``, as the original does) or an empty one (the judge sees a blank line), an instruction so long the text encoder may truncate it, an image smaller
   than the training resolution (it is upscaled) or of extreme aspect ratio (the centre crop drops
   most of it), a duplicate ``(instruction, image)`` key within a split (that group is drawn more
   often), and a group present in both splits (evaluation then measures training items).
@@ -30,7 +30,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from edit_r1.data.dataset import SPLITS, DatasetError, _normalise_relpath, _parse_line
+from edit_r1.data.dataset import MISSING_REQUIREMENT, SPLITS, DatasetError, _normalise_relpath, _parse_line
 from reward_server.protocol import Limits
 
 # The text condition keeps the original's lengths (config/base.py `max_sequence_length` = 0): Kontext's
@@ -122,7 +122,10 @@ def _check_record(
     elif len(prompt) > LONG_PROMPT_CHARS:
         findings.append(Finding("warning", where, f"instruction of {len(prompt)} characters may be "
                                 "truncated by the text encoder (it keeps 128 to 256 tokens, image tokens included)"))  # fmt: skip
-    if not record["requirement"].strip():
+    if record.get(MISSING_REQUIREMENT):
+        report.empty_requirements += 1
+        findings.append(Finding("warning", where, "no 'requirement' key: judged with an empty requirement"))
+    elif not record["requirement"].strip():
         report.empty_requirements += 1
         findings.append(Finding("warning", where, "empty 'requirement': the judge sees a blank line"))
     relpaths = []
@@ -207,7 +210,7 @@ def summary_table(result: CheckResult) -> str:
     """A markdown table: one row per split."""
     rows = [
         "| split | items | groups | images | min size | max size | prompt chars (median) "
-        "| empty requirement | errors | warnings |",
+        "| missing or empty requirement | errors | warnings |",
         "|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for report in result.reports:

@@ -9,10 +9,10 @@ Each non-blank line is a JSON object::
 * ``images`` (optional, non-empty list of such strings): several source images, in order ("Picture 1",
   "Picture 2", ... for the Qwen Plus models). With ``images``, ``image`` may be left out; when both
   are given ``image`` must equal ``images[0]`` (so tools that read ``image`` see the first).
-* ``requirement`` (string, required, may be ``""``): what a correct edit must satisfy; the MLLM judge
-  reads it. The original treated a missing key as ``""``; here it is required (a deliberate
-  difference, ``docs/upstream-differences.md``): a missing key is usually a broken export, and
-  silently judging without requirements would change the reward. Write ``""`` to opt out.
+* ``requirement`` (string, optional): what a correct edit must satisfy; the MLLM judge reads it.
+  A missing key counts as ``""``, as in the original (``metadata.get("requirement", "")``); the
+  dataset logs how many lines lack it and ``python -m edit_r1.data check`` lists each one, because a
+  missing key is often a broken export and judging without requirements changes the reward.
 * any other field is kept, untouched, in :attr:`EditItem.extra` (e.g. the toy data's ``target_color``).
 
 Every problem is reported with file, line and field. All image files are checked to exist when the
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,8 +38,13 @@ from typing import Any
 
 from PIL import Image
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "test")
-REQUIRED_FIELDS = ("prompt", "image", "requirement")
+REQUIRED_FIELDS = ("prompt", "image")
+REQUIREMENT_FIELD = "requirement"
+# Marks a parsed record whose line had no ``requirement`` key (filled with ""); never part of ``extra``.
+MISSING_REQUIREMENT = "__requirement_missing__"
 IMAGE_LIST_FIELD = "images"
 
 GroupKey = tuple[str, ...]
@@ -131,7 +137,10 @@ def _parse_line(text: str, where: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
     _check_image_list(record, where)
-    for name in REQUIRED_FIELDS:
+    if REQUIREMENT_FIELD not in record:
+        record[REQUIREMENT_FIELD] = ""
+        record[MISSING_REQUIREMENT] = True
+    for name in (*REQUIRED_FIELDS, REQUIREMENT_FIELD):
         if name not in record:
             raise DatasetError(f"{where}: missing field {name!r} (required: {', '.join(REQUIRED_FIELDS)})")
         if not isinstance(record[name], str):
@@ -188,7 +197,15 @@ class EditDataset:
         self.group_keys: list[GroupKey] = [item.group_key for item in self._items]
 
     def _read(self) -> list[tuple[int, dict[str, Any]]]:
-        return read_metadata(self.metadata_path)
+        records = read_metadata(self.metadata_path)
+        missing = sum(1 for _, record in records if record.get(MISSING_REQUIREMENT))
+        if missing:
+            logger.warning(
+                "%s: %d of %d lines have no 'requirement' key; the judge sees an empty requirement for "
+                "them (as the original). `python -m edit_r1.data check` lists them.",
+                self.metadata_path, missing, len(records),
+            )  # fmt: skip
+        return records
 
     def _make_item(self, index: int, line_number: int, record: dict[str, Any]) -> EditItem:
         named = record.get(IMAGE_LIST_FIELD, [record["image"]])
@@ -200,7 +217,8 @@ class EditDataset:
                 raise DatasetError(
                     f"{self.metadata_path}:{line_number}: field {label!r} names a missing file: {path}"
                 )
-        extra = {k: v for k, v in record.items() if k not in (*REQUIRED_FIELDS, IMAGE_LIST_FIELD)}
+        known = (*REQUIRED_FIELDS, REQUIREMENT_FIELD, IMAGE_LIST_FIELD, MISSING_REQUIREMENT)
+        extra = {k: v for k, v in record.items() if k not in known}
         return EditItem(
             index=index,
             prompt=record["prompt"],

@@ -85,6 +85,17 @@ def test_extra_fields_are_kept_and_empty_requirement_is_allowed(tmp_path: Path) 
     assert item.extra == {"target_color": [1, 2, 3], "task": "recolor"}
 
 
+def test_missing_requirement_counts_as_empty_as_the_original(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _write_dataset(tmp_path, [_line(requirement=None), _line(requirement="keep the rest")])
+    with caplog.at_level("WARNING", logger="edit_r1.data.dataset"):
+        dataset = EditDataset(root)
+    assert [item.requirement for item in dataset] == ["", "keep the rest"]
+    assert dataset[0].extra == {}
+    assert "1 of 2 lines have no 'requirement' key" in caplog.text
+
+
 def test_blank_lines_are_skipped_but_line_numbers_stay_true(tmp_path: Path) -> None:
     root = _write_dataset(tmp_path, [_line(), "", "   ", "{broken"])
     with pytest.raises(DatasetError, match=r"train_metadata\.jsonl:4: invalid JSON"):
@@ -95,7 +106,7 @@ def test_blank_lines_are_skipped_but_line_numbers_stay_true(tmp_path: Path) -> N
     ("line", "message"),
     [
         ("[1, 2]", r":1: expected a JSON object, got list"),
-        (_line(requirement=None), r":1: missing field 'requirement'"),
+        (_line(requirement=3), r":1: field 'requirement' must be a string, got int 3"),
         (_line(prompt=None), r":1: missing field 'prompt'"),
         (_line(prompt=3), r":1: field 'prompt' must be a string, got int 3"),
         (_line(image=["a.png"]), r":1: field 'image' must be a string, got list"),
