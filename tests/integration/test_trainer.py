@@ -98,16 +98,20 @@ def redness(samples) -> np.ndarray:
 
 
 def test_policy_learns_a_rule_reward(make_config):
-    """Measured (deterministic, seeded): mean reward 0.4518 at epoch 0 -> 0.465 from epoch 4 on, the
-    last three epochs above every one of the first two (4 groups x 4 samples per epoch)."""
+    """Seeded, deterministic; 4 groups x 4 samples per epoch, lr 3e-2, 12 epochs.
+
+    Measured on the tiny kit (mean reward of epochs 0-1 -> mean of epochs 4-11): seed 42 0.4527 ->
+    0.4624, seed 1 0.4535 -> 0.4679, seed 2 0.4537 -> 0.4676; at lr 1e-12 (no learning) 0.4520 ->
+    0.4522, with every epoch within 0.4505-0.4533. The lr-3e-2 curve is noisy near its top (seed 42
+    dips to 0.457 at epoch 11), so the late epochs are compared as a block, not the last three."""
     config = make_config("learn", num_epochs=12, save_freq=100, eval_freq=100, train__learning_rate=3e-2)
     config.sample.num_groups_per_epoch = 4
     trainer = Trainer(config, distributed.init_distributed(device="cpu"))
     trainer.reward = AsyncRewardScorer(CombinedReward({"redness": 1.0}, {"redness": redness}))
     trainer.run()
     rewards = [row["reward_mean"] for row in metrics_without_times(trainer.run_dir)]
-    first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
-    assert last - first > 0.008 and min(rewards[-3:]) > max(rewards[:2]), rewards
+    early, late = rewards[:2], rewards[4:]
+    assert np.mean(late) - np.mean(early) > 0.006 and min(late) > max(early), rewards
 
 
 def constant_by_group(value_of_prompt):
