@@ -15,6 +15,19 @@ from typing import Protocol
 from reward_server.images import JudgeItem
 from reward_server.prompt_template import DEFAULT_TEMPLATE
 
+# Sampling fields that change the logits the logprobs are read from (vLLM offline and `vllm serve`
+# alike); every one is sent at its neutral value so that nothing (a model's generation_config, a
+# server default) can move the score.
+NEUTRAL_SAMPLING = {
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+
 ItemResult = float | BaseException
 
 

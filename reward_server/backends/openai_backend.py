@@ -29,22 +29,13 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from reward_server.backends.base import BackendOptions, ItemResult
+from reward_server.backends.base import NEUTRAL_SAMPLING, BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri, judge_images
 from reward_server.prompt_template import chat_messages, render_item_prompt
 from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs and the OpenAI API's maximum
 TOKEN_ID_PREFIX = "token_id:"
-NEUTRAL_SAMPLING = {
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-}
 
 
 def chat_request(model: str, item: JudgeItem, template: str, digit_ids: Sequence[int]) -> dict:

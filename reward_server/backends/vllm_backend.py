@@ -34,28 +34,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from reward_server.backends.base import BackendOptions, ItemResult
+from reward_server.backends.base import NEUTRAL_SAMPLING, BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri, judge_images
 from reward_server.prompt_template import chat_messages, render_item_prompt
 from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
 IMAGES_PER_PROMPT = 3  # source + edit, or source + two edits (a pairwise item)
-# Sampling fields that change the logits the logprobs are read from; every one set to its neutral
-# value so that nothing (a model's generation_config, a vLLM default) can move the score.
-NEUTRAL_SAMPLING = {
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-}
 
 
 def make_vllm_engine(options: BackendOptions):
-    """A vLLM ``LLM`` for the judge (two images per prompt, logprobs mode from the options)."""
+    """A vLLM ``LLM`` for the judge (``IMAGES_PER_PROMPT`` images per prompt, logprobs mode from the options)."""
     from vllm import LLM
 
     if options.logprobs_mode not in LOGPROBS_MODES:
