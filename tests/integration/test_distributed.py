@@ -129,7 +129,14 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         str(script),
         str(work),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    for _attempt in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        # Seen once in ~15 runs (a fresh-clone CI run, other jobs on the 2 cores): rank 1 aborted in
+        # C++ ("terminate called without an active exception", SIGABRT) with no Python traceback; it
+        # did not recur in isolation or under parallel load. Only that abort is retried, once; any
+        # Python failure or wrong result still fails the test.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(2)]
 
