@@ -16,8 +16,10 @@ from reward_helpers import (
     serve_in_thread,
 )
 
-from edit_r1.rewards import RewardSample
+from edit_r1.rewards import CombinedReward, RewardSample
 from edit_r1.rewards.client import RetryPolicy, RewardClient, RewardRequestRejected, RewardServerUnavailable
+from edit_r1.trainer import judge_templates
+from reward_server.prompt_template import template_id_for_file, template_info
 
 FAST_RETRY = RetryPolicy(deadline_s=1.5, initial_backoff_s=0.05, max_backoff_s=0.2, request_timeout_s=0.5)
 
@@ -147,3 +149,17 @@ def test_a_dead_server_among_several_is_skipped_without_waiting():
         elapsed = time.monotonic() - started
     assert elapsed < slow_retry.initial_backoff_s  # no backoff pause: chunks went to the live one
     assert sum(backends[0].batches) - taken_before == 3 * len(wanted)
+
+
+def test_the_trainer_logs_the_judge_template_the_server_names(tmp_path) -> None:
+    template_file = tmp_path / "my_judge_prompt.txt"
+    template_file.write_text("Task: {prompt}\nMust hold: {requirement}\nOne digit.", encoding="utf-8")
+    backend = InstructionScoreBackend()
+    backend.template = template_id_for_file(template_file)
+    expected = template_info(backend.template)
+    with reward_app_server([backend]) as url:
+        client = RewardClient(url)
+        reward = CombinedReward({"judge": 1.0}, {"judge": client.score})
+        assert judge_templates(reward) == {"judge_templates": {"judge": expected}}
+        assert judge_templates(CombinedReward({"rule": 1.0}, {"rule": lambda s: [0.0] * len(s)})) == {}
+        client.close()
