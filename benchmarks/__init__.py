@@ -11,8 +11,8 @@ One module per scenario:
 - :mod:`benchmarks.epoch` -- a whole tiny epoch with ``torchrun``, time per phase.
 
 :mod:`benchmarks.common` holds the settings and the timing helpers, :mod:`benchmarks.policies`
-the models the scenarios time, :mod:`benchmarks.reward_server_process` the reward-server launcher
-(also used by the tests), :mod:`benchmarks.report` the text table. This folder is not part of the
+the models the scenarios time, :mod:`benchmarks.report` the text table; the reward-server launcher
+is :mod:`reward_server.launcher` (shared with the tests and the toy world's learning runs). This folder is not part of the
 installed package. See ``docs/performance.md``.
 """
 

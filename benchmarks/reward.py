@@ -22,7 +22,7 @@ from benchmarks.common import (
     resolve_kit,
     time_side_by_side,
 )
-from benchmarks.reward_server_process import RewardServerStartError, launch_reward_server
+from reward_server.launcher import RewardServerStartError, launch_reward_server
 
 JUDGE_FOLDER = "judge_qwen2_5_vl"
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from edit_r1.toyworld import CHECKPOINTS, world
 from edit_r1.toyworld.report import eval_curve
+from reward_server.launcher import RewardServerStartError, launch_reward_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"qwen_image_edit": ("config/qwen_image_edit_nft.py:toy", "scripts/train_nft_qwen_image_edit.py")}
@@ -57,47 +55,15 @@ def write_dataset(out: Path, num_train: int = 256, num_test: int = 32) -> Path:
     return write_toy_dataset(out, num_train, num_test, size=world.SIZE, seed=0, tasks=world.TASKS)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def judge_server(log: Path, judge: Path = JUDGE_DIR, timeout_s: float = 180.0) -> Iterator[str]:
     """The reward server with the toy judge on a free loopback port; yields ``host:port``."""
-    port = _free_port()
-    command = [
-        sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"), "--backend", "transformers",
-        "--model", str(judge), "--template", world.JUDGE_TEMPLATE, "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "64",
-        "--device", "cpu",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
-        try:
-            _wait_healthy(f"http://127.0.0.1:{port}", process, log, timeout_s)
-            yield f"127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LearningRunError(
-                f"reward server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.3)
-    raise LearningRunError(f"reward server {url} not healthy after {timeout_s:.0f} s; log: {log}")
+    extra_args = ("--template", world.JUDGE_TEMPLATE)
+    try:
+        with launch_reward_server(judge, 64, "cpu", log, extra_args, timeout_s) as address:
+            yield address
+    except RewardServerStartError as error:
+        raise LearningRunError(str(error)) from error
 
 
 def training_command(

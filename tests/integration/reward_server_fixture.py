@@ -9,7 +9,7 @@ Use from a test module in tests/integration/ (its folder is on sys.path under py
         with start_reward_server(tiny_kit, tmp_path_factory.mktemp("server")) as address:
             yield address           # "127.0.0.1:<port>"
 
-The launcher is the one the benchmarks use (``benchmarks.reward_server_process``): a free port,
+The launcher is the one the benchmarks use (``reward_server.launcher``): a free port,
 ``/health`` polled until ready, the server log quoted if it dies, terminated on exit.
 """
 
@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.reward_server_process import launch_reward_server
+from reward_server.launcher import launch_reward_server
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""A real reward server subprocess on a free loopback port, for the ``reward`` benchmark and the tests.
+"""A real reward server subprocess on a free loopback port, for the benchmarks, the toy world's
+learning runs and the tests.
 
 :func:`launch_reward_server` runs ``reward_server/reward_server.py`` (transformers backend), polls
 ``/health`` until it answers, quotes the server log if it dies, and terminates it on exit. It needs
@@ -14,10 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the reward_server package
 
 
 class RewardServerStartError(RuntimeError):
@@ -31,19 +32,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launch_reward_server(judge: Path, max_batch_size: int, device: str, log: Path) -> Iterator[str]:
-    """A real reward server subprocess (transformers backend) on a free loopback port; yields host:port."""
+def launch_reward_server(
+    judge: Path,
+    max_batch_size: int,
+    device: str,
+    log: Path,
+    extra_args: Sequence[str] = ("--threads", "64"),
+    timeout_s: float = 180.0,
+) -> Iterator[str]:
+    """A real reward server subprocess (transformers backend) on a free loopback port; yields host:port.
+
+    ``extra_args`` are appended to the server's command line (e.g. ``--template NAME``)."""
     port = free_port()
     command = [
         sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"),
         "--backend", "transformers", "--model", str(judge), "--host", "127.0.0.1", "--port", str(port),
-        "--max-batch-size", str(max_batch_size), "--device", device, "--threads", "64",
+        "--max-batch-size", str(max_batch_size), "--device", device, *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
         try:
-            wait_for_health(f"http://127.0.0.1:{port}", process, log)
+            wait_for_health(f"http://127.0.0.1:{port}", process, log, timeout_s)
             yield f"127.0.0.1:{port}"
         finally:
             process.terminate()
