@@ -17,6 +17,9 @@ echo "== building the tiny model kit and the toy dataset"
 $PY -m edit_r1.models.tiny build --out .tiny/kit
 $PY -m edit_r1.data.toy --out .tiny/toy_data --train 16 --test 4
 
+# A fresh run each time: a new run in the old folder would append to its metrics.jsonl and curve.
+rm -rf "$RUN_DIR/tiny_qwen"
+
 PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG="$RUN_DIR/reward_server.log"
 mkdir -p "$RUN_DIR"
