@@ -11,6 +11,7 @@ the others serve) or ``down`` (no replica alive; answered with 503). Every other
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from collections.abc import Mapping
@@ -85,41 +86,57 @@ def create_app(
             return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
         return None
 
-    @app.get("/health")
-    def health_check():
-        alive, total = batcher.replicas_alive()
-        status = "ok" if alive == total else "degraded" if alive else "down"
-        health = {
-            "status": status,
-            "protocol": PROTOCOL_VERSION,
-            **dict(info),
-            "replicas_alive": alive,
-            "replicas": total,
-        }
-        body = health if _authorised(api_key) else _public_health(health)
-        return jsonify(body), 503 if status == "down" else 200
+    health = functools.partial(_health, batcher, info, api_key)
+    app.add_url_rule("/health", "health_check", health, methods=["GET"])
+    score = functools.partial(_score, batcher, info, limits, max_queued_items)
+    app.add_url_rule("/score", "score", score, methods=["POST"])
+    _register_error_handlers(app)
+    return app
 
-    @app.post("/score")
-    def score():
-        try:
-            _check_body_headers()
-            raw_items = parse_score_request(request.get_data(cache=False), limits)
-            items = [decode_item(raw, index, limits) for index, raw in enumerate(raw_items)]
-        except ProtocolError as error:
-            return _error(error.status, error.message)
-        if batcher.replicas_alive()[0] == 0:
-            response, status = _error(503, "no judge replica is alive (restarting); retry later")
-            response.headers["Retry-After"] = "5"
-            return response, status
-        if batcher.queued() + len(items) > max_queued_items:
-            response, status = _error(503, f"server busy: more than {max_queued_items} items queued")
-            response.headers["Retry-After"] = "1"
-            return response, status
-        results = batcher.score(items)
-        body = build_score_response([s for s, _ in results], [e for _, e in results])
-        # Every score names the prompt that produced it (the template's name and text hash).
-        body.update({key: info[key] for key in ("template", "template_sha256") if key in info})
-        return jsonify(body)
+
+def _health(batcher: DynamicBatcher, info: Mapping[str, str], api_key: str | None):
+    """``GET /health``: status from the live replicas (503 when none is alive); the full record
+    (backend, model, template) only for an authorised caller."""
+    alive, total = batcher.replicas_alive()
+    status = "ok" if alive == total else "degraded" if alive else "down"
+    health = {
+        "status": status,
+        "protocol": PROTOCOL_VERSION,
+        **dict(info),
+        "replicas_alive": alive,
+        "replicas": total,
+    }
+    body = health if _authorised(api_key) else _public_health(health)
+    return jsonify(body), 503 if status == "down" else 200
+
+
+def _score(batcher: DynamicBatcher, info: Mapping[str, str], limits: Limits, max_queued_items: int):
+    """``POST /score``: checked request -> batcher -> one score (or error) per item; 503 with
+    ``Retry-After`` when no replica is alive or the queue is full."""
+    try:
+        _check_body_headers()
+        raw_items = parse_score_request(request.get_data(cache=False), limits)
+        items = [decode_item(raw, index, limits) for index, raw in enumerate(raw_items)]
+    except ProtocolError as error:
+        return _error(error.status, error.message)
+    if batcher.replicas_alive()[0] == 0:
+        response, status = _error(503, "no judge replica is alive (restarting); retry later")
+        response.headers["Retry-After"] = "5"
+        return response, status
+    if batcher.queued() + len(items) > max_queued_items:
+        response, status = _error(503, f"server busy: more than {max_queued_items} items queued")
+        response.headers["Retry-After"] = "1"
+        return response, status
+    results = batcher.score(items)
+    body = build_score_response([s for s, _ in results], [e for _, e in results])
+    # Every score names the prompt that produced it (the template's name and text hash).
+    body.update({key: info[key] for key in ("template", "template_sha256") if key in info})
+    return jsonify(body)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error as the protocol's JSON error body: HTTP errors keep their code, anything else is
+    a logged 500 that names only the exception type."""
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -129,5 +146,3 @@ def create_app(
     def unexpected_error(error: Exception):
         LOGGER.exception("internal error while serving %s %s", request.method, request.path)
         return _error(500, f"internal server error ({type(error).__name__})")
-
-    return app

@@ -99,45 +99,54 @@ def nft_loss(
     ``kl_div``, ``old_kl_div`` (with ``v_ref``), ``x0_norm``, ``x0_norm_max``, ``old_deviate``,
     ``old_deviate_max``, ``positive_weight``, ``kept_fraction``, ``total_loss``.
     """
-    _check_inputs(
-        v,
-        v_old,
-        v_ref,
-        x_t,
-        x0,
-        t,
-        advantages,
-        mask,
-        nft_beta=nft_beta,
-        kl_beta=kl_beta,
-        adv_clip_max=adv_clip_max,
-    )
+    _check_inputs(v, v_old, v_ref, x_t, x0, t, advantages, mask, nft_beta=nft_beta, kl_beta=kl_beta,
+                  adv_clip_max=adv_clip_max)  # fmt: skip
     keep = mask.to(device=v.device, dtype=torch.float32)
     advantages = torch.where(keep > 0, advantages.to(v.device, torch.float32), torch.zeros_like(keep))
     r = positive_weight(advantages, adv_clip_max=adv_clip_max, adv_mode=adv_mode)
     v32, v_old32 = v.float(), v_old.detach().float()
-    t_b = t.to(device=v.device, dtype=torch.float32).view(-1, *([1] * (v.ndim - 1)))
-    x_t32, x0_32 = x_t.float(), x0.float()
-
-    positive_v = nft_beta * v32 + (1 - nft_beta) * v_old32
-    negative_v = (1.0 + nft_beta) * v_old32 - nft_beta * v32
-    positive_loss = adaptive_x0_loss(x_t32 - t_b * positive_v, x0_32)
-    negative_loss = adaptive_x0_loss(x_t32 - t_b * negative_v, x0_32)
-    per_sample = (r * positive_loss + (1.0 - r) * negative_loss) / nft_beta
+    x0_32 = x0.float()
+    per_sample = _implicit_policy_loss(v32, v_old32, x_t.float(), x0_32, t, r, nft_beta)
     unweighted = masked_mean(per_sample, keep)
     policy = unweighted * adv_clip_max
     loss = policy
     info = {"policy_loss": policy, "unweighted_policy_loss": unweighted}
     if v_ref is not None:
-        v_ref32 = v_ref.detach().float()
-        kl = masked_mean(per_sample_mean((v32 - v_ref32) ** 2), keep)
+        kl, old_kl = _kl_terms(v32, v_old32, v_ref.detach().float(), keep)
         if kl_beta > 0:
             loss = loss + kl_beta * kl
         info["kl_div_loss"] = info["kl_div"] = kl
-        info["old_kl_div"] = masked_mean(per_sample_mean((v_old32 - v_ref32) ** 2), keep)
+        info["old_kl_div"] = old_kl
     info.update(_batch_diagnostics(v32, v_old32, x0_32, r, keep))
     info["total_loss"] = loss
     return loss, {name: value.detach() for name, value in info.items()}
+
+
+def _implicit_policy_loss(
+    v: torch.Tensor,
+    v_old: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    nft_beta: float,
+) -> torch.Tensor:
+    """Per-sample ``(r L+ + (1 - r) L-) / b`` (float32 inputs): ``v+ = b v + (1 - b) v_old``,
+    ``v- = (1 + b) v_old - b v``, ``L+-`` the :func:`adaptive_x0_loss` of ``x_t - t v+-``."""
+    t_b = t.to(device=v.device, dtype=torch.float32).view(-1, *([1] * (v.ndim - 1)))
+    positive_v = nft_beta * v + (1 - nft_beta) * v_old
+    negative_v = (1.0 + nft_beta) * v_old - nft_beta * v
+    positive_loss = adaptive_x0_loss(x_t - t_b * positive_v, x0)
+    negative_loss = adaptive_x0_loss(x_t - t_b * negative_v, x0)
+    return (r * positive_loss + (1.0 - r) * negative_loss) / nft_beta
+
+
+def _kl_terms(
+    v: torch.Tensor, v_old: torch.Tensor, v_ref: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked means of ``mean((v - v_ref)^2)`` (the KL term) and ``mean((v_old - v_ref)^2)``."""
+    kl = masked_mean(per_sample_mean((v - v_ref) ** 2), keep)
+    return kl, masked_mean(per_sample_mean((v_old - v_ref) ** 2), keep)
 
 
 def _batch_diagnostics(

@@ -168,3 +168,34 @@ def test_the_family_rule_sees_a_family_name():
     source = '"""Checked with FLUX and kontext."""\nx = policy_class("kontext")\ny = "judge_qwen2_5_vl"\n'
     hits = [text for _, text in code_strings(ast.parse(source)) if names_a_family(text, words, names)]
     assert hits == ["kontext"]
+
+
+# Short functions (docs/architecture.md, "Rooms"): a longer one names its pieces instead. A
+# function that is mostly a table may stay longer: list it here as "path:name" with its reason.
+MAX_FUNCTION_LINES = 60
+CODE_ROOTS = ("edit_r1", "reward_server", "benchmarks", "scripts", "reproduction", "config")
+LONG_FUNCTIONS_ALLOWED: dict[str, str] = {}
+
+
+def long_functions(tree: ast.AST, limit: int) -> Iterator[tuple[str, int]]:
+    """(name, lines) of every function or method longer than ``limit`` lines, decorators excluded."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                yield node.name, lines
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    bad = [
+        f"{path.relative_to(REPO)}:{name} has {lines} lines"
+        for path in python_files(*CODE_ROOTS)
+        for name, lines in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES)
+        if f"{path.relative_to(REPO)}:{name}" not in LONG_FUNCTIONS_ALLOWED
+    ]
+    assert not bad, f"split these into named pieces (at most {MAX_FUNCTION_LINES} lines):\n" + "\n".join(bad)
+
+
+def test_the_length_rule_counts_a_long_function():
+    source = "def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
+    assert list(long_functions(ast.parse(source), MAX_FUNCTION_LINES)) == [("long", MAX_FUNCTION_LINES + 1)]
