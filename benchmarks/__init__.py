@@ -8,7 +8,9 @@ One module per scenario:
   original release's three separate forwards vs the bare model passes;
 - :mod:`benchmarks.rollout` -- a group of ``k`` edits, condition encoded once per group vs per sample;
 - :mod:`benchmarks.reward` -- the reward server with dynamic batching vs one image per engine call;
-- :mod:`benchmarks.epoch` -- a whole tiny epoch with ``torchrun``, time per phase.
+- :mod:`benchmarks.epoch` -- a whole tiny epoch with ``torchrun``, time per phase;
+- :mod:`benchmarks.loading` -- parameter bytes per rank while a full-weight policy is built and
+  sharded, old/ref deep copies vs built on the meta device (``torchrun``, 2 and 4 processes).
 
 :mod:`benchmarks.common` holds the settings and the timing helpers, :mod:`benchmarks.policies`
 the models the scenarios time, :mod:`benchmarks.report` the text table; the reward-server launcher
@@ -25,6 +27,7 @@ import torch
 
 from benchmarks.common import BenchmarkError, Settings, check_device
 from benchmarks.epoch import run_epoch
+from benchmarks.loading import run_loading
 from benchmarks.report import format_table
 from benchmarks.reward import run_reward
 from benchmarks.rollout import run_rollout
@@ -35,6 +38,7 @@ SCENARIOS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "rollout": run_rollout,
     "reward": run_reward,
     "epoch": run_epoch,
+    "loading": run_loading,
 }
 
 __all__ = ["SCENARIOS", "BenchmarkError", "Settings", "format_table", "run_scenario"]

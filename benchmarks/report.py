@@ -20,6 +20,14 @@ def format_table(result: dict[str, Any]) -> str:
                     f"  {mode:<8} {clients:>7} {row['images_per_s']:>10.2f} "
                     f"{row['p50_latency_s']:>8.3f} {row['p99_latency_s']:>8.3f}"
                 )
+    if "peak_in_transformers" in result:
+        lines.append("peak bytes per rank in transformer parameters (x one unsharded transformer):")
+        lines.append(f"  {'run':<24} {'copies':>8} {'old+ref':>8} {'deferred':>9} {'old+ref':>8}")
+        for run, row in result["peak_in_transformers"].items():
+            lines.append(
+                f"  {run:<24} {row['copies_all']:>8.2f} {row['copies_old_ref']:>8.2f} "
+                f"{row['deferred_all']:>9.2f} {row['deferred_old_ref']:>8.2f}"
+            )
     extras = ("framework_overhead", "achieved_tflops", "mfu", "wall_s")
     lines.extend(f"{key}: {result[key]:.4g}" for key in extras if key in result)
     lines.extend(f"{key}: {value:.3f}" for key, value in result.items() if key.startswith("peak_memory"))

@@ -21,6 +21,15 @@ as :mod:`edit_r1.parallelize` lays them out (``fsdp_transformer`` on, bf16 mixed
 * activations with per-block gradient checkpointing (below), and a fixed 3 GiB for the CUDA
   context, kernels' workspaces and allocator slack.
 
+**Loading** (``loading`` in the plan): with ``fsdp_transformer`` the trainer builds the policy with
+``shard_device``: each rank reads the transformer into host memory in bf16 (``2P`` of host memory
+per rank), the old/ref copies are meta-device shells, and ``parallelize_policy`` moves one block at
+a time to the GPU, casts it to float32 and keeps only its shard, then allocates this rank's old/ref
+shards and copies them from the trained shards. The device peak while loading is the sharded
+weights plus one block in bf16 and in float32 (``6 P_block``), below the training peak; without
+``shard_device`` every rank would first hold the trained transformer and both copies whole on the
+GPU, trained and old cast to float32 (``4P + 4P + 2P``, 190 GiB for Qwen-Image).
+
 **Activation estimate.** With checkpointing, training keeps each block's input (image + text
 tokens x hidden width, bf16) for all ``n`` blocks, and in backward one block at a time is recomputed
 with all of its saved activations plus the gradient of its input and output. The per-token count of
@@ -207,6 +216,7 @@ def plan(settings: PlanSettings, k: dict[str, float] | None = None) -> dict[str,
     rows["activations"] = sum(act.values())
     rows["overhead"] = OVERHEAD_BYTES
     total = sum(rows.values())
+    loading = loading_bytes(settings, rows, p, largest_block(transformer))
     return {
         "settings": dataclasses.asdict(settings),
         "transformer_params": p,
@@ -218,6 +228,23 @@ def plan(settings: PlanSettings, k: dict[str, float] | None = None) -> dict[str,
         "per_rank_gib": {key: value / GIB for key, value in rows.items()},
         "total_gib": total / GIB,
         "fits": total / GIB <= settings.gpu_gib,
+        "loading_gib": {key: value / GIB for key, value in loading.items()},
+    }
+
+
+def loading_bytes(settings: PlanSettings, rows: dict[str, float], p: int, block: int) -> dict[str, float]:
+    """Per rank while the policy is built and sharded (module docstring, "Loading"): host bytes of
+    the transformer read in bf16, and the device peak (sharded weights, one block cast in flight,
+    encoders and VAE). ``unsharded_build`` is what a build with whole copies would put on the
+    device first (float32 trained and old, bf16 ref; the bf16 base alone in LoRA mode)."""
+    weights = ("params_fp32", "old_fp32", "ref_bf16", "base_bf16", "lora_params", "old_adapter")
+    sharded = settings.fsdp_transformer and settings.gpus > 1
+    in_flight = 6 * block if sharded else 0
+    device = sum(rows.get(key, 0.0) for key in (*weights, "text_encoders_bf16", "vae_fp32", "overhead"))
+    return {
+        "host_per_rank": 2 * p if sharded else 0.0,
+        "device_peak": device + in_flight,
+        "unsharded_build": (10 if settings.mode == "full" else 2) * p,
     }
 
 
@@ -231,6 +258,11 @@ def format_plan(result: dict[str, Any]) -> str:
     verdict = "fits" if result["fits"] else "does NOT fit"
     lines.append(
         f"  {'total per rank':<20} {result['total_gib']:8.2f} GiB ({verdict} in {s['gpu_gib']:g} GiB)"
+    )
+    load = result["loading_gib"]
+    lines.append(
+        f"  loading: device peak {load['device_peak']:.2f} GiB, host {load['host_per_rank']:.2f} GiB per rank "
+        f"(a build with whole copies: {load['unsharded_build']:.2f} GiB on the device first)"
     )
     return "\n".join(lines)
 

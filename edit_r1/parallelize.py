@@ -13,6 +13,11 @@ hands it to :func:`parallelize_policy`, which (as torchtitan's ``parallelize``) 
    transformer and the frozen ``old`` and ``ref`` copies are sharded the same way, so the local
    shard of a trained parameter and the local shard of its old copy cover the same elements; in
    LoRA mode the one transformer (frozen base + adapters ``default`` and ``old``) is sharded.
+   In full-weight mode the copies are built on the meta device when the policy knows it will be
+   sharded (``EditPolicy(shard_device=...)``, as the trainer builds it): each rank then allocates
+   only its shards of old and ref and copies them from the trained transformer's shards, and the
+   trained transformer waits on the host, so no rank ever holds an unsharded transformer on its
+   device (:func:`materialise_shards`).
    ``reshard_after_forward=True`` everywhere, the root included: no-grad rollouts must leave every
    rank with sharded weights, because the optimizer, the EMA and the old-policy decay write into
    the local shards between forwards.
@@ -53,6 +58,8 @@ __all__ = [
     "local_shards",
     "full_tensor",
     "like_param",
+    "materialise_shards",
+    "resident_bytes",
 ]
 
 
@@ -130,7 +137,16 @@ def parallelize_policy(
 ) -> ParallelPlan:
     """Shards ``policy`` in place as ``options`` ask (see the module docstring); a no-op plan on one
     process. Call it after the trained weights are identical on every rank (each rank keeps its
-    slice of its own full copy) and before the optimizer and the EMA are built."""
+    slice of its own full copy) and before the optimizer and the EMA are built. A policy built with
+    ``shard_device`` (trained transformer on the host, full-weight old/ref on the meta device) must
+    be sharded here: its copies get their storage only now, one shard per rank."""
+    if getattr(policy, "shard_device", None) is not None and not (
+        options.fsdp_transformer and dist_info.is_distributed and distributed.is_dist_active()
+    ):
+        raise ValueError(
+            "the policy was built to be sharded (shard_device) but fsdp_transformer is off or the "
+            "process is not part of a distributed run; build it without shard_device"
+        )
     if not (dist_info.is_distributed and distributed.is_dist_active()):
         return ParallelPlan()
     if options.fsdp_transformer:
@@ -148,27 +164,60 @@ def parallelize_policy(
 def _shard_transformers(
     policy: EditPolicy, options: ParallelOptions, dist_info: distributed.DistInfo
 ) -> None:
-    """The trained transformer, then (full-weight mode) the old and ref copies, on one 1-D mesh."""
+    """The trained transformer, then (full-weight mode) the old and ref copies, on one 1-D mesh.
+    Copies built on the meta device (``EditPolicy(shard_device=...)``) are sharded there and then
+    get only this rank's shards, copied from the trained transformer's (its initial weights)."""
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy
 
     device = dist_info.device
     mesh = init_device_mesh(device.type, (dist_info.world_size,))
     mp_policy = _mixed_precision(options, device)
-    # Master weights: the trained parameters and the old policy that follows them by decay.
-    master = mp_policy.param_dtype is not None
+    # Master weights: the trained parameters and the old policy that follows them by decay are
+    # float32 whenever the compute dtype is lower (cast here block by block if the policy left it).
+    master = mp_policy.param_dtype is not None or policy.dtype != torch.float32
     to_float32 = {id(p) for p in policy.trainable_parameters() + policy.old_parameters()} if master else set()
     on_device = _offload(dataclasses.replace(options, offload_frozen=False), device)
     _shard(policy.transformer, mesh, to_float32=to_float32, mp_policy=mp_policy, offload_policy=on_device)
     for frozen in (policy.old_transformer, policy.ref_transformer):
-        if frozen is not None:
-            frozen.requires_grad_(False)
-            _shard(
-                frozen,
-                mesh,
-                to_float32=to_float32,
-                mp_policy=mp_policy,
-                offload_policy=_offload(options, device),
-            )
+        if frozen is None:
+            continue
+        frozen.requires_grad_(False)
+        offload = _offload(options, device)
+        _shard(frozen, mesh, to_float32=to_float32, mp_policy=mp_policy, offload_policy=offload)
+        if any(p.is_meta for p in frozen.parameters()):
+            home = torch.device("cpu") if isinstance(offload, CPUOffloadPolicy) else device
+            materialise_shards(frozen, policy.transformer, home)
+
+
+@torch.no_grad()
+def materialise_shards(copy: nn.Module, source: nn.Module, device: torch.device) -> None:
+    """Allocates this rank's shards of the sharded meta-device module ``copy`` on ``device`` and
+    fills them from the local shards of ``source`` (the same architecture, sharded the same way, so
+    both local shards cover the same elements; dtypes may differ). Buffers are cloned from
+    ``source``. No rank ever holds more of ``copy`` than its own shards."""
+    copy.to_empty(device=device)  # FSDP re-pads each new local shard (FSDPModule._apply)
+    sources = dict(source.named_parameters())
+    for name, param in copy.named_parameters():
+        local_shards([param])[0].copy_(local_shards([sources[name]])[0])
+    source_modules = dict(source.named_modules())
+    for name, module in copy.named_modules():
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = source_modules[name]._buffers[key].detach().clone()
+
+
+def resident_bytes(modules: Iterable[nn.Module | None]) -> int:
+    """Bytes of the parameters of ``modules`` that this rank holds in memory: local shards of
+    sharded parameters, whole tensors otherwise, nothing for the meta device."""
+    total = 0
+    for module in modules:
+        if module is None:
+            continue
+        for tensor in local_shards(module.parameters()):
+            if not tensor.is_meta:
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 # ----------------------------------------------------------------------------- shard helpers

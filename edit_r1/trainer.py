@@ -340,6 +340,8 @@ class Trainer:
             attention_backend=config.attention_backend or None,
             compile_transformer=config.compile_transformer,
             compile_mode=config.compile_mode or None,
+            # Sharded runs never build a whole transformer (or its old/ref copies) on the device.
+            shard_device=device if config.fsdp_transformer and self.dist.is_distributed else None,
             **policy_class(config.model_family).options_from_config(config),
         )
         if train.lora_path:
@@ -370,7 +372,12 @@ class Trainer:
         if not distributed.is_dist_active():
             return
         for p in self.policy.trainable_parameters():
-            torch.distributed.broadcast(p.data, src=0)
+            if p.device == self.dist.device:
+                torch.distributed.broadcast(p.data, src=0)
+            else:  # waiting on the host to be sharded: through the device, one tensor at a time
+                on_device = p.data.to(self.dist.device)
+                torch.distributed.broadcast(on_device, src=0)
+                p.data.copy_(on_device)
 
     @staticmethod
     def _canonical_group_ids(keys: Sequence[Any]) -> list[int]:

@@ -4,6 +4,7 @@
     python scripts/benchmark.py rollout    # condition once per group vs per sample (k = 12)
     python scripts/benchmark.py reward     # reward server: dynamic batching vs one image per call
     python scripts/benchmark.py epoch      # a tiny torchrun epoch (2 CPU processes), time per phase
+    python scripts/benchmark.py loading    # full-weight FSDP build: bytes per rank, copies vs meta
     python scripts/benchmark.py learning   # toy world: held-out reward vs samples (scripts/benchmark_learning.py)
 
 Prints a table and, with ``--json PATH``, writes ``{"scenario", "ratios", ...}``. CPU with the tiny

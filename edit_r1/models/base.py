@@ -252,6 +252,13 @@ class EditPolicy(FamilyFacts, ABC):
             (None or "" = diffusers' default); checked here to run on this device and dtype.
         compile_transformer: torch.compile the transformer blocks in place (see `compile`).
         compile_mode: torch.compile mode, e.g. "max-autotune-no-cudagraphs" (None = default).
+        shard_device: the device `edit_r1.parallelize.parallelize_policy` will FSDP-shard the
+            transformers onto (the trainer sets it under `fsdp_transformer` on several ranks); None =
+            no sharding planned. When set, no rank ever holds an unsharded copy of a transformer on
+            that device: the trained transformer stays on the host, in its load dtype, until each
+            block's shard is moved there, and in full-weight mode the `old` and `ref` copies are
+            built on the meta device (no storage); parallelizing materialises only each rank's
+            shards, copied from the trained transformer's. The policy runs only once parallelized.
     """
 
     pipeline_class: type | None = None  # the stock diffusers pipeline of the family (for export)
@@ -275,8 +282,10 @@ class EditPolicy(FamilyFacts, ABC):
         attention_backend: str | None = None,
         compile_transformer: bool = False,
         compile_mode: str | None = None,
+        shard_device: str | torch.device | None = None,
     ) -> None:
         check_speed_options(attention_backend, compile_mode)
+        self.shard_device = torch.device(shard_device) if shard_device is not None else None
         self.vae = vae.requires_grad_(False).eval()
         self.scheduler = scheduler
         # The scheduler constants sigma_schedule needs (base/max seq len, shifts, shift_terminal).
@@ -293,9 +302,10 @@ class EditPolicy(FamilyFacts, ABC):
             self.ref_transformer = None
         else:
             # Full-weight mode: old and ref are frozen copies. They are separate modules so that a
-            # parallelize step (FSDP2) can shard each one; nothing here assumes a copy fits a device.
-            self.old_transformer = self._frozen_copy(transformer)
-            self.ref_transformer = self._frozen_copy(transformer)
+            # parallelize step (FSDP2) can shard each one; when it will, they hold no storage yet.
+            copy_of = self._meta_copy if self.shard_device is not None else self._frozen_copy
+            self.old_transformer = copy_of(transformer)
+            self.ref_transformer = copy_of(transformer)
             transformer.requires_grad_(True)
         self._master_weights_in_float32()
         self.set_gradient_checkpointing(gradient_checkpointing)
@@ -333,6 +343,9 @@ class EditPolicy(FamilyFacts, ABC):
 
     @property
     def device(self) -> torch.device:
+        """Where the policy computes (the shard device of a policy waiting to be sharded)."""
+        if self.shard_device is not None:
+            return self.shard_device
         return next(self.transformer.parameters()).device
 
     # ----------------------------------------------------------------------------- conditions
@@ -515,6 +528,8 @@ class EditPolicy(FamilyFacts, ABC):
         if self.dtype == torch.float32:
             return
         if not self.use_lora:
+            if self.shard_device is not None:
+                return  # parallelize_policy casts one block at a time, just before sharding it
             self.transformer.float()
             self.old_transformer.float()
             return
@@ -618,6 +633,28 @@ class EditPolicy(FamilyFacts, ABC):
         clone.requires_grad_(False)
         clone.eval()
         return clone
+
+    @staticmethod
+    def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy of `module` whose parameters are on the meta device (shape and dtype, no
+        storage); buffers and everything else are copied. `parallelize_policy` fills it shard by shard."""
+        memo: dict[int, Any] = {
+            id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+            for p in module.parameters()
+        }
+        clone = copy.deepcopy(module, memo)
+        clone.requires_grad_(False)
+        clone.eval()
+        return clone
+
+    def has_unmaterialised_copies(self) -> bool:
+        """Whether the full-weight `old`/`ref` copies still wait for `parallelize_policy`."""
+        return any(
+            p.is_meta
+            for m in (self.old_transformer, self.ref_transformer)
+            if m is not None
+            for p in m.parameters()
+        )
 
     def _parameter_pairs(self) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:
         """(name, trained parameter, old parameter), in a fixed order shared by both lists."""
@@ -727,3 +764,11 @@ def default_device_and_dtype(
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, dtype
+
+
+def on_device_unless_sharded(
+    module: torch.nn.Module, device: torch.device, options: dict[str, Any]
+) -> torch.nn.Module:
+    """`module` moved to `device`, unless `options` plan FSDP sharding (`shard_device`): then it stays
+    on the host and `parallelize_policy` moves only each rank's shards, block by block."""
+    return module if options.get("shard_device") is not None else module.to(device)

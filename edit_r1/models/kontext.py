@@ -37,7 +37,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
-from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
+from edit_r1.models.base import (
+    Condition,
+    EditPolicy,
+    default_device_and_dtype,
+    fit_to_area,
+    on_device_unless_sharded,
+    static_field,
+)
 from edit_r1.models.family import Geometry, floor_to, nearest_aspect
 from edit_r1.models.packing import pack_latents, unpack_latents
 
@@ -216,7 +223,7 @@ class KontextPolicy(EditPolicy):
         clip = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
         t5 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype)
         return cls(
-            transformer=transformer.to(device),
+            transformer=on_device_unless_sharded(transformer, device, options),
             vae=vae.to(device),
             text_encoder=clip.to(device),
             tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),

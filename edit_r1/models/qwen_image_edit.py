@@ -51,7 +51,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from edit_r1.models.base import Condition, EditPolicy, default_device_and_dtype, fit_to_area, static_field
+from edit_r1.models.base import (
+    Condition,
+    EditPolicy,
+    default_device_and_dtype,
+    fit_to_area,
+    on_device_unless_sharded,
+    static_field,
+)
 from edit_r1.models.family import Geometry
 from edit_r1.models.packing import pack_latents, unpack_latents
 
@@ -287,7 +294,7 @@ class QwenImageEditPolicy(EditPolicy):
             path, subfolder="text_encoder", dtype=dtype
         )
         return cls(
-            transformer=transformer.to(device),
+            transformer=on_device_unless_sharded(transformer, device, options),
             vae=vae.to(device),
             text_encoder=text_encoder.to(device),
             processor=load_qwen_vl_processor(path, subfolder="processor"),

@@ -192,3 +192,25 @@ def test_export_gathers_whole_weights_once(runs: Path):
     state = model.state_dict()
     for key, value in read_sharded_tensors(full_ckpt, "ema").items():
         assert torch.equal(state[key], value), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launch_dir", "name", "world"),
+    [("a", "qwen-full-fsdp", 2), ("a", "kontext-full-fsdp", 2), ("b", "qwen-full-fsdp4", 4),
+     ("c", "qwen-full-4to2", 2)],
+)  # fmt: skip
+def test_full_weight_copies_are_never_whole_on_a_rank(runs: Path, launch_dir, name, world):
+    """The sharded trainer builds the old/ref copies on the meta device (no bytes before sharding)
+    and each rank then holds only its FSDP2 shards of them; the ref copy equals the trained
+    transformer's initial weights (the deep-copy path's result)."""
+    records = [
+        json.loads((runs / launch_dir / f"{name}-rank{r}-loading.json").read_text()) for r in range(world)
+    ]
+    for rank, record in enumerate(records):
+        assert record["old_ref_before"] == 0, (
+            f"rank {rank} held {record['old_ref_before']} B of old/ref before sharding"
+        )
+        assert 0 < record["old_ref_after"] <= record["old_ref_shard_bound"] < record["old_ref_one_copy"]
+        assert record["ref_equals_trained"]
+    assert sum(record["old_ref_after"] for record in records) == records[0]["old_ref_one_copy"]

@@ -288,3 +288,26 @@ def test_full_weight_mode_trains_and_saves(tiny_kit, tmp_path, family):
     assert all(
         torch.equal(a, b) for a, b in zip(reloaded.parameters(), policy.transformer.parameters(), strict=True)
     )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_weight_policy_built_for_sharding_holds_no_copies(tiny_kit, family):
+    """`shard_device` (how the trainer builds a sharded run): the old/ref copies are meta-device
+    shells with the trained transformer's names, shapes and dtypes and no storage, and a policy
+    built so refuses to be used unsharded (the torchrun tests fill and check the shards)."""
+    from edit_r1.distributed import DistInfo
+    from edit_r1.parallelize import ParallelOptions, parallelize_policy, resident_bytes
+
+    policy = make_policy(tiny_kit, family, use_lora=False, dtype=torch.bfloat16, shard_device="cpu")
+    trained = dict(policy.transformer.named_parameters())
+    for copy in (policy.old_transformer, policy.ref_transformer):
+        params = dict(copy.named_parameters())
+        assert params.keys() == trained.keys()
+        assert all(p.is_meta and not p.requires_grad for p in params.values())
+        assert all(p.shape == trained[n].shape and p.dtype == trained[n].dtype for n, p in params.items())
+    assert resident_bytes([policy.old_transformer, policy.ref_transformer]) == 0
+    assert policy.has_unmaterialised_copies() and policy.device == torch.device("cpu")
+    # The trained transformer waits in its load dtype: parallelize casts it block by block.
+    assert all(p.dtype == torch.bfloat16 for p in trained.values())
+    with pytest.raises(ValueError, match="built to be sharded"):
+        parallelize_policy(policy, ParallelOptions(fsdp_transformer=True), DistInfo())

@@ -31,6 +31,12 @@ def test_real_architectures_and_sharding_arithmetic(saved_per_token):
     assert offloaded["per_rank_gib"]["old_fp32"] == 0 and offloaded["total_gib"] < eight["total_gib"]
     hi = memory_plan.plan(memory_plan.PlanSettings("qwen_image_edit", 8, "full", resolution=1024), k)
     assert hi["per_rank_gib"]["activations"] > 3 * eight["per_rank_gib"]["activations"]
+    # Loading with shard_device: the transformer waits in host memory (bf16), the device peak stays
+    # below the training total and far below a build with whole float32 trained/old + bf16 ref.
+    load, p_gib = eight["loading_gib"], eight["transformer_params"] / memory_plan.GIB
+    assert load["host_per_rank"] == pytest.approx(2 * p_gib)
+    assert load["unsharded_build"] == pytest.approx(10 * p_gib) and load["unsharded_build"] > 2 * 80
+    assert load["device_peak"] < eight["total_gib"] < 80
 
 
 def test_lora_plan_for_kontext(saved_per_token):
