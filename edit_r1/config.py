@@ -7,6 +7,8 @@ The configs themselves live in ``config/*.py`` (ml_collections, the ``file.py:na
   ``WORLD_SIZE`` (the original release hard-coded it for 8 GPUs inside the config);
 * :func:`apply_batch_plan` -- writes a plan into the ``0 = auto`` batch fields of a config;
 * :func:`validate_config` -- one :class:`ConfigError` listing every problem at once;
+* :func:`prepare_training` -- the boundary: validate, plan, then the typed
+  :class:`~edit_r1.settings.TrainingSettings` the trainer reads;
 * :func:`load_config` -- ``"config/<file>.py:tiny"`` -> ``ConfigDict`` without absl flags;
 * :func:`import_config_file` -- how a named config imports ``config/base.py`` (config_flags executes
   config files by path, outside any package, so a relative import cannot work there).
@@ -23,20 +25,21 @@ from types import ModuleType
 
 import ml_collections
 
-from edit_r1.algo import ADV_MODES, ALGORITHMS, DECAY_TYPES
+from edit_r1.rewards.client import IMAGE_FORMATS
 from edit_r1.rewards.registry import GROUP_REWARD_FACTORIES, KNOWN_REWARDS
-from edit_r1.sampling import DPM_SOLVERS, SDE_SOLVERS, SOLVERS
+from edit_r1.settings import (
+    DETERMINISTIC_ONLY_SOLVERS,
+    STOCHASTIC_SOLVERS,
+    VALID_ADV_MODES,
+    VALID_ALGORITHMS,
+    VALID_DECAY_TYPES,
+    VALID_LORA_INITS,
+    VALID_MIXED_PRECISION,
+    VALID_SOLVERS,
+    VALID_WANDB_MODES,
+    TrainingSettings,
+)
 
-# The enumerations owned by the code that uses them (declared there once).
-VALID_SOLVERS = SOLVERS
-DETERMINISTIC_ONLY_SOLVERS = DPM_SOLVERS
-VALID_ADV_MODES = ADV_MODES
-VALID_DECAY_TYPES = DECAY_TYPES
-STOCHASTIC_SOLVERS = SDE_SOLVERS
-VALID_ALGORITHMS = tuple(ALGORITHMS)
-VALID_MIXED_PRECISION = ("no", "fp16", "bf16")
-VALID_WANDB_MODES = ("online", "offline", "disabled")
-VALID_LORA_INITS = ("gaussian", "default")
 # The latent grid is packed 2x2 on an 8x VAE downsampling, so the image side must divide by 16.
 RESOLUTION_MULTIPLE = 16
 
@@ -440,6 +443,7 @@ def _check_top_level(config, problems: list[str]) -> None:
         problems.append("reward_client.deadline_s must be >= reward_client.request_timeout_s")
     if not isinstance(client.chunk_size, int) or client.chunk_size < 1:
         problems.append(f"reward_client.chunk_size={client.chunk_size!r} must be a positive integer")
+    _one_of(problems, "reward_client.image_format", client.image_format, IMAGE_FORMATS)
 
 
 def _check_speed(config, problems: list[str]) -> None:
@@ -503,3 +507,22 @@ def validate_config(
             f"compile_mode={config.compile_mode!r} has no effect without compile_transformer=True"
         )
     return warnings
+
+
+def prepare_training(
+    config: ml_collections.ConfigDict, world_size: int
+) -> tuple[TrainingSettings, BatchPlan, list[str]]:
+    """The boundary between a user's config and the code: :func:`validate_config` (one
+    :class:`ConfigError` naming every bad key), :func:`plan_batches_for`, :func:`apply_batch_plan`
+    (the config then records the batches that ran), and the typed settings built once.
+
+    Returns ``(settings, plan, warnings)``.
+    """
+    warnings = validate_config(config, world_size)
+    plan = plan_batches_for(config, world_size)
+    apply_batch_plan(config, plan)
+    try:
+        settings = TrainingSettings.from_config(config)
+    except ValueError as error:  # e.g. WANDB_MODE from the environment
+        raise ConfigError([str(error)]) from error
+    return settings, plan, warnings

@@ -49,11 +49,12 @@ __all__ = [
     "save_eval_grid",
     "read_metrics",
     "METRICS_FILENAME",
+    "WANDB_MODES",
 ]
 
 METRICS_FILENAME = "metrics.jsonl"
 _WANDB_ID_FILENAME = "wandb_run_id.txt"
-_WANDB_MODES = ("online", "offline", "disabled")
+WANDB_MODES = ("online", "offline", "disabled")  # wandb.mode
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ def resolve_wandb_settings(
     chosen = os.environ.get("WANDB_MODE") or mode or "disabled"
     if chosen == "dryrun":  # wandb's historical alias for offline
         chosen = "offline"
-    if chosen not in _WANDB_MODES:
-        raise ValueError(f"wandb mode must be one of {_WANDB_MODES}, got {chosen!r} (config or WANDB_MODE)")
+    if chosen not in WANDB_MODES:
+        raise ValueError(f"wandb mode must be one of {WANDB_MODES}, got {chosen!r} (config or WANDB_MODE)")
     return WandbSettings(
         mode=chosen,
         project=project or os.environ.get("WANDB_PROJECT") or None,

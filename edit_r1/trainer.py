@@ -59,16 +59,14 @@ from edit_r1.checkpoint import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
-from edit_r1.config import ConfigError, apply_batch_plan, plan_batches_for, validate_config
+from edit_r1.config import BatchPlan, ConfigError, prepare_training
 from edit_r1.data import EditDataset, GroupBatchSampler, check_source_counts
 from edit_r1.data.dataset import center_crop_resize
 from edit_r1.inference import copy_lora_into_policy, to_pil_batch
 from edit_r1.lora_files import read_lora
 from edit_r1.models.base import EditPolicy
-from edit_r1.models.lora import LoraSettings
 from edit_r1.models.registry import load_policy, policy_class
 from edit_r1.parallelize import (
-    ParallelOptions,
     full_tensor,
     gather_to_rank0,
     like_param,
@@ -80,12 +78,11 @@ from edit_r1.rewards.client import RewardClient, RewardClientSettings
 from edit_r1.rewards.combine import CombinedReward
 from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
 from edit_r1.sampling import SampleResult, sample, sigma_schedule
-from edit_r1.settings import LossSettings, build_algorithm
+from edit_r1.settings import LossSettings, TrainingSettings, build_algorithm, compute_dtype
 from edit_r1.tracking import (
     Timer,
     Tracker,
     progress,
-    resolve_wandb_settings,
     save_eval_grid,
     save_reward_curve,
 )
@@ -126,11 +123,6 @@ class BoundPolicy:
             return self.policy.velocity_old_and_ref(z, sigma, self.cond)
 
 
-def _spec(value: Any) -> Any:
-    """A ``reward_fn`` config value as plain Python (ConfigDict -> dict; strings stay)."""
-    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-
-
 def judge_templates(reward: CombinedReward, ask: bool = True) -> dict[str, Any]:
     """``{"judge_templates": {reward name: {"template", "template_sha256"}}}`` of every reward that
     a judge server computes, from its ``/health``, for the run's logged config: a reward curve can
@@ -156,16 +148,6 @@ def set_backend_flags(allow_tf32: bool) -> None:
     torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def _torch_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: bf16 on any device (CPUs run bf16 too), fp16 on CUDA only, else float32.
-    Trained weights, optimizer state, EMA and old policy stay float32 (see EditPolicy)."""
-    if mixed_precision == "bf16":
-        return torch.bfloat16
-    if mixed_precision == "fp16" and device.type == "cuda":
-        return torch.float16
-    return torch.float32
 
 
 def _zero_std_ratio(rewards: torch.Tensor, group_ids: Sequence[int]) -> float:
@@ -219,48 +201,31 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, dist: distributed.DistInfo) -> None:
         self.dist = dist
-        self.config = config
-        for warning in validate_config(config, dist.world_size):
-            distributed.rank0_print(f"warning: {warning}")
-        self.plan = plan_batches_for(config, dist.world_size)
-        apply_batch_plan(config, self.plan)
-        self.run_dir = self._run_dir()
+        self.config = config  # the user's config (with the planned batches): logged and checkpointed
+        self.settings, self.plan = self._prepare(config)  # the code below reads only these
+        settings = self.settings
+        self.run_dir = Path(settings.logdir) / settings.run_name
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.timer = Timer(cuda_sync=dist.device.type == "cuda")
-        set_backend_flags(config.allow_tf32)
-        torch.manual_seed(config.seed)  # identical LoRA init on every rank
+        set_backend_flags(settings.model.allow_tf32)
+        torch.manual_seed(settings.seed)  # identical LoRA init on every rank
         self.policy = self._load_policy()
         self._broadcast_trainable()
-        self.parallel = parallelize_policy(
-            self.policy,
-            ParallelOptions(
-                fsdp_transformer=config.fsdp_transformer,
-                fsdp_text_encoder=config.fsdp_text_encoder,
-                offload_frozen=config.fsdp_offload_frozen,
-                mixed_precision=config.mixed_precision,
-            ),
-            dist,
-        )
+        self.parallel = parallelize_policy(self.policy, settings.parallel, dist)
         self.lockstep_encoding = self.parallel.sharded_text_encoders
-        distributed.seed_everything(config.seed, dist.rank)  # rank-dependent rollout noise
+        distributed.seed_everything(settings.seed, dist.rank)  # rank-dependent rollout noise
         self._build_data()
-        self.algorithm = build_algorithm(config)
+        self.algorithm = build_algorithm(settings.algorithm, settings.rollout)
         self.params = self.policy.trainable_parameters()
         self.optimizer = self._build_optimizer()
-        self.ema = EMA(local_shards(self.params)) if config.train.ema else None  # this rank's shards
-        # Typed once here: the code below reads these, not the config's sections.
-        self.reward_client = RewardClientSettings.from_mapping(config.reward_client)
-        combined = build_combined_reward(_spec(config.reward_fn), self.reward_client)
-        self.reward = AsyncRewardScorer(combined)
-        # Group rewards (pairwise_mllm) need every rank's edits of a group: scored after sampling.
-        self.group_rewards = build_group_rewards(
-            split_reward_spec(_spec(config.reward_fn))[1], self.reward_client, seed=config.seed
-        )
-        self.eval_reward = build_combined_reward(_spec(config.eval_reward_fn), self._eval_reward_client())
+        self.ema = EMA(local_shards(self.params)) if settings.optimizer.ema else None  # this rank's shards
+        combined = self._build_rewards()
         self.sigmas = sigma_schedule(
-            config.sample.num_steps, self.policy.image_seq_len, self.policy.scheduler_config
+            settings.rollout.steps, self.policy.image_seq_len, self.policy.scheduler_config
         )
         self.eval_sigmas = sigma_schedule(
-            config.sample.eval_num_steps, self.policy.image_seq_len, self.policy.scheduler_config
+            settings.evaluation.steps, self.policy.image_seq_len, self.policy.scheduler_config
         )
         self.first_epoch = 0
         self.global_step = 0
@@ -269,21 +234,33 @@ class Trainer:
         self.tracker = Tracker(
             self.run_dir,
             enabled=dist.is_main,
-            wandb=resolve_wandb_settings(config.wandb.mode, config.wandb.project, config.wandb.entity),
-            run_name=config.run_name,
+            wandb=settings.wandb,
+            run_name=settings.run_name,
             config={**config.to_dict(), **judge_templates(combined, dist.is_main)},
         )
-        if config.resume_from:
-            self._resume(config.resume_from)
+        if settings.checkpoints.resume_from:
+            self._resume(settings.checkpoints.resume_from)
         else:
             self.policy.copy_default_to_old()  # before epoch 0, old = theta
+
+    def _prepare(self, config: ml_collections.ConfigDict) -> tuple[TrainingSettings, BatchPlan]:
+        """The typed settings and the batch plan (``edit_r1.config.prepare_training``); an empty
+        ``run_name`` becomes ``<family>_<start time>`` (rank 0's clock), recorded in the config too."""
+        settings, plan, warnings = prepare_training(config, self.dist.world_size)
+        for warning in warnings:
+            distributed.rank0_print(f"warning: {warning}")
+        if not settings.run_name:
+            stamp = distributed.broadcast_object(time.strftime("%Y.%m.%d_%H.%M.%S"))
+            config.run_name = f"{settings.model.family}_{stamp}"
+            settings = dataclasses.replace(settings, run_name=config.run_name)
+        return settings, plan
 
     # ------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
         """The train/test splits, each train item's group id and the group sampler."""
-        config, dist = self.config, self.dist
-        self.train_set = EditDataset(config.dataset, "train")
-        self.test_set = EditDataset(config.dataset, "test")
+        settings, dist = self.settings, self.dist
+        self.train_set = EditDataset(settings.dataset, "train")
+        self.test_set = EditDataset(settings.dataset, "test")
         check_source_counts(
             [self.train_set, self.test_set], self.policy.max_reference_images, type(self.policy).__name__
         )
@@ -291,75 +268,73 @@ class Trainer:
         self.sampler = GroupBatchSampler(
             self.train_set.group_keys,
             batch_size=self.plan.per_gpu_batch,
-            k=config.sample.num_image_per_prompt,
+            k=settings.rollout.group_size,
             num_replicas=dist.world_size,
             rank=dist.rank,
-            seed=config.seed,
+            seed=settings.seed,
             batches_per_epoch=self.plan.batches_per_epoch,
         )
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        train = self.config.train
+        optimizer = self.settings.optimizer
         return torch.optim.AdamW(
             self.params,
-            lr=train.learning_rate,
-            betas=(train.adam_beta1, train.adam_beta2),
-            weight_decay=train.adam_weight_decay,
-            eps=train.adam_epsilon,
+            lr=optimizer.learning_rate,
+            betas=optimizer.betas,
+            weight_decay=optimizer.weight_decay,
+            eps=optimizer.epsilon,
         )
 
-    def _run_dir(self) -> Path:
-        config = self.config
-        if not config.run_name:
-            stamp = distributed.broadcast_object(time.strftime("%Y.%m.%d_%H.%M.%S"))
-            config.run_name = f"{config.model_family}_{stamp}"
-        run_dir = Path(config.logdir) / config.run_name
-        if self.dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
+    def _build_rewards(self) -> CombinedReward:
+        """The per-batch rewards (scored on a background thread), the group rewards and the
+        evaluation rewards; returns the per-batch combination."""
+        rewards = self.settings.rewards
+        combined = build_combined_reward(rewards.weights, rewards.client)
+        self.reward = AsyncRewardScorer(combined)
+        # Group rewards (pairwise_mllm) need every rank's edits of a group: scored after sampling.
+        self.group_rewards = build_group_rewards(
+            split_reward_spec(rewards.weights)[1], rewards.client, seed=self.settings.seed
+        )
+        self.eval_reward = build_combined_reward(rewards.eval_weights, self._eval_reward_client())
+        return combined
 
     def _load_policy(self) -> EditPolicy:
-        config, device = self.config, self.dist.device
-        train = config.train
-        lora = LoraSettings(
-            rank=train.lora_rank,
-            alpha=train.lora_alpha,
-            init="gaussian" if train.lora_init == "gaussian" else True,
-            target_modules=tuple(train.lora_target_modules),
-        )
+        model, device = self.settings.model, self.dist.device
         policy = load_policy(
-            config.model_family,
-            config.pretrained.model,
+            model.family,
+            model.pretrained,
             device=device,
-            dtype=_torch_dtype(config.mixed_precision, device),
-            resolution=config.resolution,
-            use_lora=config.use_lora,
-            lora=lora,
-            gradient_checkpointing=train.gradient_checkpointing,
-            **({"max_text_length": config.max_sequence_length} if config.max_sequence_length else {}),
-            attention_backend=config.attention_backend or None,
-            compile_transformer=config.compile_transformer,
-            compile_mode=config.compile_mode or None,
+            dtype=compute_dtype(model.mixed_precision, device),
+            resolution=model.resolution,
+            use_lora=model.use_lora,
+            lora=model.lora,
+            gradient_checkpointing=model.gradient_checkpointing,
+            **({"max_text_length": model.max_text_length} if model.max_text_length else {}),
+            attention_backend=model.attention_backend,
+            compile_transformer=model.compile_transformer,
+            compile_mode=model.compile_mode,
             # Sharded runs never build a whole transformer (or its old/ref copies) on the device.
-            shard_device=device if config.fsdp_transformer and self.dist.is_distributed else None,
-            **policy_class(config.model_family).options_from_config(config),
+            shard_device=device
+            if self.settings.parallel.fsdp_transformer and self.dist.is_distributed
+            else None,
+            **policy_class(model.family).options_from_settings(model),
         )
-        if train.lora_path:
-            self._warm_start(policy, train.lora_path)
+        if model.warm_start_lora:
+            self._warm_start(policy, model.warm_start_lora)
         return policy
 
     def _warm_start(self, policy: EditPolicy, path: str) -> None:
         """Start the trained adapter from an existing LoRA (``train.lora_path``), as the original's
         ``PeftModel.from_pretrained``; ``old`` copies it before epoch 0 like any initial weights."""
-        train = self.config.train
+        model = self.settings.model
         try:
-            if not self.config.use_lora:
+            if not model.use_lora:
                 raise ValueError("needs use_lora=True")
             lora = read_lora(path)
-            if (lora.rank, lora.alpha) != (train.lora_rank, float(train.lora_alpha)):
+            if (lora.rank, lora.alpha) != (model.lora.rank, float(model.lora.alpha)):
                 raise ValueError(
-                    f"holds rank {lora.rank} / alpha {lora.alpha:g} but train.lora_rank={train.lora_rank} / "
-                    f"train.lora_alpha={train.lora_alpha}; set them to the file's values"
+                    f"holds rank {lora.rank} / alpha {lora.alpha:g} but train.lora_rank={model.lora.rank} / "
+                    f"train.lora_alpha={model.lora.alpha}; set them to the file's values"
                 )
             copy_lora_into_policy(policy, lora)
         except (ValueError, FileNotFoundError) as error:
@@ -388,24 +363,24 @@ class Trainer:
     def _eval_reward_client(self) -> RewardClientSettings:
         server = os.environ.get("EVAL_REWARD_SERVER")
         if server:  # a held-out judge for evaluation
-            return dataclasses.replace(self.reward_client, server=server)
-        return self.reward_client
+            return dataclasses.replace(self.settings.rewards.client, server=server)
+        return self.settings.rewards.client
 
     # ------------------------------------------------------------------------------- loop
     def run(self) -> None:
         """All epochs from ``first_epoch``; a final checkpoint is always written."""
-        config = self.config
+        num_epochs, save_every = self.settings.num_epochs, self.settings.checkpoints.every_epochs
         epoch = self.first_epoch
         finished = False
         try:
-            if self.first_epoch == 0 and not config.resume_from:
+            if self.first_epoch == 0 and not self.settings.checkpoints.resume_from:
                 self.save(0)  # the starting weights, as the original saves at epoch 0
-            for epoch in range(self.first_epoch, config.num_epochs):
+            for epoch in range(self.first_epoch, num_epochs):
                 self.train_epoch(epoch)
-                if (epoch + 1) % config.save_freq == 0 and epoch + 1 < config.num_epochs:
+                if (epoch + 1) % save_every == 0 and epoch + 1 < num_epochs:
                     self.save(epoch + 1)
-            if config.num_epochs > self.first_epoch:
-                self.save(config.num_epochs)
+            if num_epochs > self.first_epoch:
+                self.save(num_epochs)
             finished = True
         finally:
             # Stopping on an error or a signal: pending rewards are useless, do not wait for them.
@@ -417,7 +392,7 @@ class Trainer:
         """One epoch (evaluation first when due); returns the metrics it logged."""
         self.timer.reset()
         metrics: dict[str, float] = {"epoch": epoch}
-        if epoch % self.config.eval_freq == 0:
+        if epoch % self.settings.evaluation.every_epochs == 0:
             metrics.update(self.evaluate(epoch))
         self.sampler.set_epoch(epoch)
         with self.timer("sampling"):
@@ -446,7 +421,7 @@ class Trainer:
 
     def _sources(self, item):
         """The item's source image centre-cropped to the resolution, or the list of its images."""
-        images = [center_crop_resize(image, self.config.resolution) for image in item.images]
+        images = [center_crop_resize(image, self.settings.model.resolution) for image in item.images]
         return images[0] if len(images) == 1 else images
 
     def _encode(self, items, images, cache: dict[int, Any], shared: Sequence[int] | None = None):
@@ -491,7 +466,7 @@ class Trainer:
             sigmas.to(z.device),
             solver=solver,
             deterministic=deterministic,
-            noise_level=self.config.sample.noise_level,
+            noise_level=self.settings.rollout.noise_level,
             generator=generator,
         )
         return result
@@ -507,7 +482,7 @@ class Trainer:
 
     def collect_rollouts(self, epoch: int) -> list[Rollout]:
         """Samples this rank's batches of the epoch and submits their rewards."""
-        config = self.config.sample
+        rollout_settings = self.settings.rollout
         cache: dict[int, Any] = {}
         rollouts = []
         batches = progress(
@@ -523,7 +498,7 @@ class Trainer:
             cond, group_ids = self._encode(items, images, cache, shared)
             result, samples = self.edit_batch(
                 cond, items, images, adapter=self.algorithm.rollout_adapter, sigmas=self.sigmas,
-                solver=config.solver, deterministic=config.deterministic,
+                solver=rollout_settings.solver, deterministic=rollout_settings.deterministic,
             )  # fmt: skip
             rollout = Rollout(
                 x0=result.latents,
@@ -557,7 +532,7 @@ class Trainer:
 
         Returns this rank's slice: ``advantages`` and ``mask`` aligned with the concatenated rollouts.
         """
-        config = self.config.sample
+        filtering = self.settings.group_filter
         local_rewards = torch.from_numpy(np.concatenate([o.total for o in outputs]))
         local_ids = torch.cat([r.group_ids for r in rollouts])
         rewards = distributed.all_gather_tensor(local_rewards.to(self.dist.device)).cpu()
@@ -565,15 +540,17 @@ class Trainer:
         if self.group_rewards:
             with self.timer("group_reward"):
                 rewards = rewards + self.score_group_rewards(rollouts, group_ids, metrics)
-        stats = group_advantages(group_ids, rewards, global_std=config.global_std)
-        if config.num_image_per_prompt == 1:  # no group spread: standardise over the epoch, as the original
+        stats = group_advantages(group_ids, rewards, global_std=filtering.global_std)
+        if (
+            self.settings.rollout.group_size == 1
+        ):  # no group spread: standardise over the epoch, as the original
             stats = dataclasses.replace(stats, advantages=global_advantages(rewards))
         mask, banned = group_filter(
             stats,
             group_ids,
-            std_threshold=config.ban_std_thres,
-            mean_threshold=config.ban_mean_thres,
-            enabled=config.ban_prompt,  # off: keep every scored sample, ban nothing
+            std_threshold=filtering.std_threshold,
+            mean_threshold=filtering.mean_threshold,
+            enabled=filtering.enabled,  # off: keep every scored sample, ban nothing
         )
         self.sampler.ban(self.train_set.group_keys[gid] for gid in banned)
         self._reward_metrics(outputs, rewards, stats, group_ids, metrics)
@@ -600,7 +577,11 @@ class Trainer:
 
         def task_of(gid: int):
             item = self.train_set[gid]
-            return center_crop_resize(item.image, self.config.resolution), item.prompt, item.requirement
+            return (
+                center_crop_resize(item.image, self.settings.model.resolution),
+                item.prompt,
+                item.requirement,
+            )
 
         total = torch.zeros(len(group_ids), dtype=torch.float64)
         for name, (weight, reward) in self.group_rewards.items():
@@ -652,7 +633,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         grad_norms: list[float] = []
         count = 0
-        for inner in range(self.config.train.num_inner_epochs):
+        for inner in range(self.settings.optimizer.inner_epochs):
             order = torch.randperm(len(x0))
             micro_starts = range(0, len(x0), self.plan.per_gpu_batch)
             desc = "training" if inner == 0 else f"training (inner epoch {inner})"
@@ -725,7 +706,7 @@ class Trainer:
             for p, g in zip(self.params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
                 offset += g.numel()
-        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.config.train.max_grad_norm))
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.settings.optimizer.max_grad_norm))
         if not torch.isfinite(norm):
             raise TrainingError(f"non-finite gradient norm {float(norm)} at global step {self.global_step}")
         self.optimizer.step()
@@ -738,7 +719,7 @@ class Trainer:
     @torch.no_grad()
     def sync_old_policy(self) -> float:
         """``old <- d old + (1 - d) theta`` with ``d = old_policy_decay(global_step, decay_type)``."""
-        decay = old_policy_decay(self.global_step, self.config.decay_type)
+        decay = old_policy_decay(self.global_step, self.settings.optimizer.old_policy_decay_type)
         update_old_policy(local_shards(self.policy.old_parameters()), local_shards(self.params), decay)
         return decay
 
@@ -746,7 +727,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Mean eval reward of the EMA policy on the test split (deterministic ``flow``)."""
-        config = self.config.sample
+        evaluation = self.settings.evaluation
         indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
         real = len(indices)
         if self.parallel.lockstep:  # the same number of (collective) forwards on every rank
@@ -758,9 +739,9 @@ class Trainer:
         )
         with self.timer("evaluation"), context:
             for start in progress(
-                range(0, len(indices), config.test_batch_size), desc="eval", enabled=self.dist.is_main
+                range(0, len(indices), evaluation.batch_per_gpu), desc="eval", enabled=self.dist.is_main
             ):
-                batch = indices[start : start + config.test_batch_size]
+                batch = indices[start : start + evaluation.batch_per_gpu]
                 items = [self.test_set[i] for i in batch]
                 images = [self._sources(item) for item in items]
                 cond = self.policy.encode_condition([item.prompt for item in items], images)
@@ -771,7 +752,7 @@ class Trainer:
                     items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
                 _, samples = self.edit_batch(
                     cond, items, images, adapter="default", sigmas=self.eval_sigmas,
-                    solver=config.eval_solver, deterministic=config.eval_deterministic,
+                    solver=evaluation.solver, deterministic=evaluation.deterministic,
                     generator=[self._eval_generator(epoch, i) for i in batch[: len(items)]],
                 )  # fmt: skip
                 samples = samples[:keep]
@@ -794,7 +775,7 @@ class Trainer:
         never draws from the training generators (rollouts and timesteps do not depend on whether or
         how often evaluation ran, nor on lockstep padding) and a score does not depend on the rank
         or world size that evaluated the item."""
-        seed = int(np.random.SeedSequence([self.config.seed, epoch, index]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self.settings.seed, epoch, index]).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
 
     def _gather_eval_scores(self, outputs: list[RewardOutput]) -> dict[str, float]:
@@ -825,15 +806,16 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "trained_groups": sorted(self.trained_groups),
             },
-            config=self.config.to_dict(),
+            config=self.config.to_dict(),  # the user's keys, as they ran
             rng=distributed.get_rng_state(),
         )
+        checkpoints = self.settings.checkpoints
         try:
             path = save_checkpoint(
-                Path(self.config.save_dir) if self.config.save_dir else self.run_dir,
+                Path(checkpoints.root) if checkpoints.root else self.run_dir,
                 epoch,
                 state,
-                keep_last=self.config.num_checkpoint_limit or None,  # 0 = keep every checkpoint
+                keep_last=checkpoints.keep_last,  # None = keep every checkpoint
                 dist_info=self.dist,
                 exporters=[self._exporter()],
             )
@@ -880,7 +862,7 @@ class Trainer:
         weights = gather_to_rank0(source, self.dist.is_main)
 
         def export(directory: Path) -> None:
-            if self.config.use_lora:
+            if self.settings.model.use_lora:
                 self.policy.save_lora(directory / "lora", weights=weights)
             else:
                 self.policy.save_full(directory / "transformer", weights=weights)

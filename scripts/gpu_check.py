@@ -94,18 +94,19 @@ def rollout_throughput(settings, batch: int) -> dict[str, Any]:
     from benchmarks.policies import build_policy
     from edit_r1.config import load_config
     from edit_r1.sampling import sample, sigma_schedule
+    from edit_r1.settings import RolloutSettings
 
-    sample_config = load_config(str(REPO / "config" / "base.py")).sample
+    rollout = RolloutSettings.from_config(load_config(str(REPO / "config" / "base.py")))
     policy, cond = build_policy(dataclasses.replace(settings, batch_size=batch))
     device = settings.torch_device
-    sigmas = sigma_schedule(sample_config.num_steps, policy.image_seq_len, policy.scheduler_config).to(device)
+    sigmas = sigma_schedule(rollout.steps, policy.image_seq_len, policy.scheduler_config).to(device)
 
     def once() -> float:
         z = policy.initial_noise(batch)
         synchronize(device)
         start = time.perf_counter()
         sample(lambda x, s: policy.velocity(x, s, cond, adapter="old"), z, sigmas,
-               solver=sample_config.solver, deterministic=sample_config.deterministic, noise_level=sample_config.noise_level)  # fmt: skip
+               solver=rollout.solver, deterministic=rollout.deterministic, noise_level=rollout.noise_level)  # fmt: skip
         synchronize(device)
         return time.perf_counter() - start
 
@@ -114,7 +115,7 @@ def rollout_throughput(settings, batch: int) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = [once() for _ in range(settings.repeats)]
-    out = {"batch": batch, "num_steps": sample_config.num_steps, "solver": sample_config.solver,
+    out = {"batch": batch, "num_steps": rollout.steps, "solver": rollout.solver,
            "median_s": median(seconds), "samples_per_s": batch / median(seconds)}  # fmt: skip
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -4,8 +4,8 @@ Every :class:`~edit_r1.models.base.EditPolicy` subclass inherits :class:`FamilyF
 overrides what differs for its family; callers reach the class through
 :func:`edit_r1.models.registry.policy_class`:
 
-* training -- :meth:`FamilyFacts.options_from_config`: the family's ``from_pretrained`` options
-  taken from a run config (the trainer);
+* training -- :meth:`FamilyFacts.options_from_settings`: the family's ``from_pretrained`` options
+  taken from a run's typed model settings (the trainer);
 * evaluation -- :meth:`FamilyFacts.sampling_options`, :attr:`FamilyFacts.sampling_flags`,
   :attr:`FamilyFacts.source_size_benchmarks` and :meth:`FamilyFacts.edit_geometry` /
   :meth:`FamilyFacts.reference_image`: how the original reproduction scripts called the stock
@@ -57,14 +57,17 @@ class FamilyFacts:
     transformer_class: ClassVar[type | None] = None
 
     @classmethod
-    def options_from_config(cls, config: Any) -> dict[str, Any]:
-        """The family's ``from_pretrained`` options read from a training config."""
+    def options_from_settings(cls, settings: Any) -> dict[str, Any]:
+        """The family's ``from_pretrained`` options read from a run's model settings
+        (``edit_r1.settings.ModelSettings``: ``condition_area``, ``guidance_scale``,
+        ``true_cfg_scale``, ...)."""
         return {}
 
     @classmethod
     def config_problems(cls, config: Any) -> list[str]:
-        """Problems of a training config for this family (one line each): e.g. a key the family
-        would otherwise ignore. Nothing a user sets may be ignored silently."""
+        """Problems of a training config for this family (one line each, naming the config's
+        keys): e.g. a key the family would otherwise ignore. Nothing a user sets may be ignored
+        silently. Validation reads the user's config; training reads :meth:`options_from_settings`."""
         return []
 
     @classmethod

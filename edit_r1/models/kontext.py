@@ -347,8 +347,9 @@ class KontextPolicy(EditPolicy):
 
     # ----------------------------------------------------------------------------- family facts
     @classmethod
-    def options_from_config(cls, config: Any) -> dict[str, Any]:
-        return {"guidance_scale": config.sample.guidance_scale}
+    def options_from_settings(cls, settings: Any) -> dict[str, Any]:
+        """The embedded guidance, ``sample.guidance_scale``."""
+        return {"guidance_scale": settings.guidance_scale}
 
     @classmethod
     def config_problems(cls, config: Any) -> list[str]:

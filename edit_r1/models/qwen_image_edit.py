@@ -493,13 +493,13 @@ class QwenImageEditPolicy(EditPolicy):
 
     # ----------------------------------------------------------------------------- family facts
     @classmethod
-    def options_from_config(cls, config: Any) -> dict[str, Any]:
+    def options_from_settings(cls, settings: Any) -> dict[str, Any]:
         """``true_cfg_scale`` is ``sample.true_cfg_scale`` or the original's key for it,
         ``sample.guidance_scale`` (its Qwen pipeline got ``true_cfg_scale=config.sample.guidance_scale``),
         whichever differs from 1 (both set and different: see `config_problems`)."""
-        true_cfg, guidance = float(config.sample.true_cfg_scale), float(config.sample.guidance_scale)
+        true_cfg, guidance = float(settings.true_cfg_scale), float(settings.guidance_scale)
         return {
-            "condition_area": config.condition_area,
+            "condition_area": settings.condition_area,
             "true_cfg_scale": true_cfg if true_cfg != 1.0 else guidance,
         }
 

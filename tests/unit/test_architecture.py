@@ -199,3 +199,36 @@ def test_no_function_is_longer_than_sixty_lines():
 def test_the_length_rule_counts_a_long_function():
     source = "def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
     assert list(long_functions(ast.parse(source), MAX_FUNCTION_LINES)) == [("long", MAX_FUNCTION_LINES + 1)]
+
+
+# The typed-settings boundary (docs/architecture.md, "Typed settings"): the trainer reads
+# edit_r1.settings dataclasses; of the user's config it only logs and checkpoints the whole
+# (to_dict) and records a generated run name.
+TYPED_READERS = ("edit_r1/trainer.py",)
+CONFIG_USES_ALLOWED = {"to_dict", "run_name"}
+
+
+def config_reads(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, key) of every ``config.KEY`` / ``self.config.KEY`` / ``config[...]`` in ``tree``."""
+    for node in ast.walk(tree):
+        target = node.value if isinstance(node, ast.Attribute | ast.Subscript) else None
+        named_config = (isinstance(target, ast.Name) and target.id == "config") or (
+            isinstance(target, ast.Attribute) and target.attr == "config"
+        )
+        if named_config:
+            yield node.lineno, node.attr if isinstance(node, ast.Attribute) else "[...]"
+
+
+@pytest.mark.parametrize("path", TYPED_READERS)
+def test_the_trainer_reads_typed_settings_not_config_sections(path):
+    bad = [
+        f"{path}:{line} reads config.{key}"
+        for line, key in config_reads(ast.parse((REPO / path).read_text(), path))
+        if key not in CONFIG_USES_ALLOWED
+    ]
+    assert not bad, "read the typed settings (edit_r1/settings.py) instead:\n" + "\n".join(bad)
+
+
+def test_the_config_rule_sees_a_section_read():
+    source = "config.to_dict()\nx = self.config.sample.solver\ny = config['train']\n"
+    assert sorted(key for _, key in config_reads(ast.parse(source))) == ["[...]", "sample", "to_dict"]

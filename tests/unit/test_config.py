@@ -404,8 +404,11 @@ def test_text_lengths_default_to_each_familys_original() -> None:
 
 def qwen_true_cfg(config) -> float:
     from edit_r1.models.registry import policy_class
+    from edit_r1.settings import ModelSettings
 
-    return policy_class(config.model_family).options_from_config(config)["true_cfg_scale"]
+    return policy_class(config.model_family).options_from_settings(ModelSettings.from_config(config))[
+        "true_cfg_scale"
+    ]
 
 
 def test_qwen_reads_the_originals_guidance_key(toy_dir: Path) -> None:

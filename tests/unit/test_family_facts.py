@@ -14,6 +14,7 @@ from edit_r1.inference import SamplingSettings
 from edit_r1.models.family import Geometry
 from edit_r1.models.registry import POLICY_FAMILIES, family_names, policy_class
 from edit_r1.models.tiny import KIT_NAMES
+from edit_r1.settings import ModelSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +34,7 @@ def test_family_states_its_facts(family):
     accepted = constructor_parameters(cls)
     assert set(cls.encoder_names) <= accepted
     config = load_config(f"{REPO / 'config' / family}_nft.py:tiny")
-    assert set(cls.options_from_config(config)) <= accepted
+    assert set(cls.options_from_settings(ModelSettings.from_config(config))) <= accepted
     assert set(cls.sampling_options(SamplingSettings())) <= accepted
 
 
