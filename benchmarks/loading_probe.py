@@ -32,7 +32,8 @@ def measure(family: str, kit: str, dist: distributed.DistInfo, deferred: bool, d
         shard_device=dist.device if deferred else None,
     )  # fmt: skip
     modules = (policy.transformer, policy.old_transformer, policy.ref_transformer)
-    one_copy = sum(p.numel() * p.element_size() for p in policy.transformer.parameters())
+    # One whole transformer in the load dtype: the unit of the scenario's table.
+    one_copy = sum(p.numel() for p in policy.transformer.parameters()) * dtype.itemsize
     built = {"all": resident_bytes(modules), "old_ref": resident_bytes(modules[1:])}
     parallelize_policy(policy, ParallelOptions(fsdp_transformer=True), dist)
     sharded = {"all": resident_bytes(modules), "old_ref": resident_bytes(modules[1:])}

@@ -13,12 +13,15 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{key}:")
             lines.extend(f"  {name:<14} {value:>12.4g}" for name, value in result[key].items())
     if "results" in result:
-        lines.append(f"  {'mode':<8} {'clients':>7} {'images/s':>10} {'p50 s':>8} {'p99 s':>8}")
+        lines.append(
+            f"  {'mode':<8} {'clients':>7} {'images/s':>10} {'p50 s':>8} {'p99 s':>8} {'cpu ms/img':>10}"
+        )
         for mode, by_clients in result["results"].items():
             for clients, row in by_clients.items():
                 lines.append(
                     f"  {mode:<8} {clients:>7} {row['images_per_s']:>10.2f} "
-                    f"{row['p50_latency_s']:>8.3f} {row['p99_latency_s']:>8.3f}"
+                    f"{row['p50_latency_s']:>8.3f} {row['p99_latency_s']:>8.3f} "
+                    f"{row.get('server_cpu_ms_per_image', float('nan')):>10.2f}"
                 )
     if "peak_in_transformers" in result:
         lines.append("peak bytes per rank in transformer parameters (x one unsharded transformer):")

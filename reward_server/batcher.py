@@ -194,31 +194,40 @@ class DynamicBatcher:
     def _engine_loop(
         self, backend: Backend, replica: int, handoff: queue.Queue, slot_free: threading.Semaphore
     ) -> None:
+        idle_since = time.perf_counter()
         while not self._stop.is_set():
             try:
                 batch, prepared = handoff.get(timeout=0.1)
             except queue.Empty:
                 continue
             slot_free.release()
-            self._score_and_deliver(backend, replica, batch, prepared)
+            waited_ms = (time.perf_counter() - idle_since) * 1000
+            self._score_and_deliver(backend, replica, batch, prepared, waited_ms)
+            idle_since = time.perf_counter()
 
     def _score_and_deliver(
-        self, backend: Backend, replica: int, batch: list[_Pending], prepared: Any
+        self, backend: Backend, replica: int, batch: list[_Pending], prepared: Any, waited_ms: float = 0.0
     ) -> None:
-        """Score one batch and resolve every item's future; logs the batch."""
-        started = time.perf_counter()
+        """Score one batch and resolve every item's future; logs the batch: its wall time, the CPU
+        time of this thread meanwhile (below the wall time when other threads of the server or other
+        processes hold the CPU or the GIL) and, for a pipelined replica, how long the engine sat idle
+        waiting for this batch."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             results = score_isolating_failures(backend, [entry.item for entry in batch], prepared)
         except BaseException as error:  # noqa: BLE001 - never leave a request waiting forever
             results = [_as_score_or_error(error)] * len(batch)
         latency_ms = (time.perf_counter() - started) * 1000
+        cpu_ms = (time.thread_time() - cpu_started) * 1000
         for entry, result in zip(batch, results, strict=True):
             entry.future.set_result(result)
         LOGGER.info(
-            "batch replica=%d items=%d requests=%d failed=%d latency_ms=%.1f",
+            "batch replica=%d items=%d requests=%d failed=%d latency_ms=%.1f cpu_ms=%.1f idle_before_ms=%.1f",
             replica,
             len(batch),
             len({entry.request_id for entry in batch}),
             sum(score is None for score, _ in results),
             latency_ms,
+            cpu_ms,
+            waited_ms,
         )

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the reward_server package
@@ -39,10 +39,12 @@ def launch_reward_server(
     log: Path,
     extra_args: Sequence[str] = ("--threads", "64"),
     timeout_s: float = 180.0,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Iterator[str]:
     """A real reward server subprocess (transformers backend) on a free loopback port; yields host:port.
 
-    ``extra_args`` are appended to the server's command line (e.g. ``--template NAME``)."""
+    ``extra_args`` are appended to the server's command line (e.g. ``--template NAME``);
+    ``on_start`` gets the healthy process (the benchmark reads its CPU time)."""
     port = free_port()
     command = [
         sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"),
@@ -54,6 +56,8 @@ def launch_reward_server(
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
         try:
             wait_for_health(f"http://127.0.0.1:{port}", process, log, timeout_s)
+            if on_start is not None:
+                on_start(process)
             yield f"127.0.0.1:{port}"
         finally:
             process.terminate()

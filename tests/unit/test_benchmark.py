@@ -124,13 +124,48 @@ def test_reward_scenario_against_real_servers(tiny_kit):
     assert set(result["results"]["batched"]) == {"1", "2"}
     assert result["results"]["single"]["2"]["failed_items"] == 0.0
     assert_positive_ratios(
-        result, ["batched_vs_single_throughput", "engine_batch_gain", "share_of_engine_batch_gain"]
+        result,
+        [
+            "batched_vs_single_throughput",
+            "engine_batch_gain",
+            "share_of_engine_batch_gain",
+            "batched_vs_single_cpu",
+            "engine_batch_gain_cpu",
+            "share_of_engine_batch_gain_cpu",
+        ],
+    )
+    # The server process burns CPU for every image it scores (read from /proc on Linux).
+    assert all(
+        row["server_cpu_ms_per_image"] > 0 for rows in result["results"].values() for row in rows.values()
     )
     ratios = result["ratios"]
     assert ratios["share_of_engine_batch_gain"] == pytest.approx(
         ratios["batched_vs_single_throughput"] / ratios["engine_batch_gain"]
     )
-    assert set(result["engine"]) == {"batched_s_per_item", "single_s_per_item"}
+    assert ratios["share_of_engine_batch_gain_cpu"] == pytest.approx(
+        ratios["batched_vs_single_cpu"] / ratios["engine_batch_gain_cpu"]
+    )
+    assert set(result["engine"]) == {
+        "batched_s_per_item", "single_s_per_item", "batched_cpu_s_per_item", "single_cpu_s_per_item"
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_loading_probe_in_bf16(tiny_kit):
+    """One launch of the ``loading`` scenario's probe (2 ranks, bf16: the trained transformer is
+    cast to float32 block by block while it is sharded): both builds give the same weights and
+    dtypes, and the deferred one never holds old/ref whole."""
+    from benchmarks.loading import launch, peaks
+
+    result = launch("qwen_image_edit", tiny_kit / "qwen_image_edit_plus", 2, "bfloat16")
+    assert result["same_weights"] and result["world_size"] == 2
+    assert all(rank["deferred"]["after_construction"]["old_ref"] == 0 for rank in result["ranks"])
+    copies, deferred = peaks(result, "copies"), peaks(result, "deferred")
+    # Whole copies: float32 trained + float32 old + bf16 ref = 5 bf16 transformers before sharding.
+    assert copies["all"] == pytest.approx(5.0) and copies["old_ref"] == pytest.approx(3.0)
+    # Deferred: at most the bf16 transformer before sharding, then (4 + 4 + 2) / 2 ranks shards.
+    assert deferred["old_ref"] == pytest.approx(1.5, rel=0.01)
+    assert deferred["all"] == pytest.approx(2.5, rel=0.01)
 
 
 @pytest.mark.slow
