@@ -46,7 +46,9 @@ def test_lora_plan_for_kontext(saved_per_token):
     assert 11.8e9 < result["transformer_params"] < 12.0e9  # FLUX.1 [dev]: 11.9B
     assert 0 < result["lora_params"] < 0.02 * result["transformer_params"]
     assert set(result["text_encoder_params"]) == {"T5-XXL", "CLIP-L"}
-    assert result["fits"] == (result["total_gib"] <= 80)
+    assert result["fits"] == (max(result["total_gib"], result["loading_gib"]["device_peak"]) <= 80)
+    # LoRA loads the whole text encoders before sharding them: loading peaks above training here.
+    assert result["loading_gib"]["device_peak"] > result["total_gib"]
 
 
 @pytest.mark.parametrize("family", memory_plan.FAMILIES)
