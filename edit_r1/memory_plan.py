@@ -26,8 +26,9 @@ as :mod:`edit_r1.parallelize` lays them out (``fsdp_transformer`` on, bf16 mixed
 per rank), the old/ref copies are meta-device shells, and ``parallelize_policy`` moves one block at
 a time to the GPU, casts it to float32 and keeps only its shard, then allocates this rank's old/ref
 shards and copies them from the trained shards. The device peak while loading is the sharded
-weights plus one block in bf16 and in float32 (``6 P_block``) plus the text encoders, which arrive
-whole and are sharded after the transformers; it stays below the training peak; without
+weights plus one block in bf16 and in float32 (``6 P_block``); the text encoders
+(``fsdp_text_encoder``) wait on the host as well and reach the device as shards. It stays below the
+training peak; without
 ``shard_device`` every rank would first hold the trained transformer and both copies whole on the
 GPU, trained and old cast to float32 (``4P + 4P + 2P``, 190 GiB for Qwen-Image).
 
@@ -228,7 +229,7 @@ def plan(settings: PlanSettings, k: dict[str, float] | None = None) -> dict[str,
         "activation_detail_gib": {key: value / GIB for key, value in act.items()},
         "per_rank_gib": {key: value / GIB for key, value in rows.items()},
         "total_gib": total / GIB,
-        # Loading can peak above training (LoRA: the text encoders arrive whole before sharding).
+        # Whichever is larger, loading or training, must fit.
         "fits": max(total, loading["device_peak"]) / GIB <= settings.gpu_gib,
         "loading_gib": {key: value / GIB for key, value in loading.items()},
     }
@@ -236,17 +237,17 @@ def plan(settings: PlanSettings, k: dict[str, float] | None = None) -> dict[str,
 
 def loading_bytes(settings: PlanSettings, rows: dict[str, float], p: int, block: int) -> dict[str, float]:
     """Per rank while the policy is built and sharded (module docstring, "Loading"): host bytes of
-    the transformer read in bf16, and the device peak (sharded weights, one block cast in flight,
-    the whole text encoders, which are sharded last, and the VAE). ``unsharded_build`` is what a build with whole copies would put on the
+    the transformer and the sharded text encoders read in bf16, and the device peak (sharded
+    weights and encoders, one block cast in flight, the VAE). ``unsharded_build`` is what a build with whole copies would put on the
     device first (float32 trained and old, bf16 ref; the bf16 base alone in LoRA mode)."""
     weights = ("params_fp32", "old_fp32", "ref_bf16", "base_bf16", "lora_params", "old_adapter")
     sharded = settings.fsdp_transformer and settings.gpus > 1
     in_flight = 6 * block if sharded else 0
-    # The text encoders arrive whole on the device and are sharded after the transformers.
-    encoders = rows["text_encoders_bf16"] * (settings.gpus if settings.fsdp_text_encoder else 1)
-    device = sum(rows.get(key, 0.0) for key in (*weights, "vae_fp32", "overhead")) + encoders
+    # Sharded text encoders wait on the host too (bf16) and reach the device as shards.
+    encoders_on_host = rows["text_encoders_bf16"] * settings.gpus if settings.fsdp_text_encoder else 0.0
+    device = sum(rows.get(key, 0.0) for key in (*weights, "text_encoders_bf16", "vae_fp32", "overhead"))
     return {
-        "host_per_rank": 2 * p if sharded else 0.0,
+        "host_per_rank": (2 * p if sharded else 0.0) + encoders_on_host,
         "device_peak": device + in_flight,
         "unsharded_build": (10 if settings.mode == "full" else 2) * p,
     }

@@ -140,13 +140,7 @@ def parallelize_policy(
     slice of its own full copy) and before the optimizer and the EMA are built. A policy built with
     ``shard_device`` (trained transformer on the host, full-weight old/ref on the meta device) must
     be sharded here: its copies get their storage only now, one shard per rank."""
-    if getattr(policy, "shard_device", None) is not None and not (
-        options.fsdp_transformer and dist_info.is_distributed and distributed.is_dist_active()
-    ):
-        raise ValueError(
-            "the policy was built to be sharded (shard_device) but fsdp_transformer is off or the "
-            "process is not part of a distributed run; build it without shard_device"
-        )
+    _check_planned_sharding(policy, options, dist_info)
     if not (dist_info.is_distributed and distributed.is_dist_active()):
         return ParallelPlan()
     if options.fsdp_transformer:
@@ -159,6 +153,26 @@ def parallelize_policy(
                 setattr(policy, name, distributed.sharded_frozen_module(module, dist_info))
                 sharded_text = True
     return ParallelPlan(sharded_transformer=options.fsdp_transformer, sharded_text_encoders=sharded_text)
+
+
+def _check_planned_sharding(
+    policy: EditPolicy, options: ParallelOptions, dist_info: distributed.DistInfo
+) -> None:
+    """A policy built to be sharded (its modules wait on the host or the meta device) must be."""
+    active = dist_info.is_distributed and distributed.is_dist_active()
+    planned = {
+        "shard_device": (getattr(policy, "shard_device", None) is not None, options.fsdp_transformer),
+        "shard_text_encoders": (
+            bool(getattr(policy, "shard_text_encoders", False)),
+            options.fsdp_text_encoder,
+        ),
+    }
+    for name, (built_for_it, asked) in planned.items():
+        if built_for_it and not (asked and active):
+            raise ValueError(
+                f"the policy was built to be sharded ({name}) but that sharding is off or the process "
+                f"is not part of a distributed run; build it without {name}"
+            )
 
 
 def _shard_transformers(

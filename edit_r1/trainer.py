@@ -317,6 +317,7 @@ class Trainer:
             shard_device=device
             if self.settings.parallel.fsdp_transformer and self.dist.is_distributed
             else None,
+            shard_text_encoders=self.settings.parallel.fsdp_text_encoder and self.dist.is_distributed,
             **policy_class(model.family).options_from_settings(model),
         )
         if model.warm_start_lora:

@@ -259,6 +259,9 @@ class EditPolicy(FamilyFacts, ABC):
             block's shard is moved there, and in full-weight mode the `old` and `ref` copies are
             built on the meta device (no storage); parallelizing materialises only each rank's
             shards, copied from the trained transformer's. The policy runs only once parallelized.
+        shard_text_encoders: the text encoders will be sharded too (`fsdp_text_encoder`): the
+            family's `from_pretrained` leaves them on the host and `parallelize_policy` moves each
+            rank's shards to the device, so a whole encoder never lands there either.
     """
 
     pipeline_class: type | None = None  # the stock diffusers pipeline of the family (for export)
@@ -283,9 +286,11 @@ class EditPolicy(FamilyFacts, ABC):
         compile_transformer: bool = False,
         compile_mode: str | None = None,
         shard_device: str | torch.device | None = None,
+        shard_text_encoders: bool = False,
     ) -> None:
         check_speed_options(attention_backend, compile_mode)
         self.shard_device = torch.device(shard_device) if shard_device is not None else None
+        self.shard_text_encoders = shard_text_encoders
         self.vae = vae.requires_grad_(False).eval()
         self.scheduler = scheduler
         # The scheduler constants sigma_schedule needs (base/max seq len, shifts, shift_terminal).
@@ -766,9 +771,8 @@ def default_device_and_dtype(
     return device, dtype
 
 
-def on_device_unless_sharded(
-    module: torch.nn.Module, device: torch.device, options: dict[str, Any]
-) -> torch.nn.Module:
-    """`module` moved to `device`, unless `options` plan FSDP sharding (`shard_device`): then it stays
-    on the host and `parallelize_policy` moves only each rank's shards, block by block."""
-    return module if options.get("shard_device") is not None else module.to(device)
+def on_device_unless_sharded(module: torch.nn.Module, device: torch.device, sharded: bool) -> torch.nn.Module:
+    """`module` moved to `device`, unless it will be FSDP-sharded (`shard_device`,
+    `shard_text_encoders`): then it stays on the host and `parallelize_policy` moves only each
+    rank's shards, block by block."""
+    return module if sharded else module.to(device)

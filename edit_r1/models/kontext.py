@@ -222,12 +222,15 @@ class KontextPolicy(EditPolicy):
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
         clip = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
         t5 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=dtype)
+        encoders_sharded = bool(options.get("shard_text_encoders"))
         return cls(
-            transformer=on_device_unless_sharded(transformer, device, options),
+            transformer=on_device_unless_sharded(
+                transformer, device, options.get("shard_device") is not None
+            ),
             vae=vae.to(device),
-            text_encoder=clip.to(device),
+            text_encoder=on_device_unless_sharded(clip, device, encoders_sharded),
             tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
-            text_encoder_2=t5.to(device),
+            text_encoder_2=on_device_unless_sharded(t5, device, encoders_sharded),
             tokenizer_2=AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"),
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
             dtype=dtype,

@@ -293,10 +293,13 @@ class QwenImageEditPolicy(EditPolicy):
         text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, subfolder="text_encoder", dtype=dtype
         )
+        encoders_sharded = bool(options.get("shard_text_encoders"))
         return cls(
-            transformer=on_device_unless_sharded(transformer, device, options),
+            transformer=on_device_unless_sharded(
+                transformer, device, options.get("shard_device") is not None
+            ),
             vae=vae.to(device),
-            text_encoder=text_encoder.to(device),
+            text_encoder=on_device_unless_sharded(text_encoder, device, encoders_sharded),
             processor=load_qwen_vl_processor(path, subfolder="processor"),
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
             variant=variant,

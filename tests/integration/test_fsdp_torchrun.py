@@ -4,7 +4,8 @@ Three launches of ``fsdp_probe.py`` (each runs several real Trainers with the to
 
 * 2 ranks: both families x (LoRA, full weights), each unsharded and sharded (with gradient
   checkpointing) for 2 epochs; a sharded run of each mode resumed from its epoch-1 checkpoint;
-* 4 ranks: one unsharded/sharded pair per family; the 2-rank sharded Qwen LoRA run resumed (2 -> 4);
+* 4 ranks: one unsharded/sharded pair per family; the 2-rank sharded Qwen LoRA and Kontext
+  full-weight runs resumed (2 -> 4);
 * 2 ranks: the 4-rank sharded Qwen full-weight run resumed (4 -> 2).
 
 Checked: sharded training equals unsharded training to 1e-5 (while the weights moved by far more);
@@ -92,6 +93,8 @@ def runs(tiny_kit: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         case("kontext-lora-fsdp4", "kontext", tiny_kit, data, lora=True, fsdp=True),
         case("qwen-lora-2to4", "qwen", tiny_kit, data, lora=True, fsdp=True, resume_from=str(
             root / "a" / "runs" / "qwen-lora-fsdp" / "checkpoints" / "checkpoint-1")),
+        case("kontext-full-2to4", "kontext", tiny_kit, data, lora=False, fsdp=True, resume_from=str(
+            root / "a" / "runs" / "kontext-full-fsdp" / "checkpoints" / "checkpoint-1")),
     ]  # fmt: skip
     launch(4, root / "b", four)
     back = str(root / "b" / "runs" / "qwen-full-fsdp4" / "checkpoints" / "checkpoint-1")
@@ -158,7 +161,11 @@ def test_same_world_size_resume_is_bit_exact(runs: Path, name):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("saved", "resumed"),
-    [(("a", "qwen-lora-fsdp"), ("b", "qwen-lora-2to4")), (("b", "qwen-full-fsdp4"), ("c", "qwen-full-4to2"))],
+    [
+        (("a", "qwen-lora-fsdp"), ("b", "qwen-lora-2to4")),
+        (("b", "qwen-full-fsdp4"), ("c", "qwen-full-4to2")),
+        (("a", "kontext-full-fsdp"), ("b", "kontext-full-2to4")),
+    ],
 )
 def test_other_world_size_resume_loads_the_same_weights_and_trains_on(runs: Path, saved, resumed):
     source = tensors(checkpoint(runs, *saved, 1))
@@ -198,7 +205,7 @@ def test_export_gathers_whole_weights_once(runs: Path):
 @pytest.mark.parametrize(
     ("launch_dir", "name", "world"),
     [("a", "qwen-full-fsdp", 2), ("a", "kontext-full-fsdp", 2), ("b", "qwen-full-fsdp4", 4),
-     ("c", "qwen-full-4to2", 2)],
+     ("b", "kontext-full-2to4", 4), ("c", "qwen-full-4to2", 2)],
 )  # fmt: skip
 def test_full_weight_copies_are_never_whole_on_a_rank(runs: Path, launch_dir, name, world):
     """The sharded trainer builds the old/ref copies on the meta device (no bytes before sharding)

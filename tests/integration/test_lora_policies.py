@@ -311,3 +311,6 @@ def test_full_weight_policy_built_for_sharding_holds_no_copies(tiny_kit, family)
     assert all(p.dtype == torch.bfloat16 for p in trained.values())
     with pytest.raises(ValueError, match="built to be sharded"):
         parallelize_policy(policy, ParallelOptions(fsdp_transformer=True), DistInfo())
+    encoders = make_policy(tiny_kit, family, shard_text_encoders=True)
+    with pytest.raises(ValueError, match="shard_text_encoders"):
+        parallelize_policy(encoders, ParallelOptions(fsdp_text_encoder=True), DistInfo())
