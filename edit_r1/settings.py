@@ -1,7 +1,8 @@
 """Typed settings: the config sections the code consumes, read once at the boundary.
 
 A config (``config/*.py``, ml_collections) keeps the original release's keys for users, and
-``config/base.py`` holds every default (the one place). The code below the boundary receives the
+``config/base.py`` holds every default (the one place; its ``reward_client`` section is built from
+:class:`RewardClientSettings`' defaults), so the section dataclasses here have none. The code below the boundary receives the
 frozen dataclasses here instead; their field names say what each value is (``config.beta`` is the
 NFT strength ``nft_beta``, ``config.train.beta`` the KL weight ``kl_beta``,
 ``sample.num_image_per_prompt`` the ``group_size``) and each field's docstring line names the key
@@ -44,7 +45,7 @@ VALID_ADV_MODES = ADV_MODES  # train.adv_mode (edit_r1.algo.nft)
 VALID_DECAY_TYPES = DECAY_TYPES  # decay_type (edit_r1.algo.policy_sync)
 VALID_ALGORITHMS = tuple(ALGORITHMS)  # algorithm (edit_r1.algo)
 VALID_WANDB_MODES = WANDB_MODES  # wandb.mode (edit_r1.tracking)
-# mixed_precision -> the compute dtype; fp16 only on CUDA (CPUs compute it slowly and inexactly).
+# mixed_precision -> the compute dtype (fp16 only on CUDA: compute_dtype).
 MIXED_PRECISION_DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 )
