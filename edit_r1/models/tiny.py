@@ -350,15 +350,31 @@ def _seeded(seed: int, make: Callable):
         return make().eval()
 
 
-def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int, vision_hidden: int = 16, heads: int = 2):
-    """Tiny ``Qwen2_5_VLForConditionalGeneration`` whose special-token ids come from ``tokenizer``."""
+def _qwen2_5_vl(
+    tokenizer,
+    hidden: int,
+    layers: int,
+    seed: int,
+    vision_hidden: int = 16,
+    heads: int = 2,
+    vision: dict | None = None,
+    mrope_section: list[int] | None = None,
+    rope_theta: float = 1000000.0,
+):
+    """Tiny ``Qwen2_5_VLForConditionalGeneration`` whose special-token ids come from ``tokenizer``.
+
+    ``vision`` overrides entries of the vision config (e.g. ``patch_size``, ``depth``);
+    ``mrope_section`` the (temporal, height, width) rotary split of the text heads and ``rope_theta``
+    their base (the real 1e6 leaves the last sections, height and width, nearly unrotated)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     head_dim = hidden // heads
     # mrope sections (temporal, height, width) must add up to head_dim / 2.
     quarter = head_dim // 4
-    mrope_section = [quarter, quarter, head_dim // 2 - 2 * quarter]
+    mrope_section = mrope_section or [quarter, quarter, head_dim // 2 - 2 * quarter]
+    if sum(mrope_section) != head_dim // 2:
+        raise ValueError(f"mrope_section {mrope_section} must add up to head_dim / 2 = {head_dim // 2}")
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -370,7 +386,7 @@ def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int, vision_hidden: i
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",
-                "rope_theta": 1000000.0,
+                "rope_theta": rope_theta,
                 "mrope_section": mrope_section,
             },
             "bos_token_id": ids["<|endoftext|>"],
@@ -388,6 +404,7 @@ def _qwen2_5_vl(tokenizer, hidden: int, layers: int, seed: int, vision_hidden: i
             "window_size": 112,
             "out_hidden_size": hidden,
             "fullatt_block_indexes": [0],
+            **(vision or {}),
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -582,15 +599,17 @@ def build_judge(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def _write_real_style_processor_files(out: Path) -> None:
-    """The processor files a real Qwen2.5-VL-Instruct folder carries (video config included)."""
+def _write_real_style_processor_files(out: Path, image_processor: dict | None = None) -> None:
+    """The processor files a real Qwen2.5-VL-Instruct folder carries (video config included);
+    ``image_processor`` overrides entries of :data:`QWEN_VL_IMAGE_PROCESSOR` in both."""
+    settings = dict(QWEN_VL_IMAGE_PROCESSOR, **(image_processor or {}))
     image_config = dict(
-        QWEN_VL_IMAGE_PROCESSOR,
+        settings,
         image_processor_type="Qwen2VLImageProcessor",
         processor_class="Qwen2_5_VLProcessor",
     )
     video_config = dict(
-        QWEN_VL_IMAGE_PROCESSOR,
+        settings,
         video_processor_type="Qwen2VLVideoProcessor",
         processor_class="Qwen2_5_VLProcessor",
     )

@@ -18,6 +18,7 @@ and (optionally) outputs of the base editor at several training stages.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from edit_r1.data.toy import COLORS, Scene, Task, apply_task, metadata_record, toy_target_color_score
+from edit_r1.data.toy import (
+    COLOR_TOLERANCE,
+    COLORS,
+    Scene,
+    Task,
+    _box_pixels,
+    apply_task,
+    metadata_record,
+    toy_target_color_score,
+)
 from edit_r1.toyworld.images import scene_pairs
 
 
@@ -34,14 +44,17 @@ from edit_r1.toyworld.images import scene_pairs
 class JudgeTraining:
     """``steps`` sets the one-cycle learning-rate schedule; training stops after ``stop_after``."""
 
-    steps: int = 1500
-    stop_after: int = 1500
+    steps: int = 2500
+    stop_after: int = 2500
     batch_size: int = 16
     learning_rate: float = 2e-3
-    num_train: int = 2048
-    num_eval: int = 128
-    eval_every: int = 100
+    num_train: int = 4096
+    num_train_editor: int = 2048
+    num_eval: int = 256
+    eval_every: int = 250
     mse_weight: float = 4.0
+    auxiliary_weight: float = 1.0
+    jpeg_share: float = 0.5  # share of training items seen as the client's JPEG (its default format)
     seed: int = 0
 
 
@@ -162,6 +175,134 @@ def rule_labels(edits, records) -> torch.Tensor:
     )
 
 
+PALETTE = np.asarray(list(COLORS.values()), dtype=np.float64) / 255.0  # (8, 3)
+
+
+def palette_shares(pixels: np.ndarray) -> np.ndarray:
+    """(8,) soft share of the pixels (..., 3) in [0, 1] showing each palette colour, with the rule
+    score's colour match ``exp(-(||p - c|| / sqrt(3) / 0.15)^2)`` (``toy_target_color_score``)."""
+    distance = np.linalg.norm(pixels.reshape(-1, 1, 3) - PALETTE[None], axis=-1) / np.sqrt(3.0)
+    return np.exp(-((distance / COLOR_TOLERANCE) ** 2)).mean(0)
+
+
+def auxiliary_targets(sources, edits, records) -> torch.Tensor:
+    """(N, 32) facts the judge's last position is also trained to state (training only, through a
+    linear head that is not saved): the requested colour (one-hot over the palette), the palette
+    shares of the whole edit, of the whole source, and of the edit inside the target box.
+
+    The rule score needs the requested colour *and* what the images show; trained on the score
+    alone, a judge from scratch has to discover both routes at once and stays at chance for
+    thousands of steps (docs/toyworld.md); stating them separately opens each route on its own.
+    """
+    rows = []
+    for source, edit, record in zip(sources, edits, records, strict=True):
+        color = np.asarray(record["target_color"], dtype=np.float64) / 255.0
+        wanted = (np.linalg.norm(PALETTE - color, axis=-1) < 1e-6).astype(np.float64)
+        edit_pixels = np.asarray(edit.convert("RGB"), dtype=np.float64) / 255.0
+        source_pixels = np.asarray(source.convert("RGB"), dtype=np.float64) / 255.0
+        box_rows, box_cols = _box_pixels(list(record["target_box"]), *edit_pixels.shape[:2])
+        rows.append(
+            np.concatenate(
+                [
+                    wanted,
+                    palette_shares(edit_pixels),
+                    palette_shares(source_pixels),
+                    palette_shares(edit_pixels[box_rows, box_cols]),
+                ]
+            )
+        )
+    return torch.tensor(np.stack(rows), dtype=torch.float32)
+
+
+@dataclass
+class EncodedItems:
+    """The server's processor outputs for a whole set of items, computed once and indexed per batch.
+
+    ``input_ids`` / ``attention_mask`` (N, L) are left-padded to the longest prompt of the set;
+    ``pixel_values`` (N, P, D) holds the patches of each item's images (every toy image has the
+    same size, so the same P) and ``image_grid_thw`` (N, I, 3) their grids. :meth:`batch` gives
+    exactly the dict the processor returns for those items, except for extra all-padding columns
+    on the left, which the judge ignores (positions follow the attention mask).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    labels: torch.Tensor
+    auxiliary: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        mask = self.attention_mask[rows]
+        first = int(mask.any(0).nonzero()[0])  # drop columns that are padding in every row
+        return {
+            "input_ids": self.input_ids[rows, first:],
+            "attention_mask": mask[:, first:],
+            "pixel_values": self.pixel_values[rows].flatten(0, 1),
+            "image_grid_thw": self.image_grid_thw[rows].flatten(0, 1),
+        }
+
+
+def _left_pad(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in tensors])
+
+
+def as_received(sources, edits, jpeg_share: float, seed: int) -> tuple[list, list]:
+    """The images as the server decodes them: for a random ``jpeg_share`` of the items, source and
+    edit go through the reward client's JPEG encoding (its default format, quality 75)."""
+    from edit_r1.rewards.client import encode_image
+
+    def jpeg(image: Image.Image) -> Image.Image:
+        return Image.open(io.BytesIO(encode_image(image, "jpeg"))).convert("RGB")
+
+    rng = np.random.default_rng(seed)
+    chosen = rng.random(len(edits)) < jpeg_share
+    sources = [jpeg(s) if c else s for s, c in zip(sources, chosen, strict=True)]
+    return sources, [jpeg(e) if c else e for e, c in zip(edits, chosen, strict=True)]
+
+
+def encode_items(
+    encode: JudgeInputs, sources, edits, records, jpeg_share: float = 0.0, seed: int = 0, chunk: int = 256
+) -> EncodedItems:
+    """Run the server's processor (:class:`JudgeInputs`) over all items once, in chunks; the labels
+    are the rule scores of the edits as made, the inputs the images as received (:func:`as_received`)."""
+    labels, auxiliary = rule_labels(edits, records), auxiliary_targets(sources, edits, records)
+    sources, edits = as_received(sources, edits, jpeg_share, seed)
+    ids, masks, pixels, grids = [], [], [], []
+    for start in range(0, len(edits), chunk):
+        part = slice(start, start + chunk)
+        inputs = encode(sources[part], edits[part], records[part])
+        rows = len(inputs["input_ids"])
+        ids.append(inputs["input_ids"])
+        masks.append(inputs["attention_mask"])
+        grids.append(inputs["image_grid_thw"].reshape(rows, -1, 3))
+        pixels.append(inputs["pixel_values"].reshape(rows, -1, inputs["pixel_values"].shape[-1]))
+    pad = encode.processor.tokenizer.pad_token_id
+    return EncodedItems(
+        input_ids=_left_pad(ids, pad),
+        attention_mask=_left_pad(masks, 0),
+        pixel_values=torch.cat(pixels),
+        image_grid_thw=torch.cat(grids),
+        labels=labels,
+        auxiliary=auxiliary,
+    )
+
+
+@torch.no_grad()
+def encoded_scores(judge, items: EncodedItems, digit_ids: list[int], batch: int = 128) -> np.ndarray:
+    """The judge's expected scores of every encoded item."""
+    out = [
+        expected_scores(digit_logits(judge, items.batch(range(s, min(s + batch, len(items)))), digit_ids))
+        for s in range(0, len(items), batch)
+    ]
+    return torch.cat(out).numpy()
+
+
 @torch.no_grad()
 def judge_scores(judge, encode: JudgeInputs, sources, edits, records, batch: int = 64) -> np.ndarray:
     out = []
@@ -172,14 +313,25 @@ def judge_scores(judge, encode: JudgeInputs, sources, edits, records, batch: int
     return torch.cat(out).numpy()
 
 
+def judge_loss(logits: torch.Tensor, target: torch.Tensor, mse_weight: float) -> torch.Tensor:
+    """cross_entropy(two_hot(s), softmax(logits)) + mse_weight * (E[k] / 5 - s)^2, batch mean."""
+    cross_entropy = -(two_hot(target) * torch.log_softmax(logits, -1)).sum(-1).mean()
+    return cross_entropy + mse_weight * ((expected_scores(logits) - target) ** 2).mean()
+
+
 def train_judge(
-    judge, encode: JudgeInputs, train, held_out, settings: JudgeTraining, on_eval=None
+    judge,
+    digit_ids: list[int],
+    train: EncodedItems,
+    held_out: EncodedItems,
+    settings: JudgeTraining,
+    on_eval=None,
 ) -> list[tuple[int, float]]:
-    """Train ``judge`` in place on ``train`` = (sources, edits, records); returns (step, Spearman)."""
-    sources, edits, records = train
-    labels = rule_labels(edits, records)
-    held_labels = rule_labels(held_out[1], held_out[2]).numpy()
-    optimizer = torch.optim.AdamW(judge.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    """Train ``judge`` in place on the encoded ``train`` items; returns (step, held-out Spearman)."""
+    torch.manual_seed(settings.seed)
+    head = torch.nn.Linear(judge.config.text_config.hidden_size, train.auxiliary.shape[1])
+    parameters = [*judge.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.05
     )
@@ -187,20 +339,19 @@ def train_judge(
     history, start = [], time.perf_counter()
     judge.train()
     for step in range(1, min(settings.steps, settings.stop_after) + 1):
-        rows = torch.randint(0, len(edits), (settings.batch_size,), generator=generator).tolist()
-        inputs = encode([sources[i] for i in rows], [edits[i] for i in rows], [records[i] for i in rows])
-        logits = digit_logits(judge, inputs, encode.digit_ids)
-        target = labels[rows]
-        cross_entropy = -(two_hot(target) * torch.log_softmax(logits, -1)).sum(-1).mean()
-        loss = cross_entropy + settings.mse_weight * ((expected_scores(logits) - target) ** 2).mean()
+        rows = torch.randint(0, len(train), (settings.batch_size,), generator=generator)
+        output = judge(**train.batch(rows), logits_to_keep=1, output_hidden_states=True)
+        loss = judge_loss(output.logits[:, -1, digit_ids].float(), train.labels[rows], settings.mse_weight)
+        auxiliary = head(output.hidden_states[-1][:, -1])
+        loss = loss + settings.auxiliary_weight * ((auxiliary - train.auxiliary[rows]) ** 2).sum(-1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(judge.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         if step % settings.eval_every == 0:
             judge.eval()
-            rho = spearman(judge_scores(judge, encode, *held_out), held_labels)
+            rho = spearman(encoded_scores(judge, held_out, digit_ids), held_out.labels.numpy())
             judge.train()
             history.append((step, rho))
             if on_eval is not None:
@@ -214,56 +365,196 @@ def train_judge(
     return history
 
 
+# How the base editor's judge-training edits are drawn, cycled over chunks of 32 items:
+# (solver, number of steps, SDE noise level or None for deterministic, relative weight noise).
+# Deterministic Euler at 1-8 steps spans poor to best; dpm2 and the eta-0.7 SDE at 4 steps are the
+# trainer's rollout samplers (config/base.py); weight noise stands in for the policy moving under RL.
+EDITOR_SAMPLERS: tuple[tuple[str, int, float | None, float], ...] = (
+    ("flow", 4, None, 0.0),
+    ("flow", 4, 0.7, 0.0),
+    ("dpm2", 4, None, 0.0),
+    ("flow", 2, None, 0.0),
+    ("flow", 4, 0.7, 0.05),
+    ("flow", 8, None, 0.0),
+    ("flow", 4, None, 0.1),
+    ("flow", 1, None, 0.0),
+    ("flow", 4, 0.7, 0.2),
+    ("flow", 3, None, 0.03),
+)
+
+
+@torch.no_grad()
+def sample_edits(policy, cond, solver: str, steps: int, noise_level: float | None, seed: int) -> torch.Tensor:
+    """Edits of ``cond`` with ``solver`` (SDE with ``noise_level``, or deterministic when None)."""
+    from edit_r1.sampling.sampler import sample
+    from edit_r1.sampling.schedules import sigma_schedule
+
+    sigmas = sigma_schedule(steps, policy.image_seq_len, policy.scheduler_config)
+    generator = torch.Generator().manual_seed(seed)
+    result = sample(
+        lambda z, s: policy.velocity(z, s, cond),
+        policy.initial_noise(len(cond), generator=generator),
+        sigmas,
+        solver=solver,
+        deterministic=noise_level is None,
+        noise_level=noise_level or 0.0,
+        generator=generator,
+    )
+    return policy.decode(result.latents)
+
+
+@torch.no_grad()
+def _perturbed(transformer, scale: float, seed: int) -> dict[str, torch.Tensor]:
+    """Add Gaussian noise of ``scale`` x each weight matrix's std; returns the original weights."""
+    saved = {name: p.detach().clone() for name, p in transformer.named_parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    for p in transformer.parameters():
+        if p.ndim >= 2 and scale > 0:
+            p.add_(torch.randn(p.shape, generator=generator) * p.std() * scale)
+    return saved
+
+
 def editor_triples(pipeline_dir, num: int, size: int, seed: int, tasks: tuple[str, ...]):
-    """(sources, edits, records) of base-editor edits at 1-8 Euler steps (varied quality)."""
+    """(sources, edits, records) of base-editor edits drawn as in :data:`EDITOR_SAMPLERS`."""
     from edit_r1.toyworld import world
-    from edit_r1.toyworld.editor import encode_pairs, generate
+    from edit_r1.toyworld.editor import encode_pairs
     from edit_r1.toyworld.images import to_images
 
     policy = world.load_policy(pipeline_dir, use_lora=False)
     examples, sources, _ = scene_pairs(num, size, seed, tasks)
     cond, _ = encode_pairs(policy, examples, sources, sources)
     edits = []
-    for start in range(0, num, 32):
+    for chunk, start in enumerate(range(0, num, 32)):
         rows = list(range(start, min(num, start + 32)))
-        steps = 1 + (start // 32) % 8
-        edits += to_images(generate(policy, cond.index_select(rows), steps, seed=seed + start))
+        solver, steps, noise_level, weight_noise = EDITOR_SAMPLERS[chunk % len(EDITOR_SAMPLERS)]
+        saved = _perturbed(policy.transformer, weight_noise, seed + start)
+        edits += to_images(
+            sample_edits(policy, cond.index_select(rows), solver, steps, noise_level, seed + start)
+        )
+        policy.transformer.load_state_dict(saved)
     return sources, edits, [metadata_record(scene, task, "") for scene, task in examples]
 
 
-def build_judge_model(out, seed: int):
-    """A fresh toy judge (Qwen2.5-VL: text 2 layers x 64, 4 heads; vision 1 block x 32) saved to ``out``."""
+@dataclass(frozen=True)
+class JudgeArchitecture:
+    """The toy judge's size. Vision: ``patch_size`` 4 and merge 2, so a 32 px image is 8 x 8
+    patches -> 16 tokens (the real 14 px patches made it 2 x 2 tokens after an upscale to 56 px)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    patch_size: int = 4
+    rope_theta: float = 10.0
+
+
+def judge_processor_settings(arch: JudgeArchitecture, size: int) -> dict:
+    """Image-processor entries of the judge folder: every image is resized to ``size``^2 pixels
+    (min = max pixels), then cut into ``arch.patch_size`` patches merged 2 x 2."""
+    pixels = size * size
+    return {
+        "patch_size": arch.patch_size,
+        "merge_size": 2,
+        "min_pixels": pixels,
+        "max_pixels": pixels,
+        "size": {"shortest_edge": pixels, "longest_edge": pixels},
+    }
+
+
+def build_judge_model(out, seed: int, arch: JudgeArchitecture = JudgeArchitecture()):
+    """A fresh toy judge (Qwen2.5-VL of ``arch``) with its tokenizer and processor files in ``out``."""
     from pathlib import Path
 
     from edit_r1.models import tiny
-    from edit_r1.toyworld.world import world_tokenizer
+    from edit_r1.toyworld.world import SIZE, world_tokenizer
 
     tokenizer = world_tokenizer(named_vision_tokens=False)
-    judge = tiny._qwen2_5_vl(tokenizer, hidden=64, layers=2, seed=21 + seed, vision_hidden=32, heads=4)
+    head_dim = arch.hidden // arch.heads
+    # the text model's rotary split (temporal, height, width): every image axis gets frequencies
+    third = head_dim // 6
+    mrope = [head_dim // 2 - 2 * third, third, third] if head_dim >= 12 else None
+    vision = {
+        "patch_size": arch.patch_size,
+        "depth": arch.vision_depth,
+        "window_size": SIZE * 4,  # one attention window covers the whole image
+        "fullatt_block_indexes": list(range(arch.vision_depth)),
+    }
+    judge = tiny._qwen2_5_vl(
+        tokenizer,
+        hidden=arch.hidden,
+        layers=arch.layers,
+        seed=21 + seed,
+        vision_hidden=arch.vision_hidden,
+        heads=arch.heads,
+        vision=vision,
+        mrope_section=mrope,
+        rope_theta=arch.rope_theta,
+    )
     judge.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    tiny._write_real_style_processor_files(Path(out))
+    tiny._write_real_style_processor_files(Path(out), judge_processor_settings(arch, SIZE))
     return judge
 
 
 def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
-    """Train the toy judge on synthetic edits; save it; return its held-out rank correlations
-    (on synthetic edits and on edits of the base editor in ``pipeline_dir``)."""
+    """Train the toy judge on synthetic and base-editor edits; save it; return its held-out rank
+    correlations (on synthetic edits and on edits of the base editor in ``pipeline_dir``)."""
     from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
     from edit_r1.toyworld import world
 
+    start = time.perf_counter()
     judge = build_judge_model(out, settings.seed)
     encode = JudgeInputs(load_qwen_vl_processor(out), world.JUDGE_TEMPLATE)
-    train = synthetic_triples(settings.num_train, world.SIZE, 4000 + settings.seed, world.TASKS)
-    held_synthetic = synthetic_triples(settings.num_eval, world.SIZE, 5000 + settings.seed, world.TASKS)
-    history = train_judge(judge, encode, train, held_synthetic, settings)
+    sets = judge_data(pipeline_dir, encode, settings)
+    data_seconds = time.perf_counter() - start
+    print(f"judge: {len(sets['train'])} training items encoded in {data_seconds:.0f} s", flush=True)
+    history = train_judge(judge, encode.digit_ids, sets["train"], sets["held_out_base_editor"], settings)
     judge.save_pretrained(out, safe_serialization=True)
-    held_edited = editor_triples(
-        pipeline_dir, settings.num_eval, world.SIZE, 7000 + settings.seed, world.TASKS
-    )
-    result = {"spearman_history": [[s, round(r, 4)] for s, r in history], "steps": settings.stop_after}
-    for name, triples in (("synthetic", held_synthetic), ("base_editor", held_edited)):
-        scores = judge_scores(judge, encode, *triples)
-        result[f"held_out_spearman_{name}"] = round(spearman(scores, rule_labels(*triples[1:]).numpy()), 4)
+    result = {
+        "spearman_history_base_editor": [[s, round(r, 4)] for s, r in history],
+        "steps": settings.stop_after,
+        "num_train": len(sets["train"]),
+        "data_seconds": round(data_seconds),
+    }
+    for name in ("synthetic", "base_editor"):
+        held = sets[f"held_out_{name}"]
+        rho = spearman(encoded_scores(judge, held, encode.digit_ids), held.labels.numpy())
+        result[f"held_out_spearman_{name}"] = round(rho, 4)
     print(f"judge: {result}", flush=True)
     return result
+
+
+def _concat(sets: list[EncodedItems], pad: int) -> EncodedItems:
+    return EncodedItems(
+        input_ids=_left_pad([s.input_ids for s in sets], pad),
+        attention_mask=_left_pad([s.attention_mask for s in sets], 0),
+        pixel_values=torch.cat([s.pixel_values for s in sets]),
+        image_grid_thw=torch.cat([s.image_grid_thw for s in sets]),
+        labels=torch.cat([s.labels for s in sets]),
+        auxiliary=torch.cat([s.auxiliary for s in sets]),
+    )
+
+
+def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> dict[str, EncodedItems]:
+    """Encoded training items (synthetic + base-editor edits) and the two held-out sets."""
+    from edit_r1.toyworld import world
+
+    seed, size, tasks = settings.seed, world.SIZE, world.TASKS
+    synthetic = synthetic_triples(settings.num_train, size, 4000 + seed, tasks)
+    edited = editor_triples(pipeline_dir, settings.num_train_editor, size, 6000 + seed, tasks)
+    return {
+        "train": _concat(
+            [
+                encode_items(encode, *synthetic, jpeg_share=settings.jpeg_share, seed=seed),
+                encode_items(encode, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1),
+            ],
+            encode.processor.tokenizer.pad_token_id,
+        ),
+        "held_out_synthetic": encode_items(
+            encode, *synthetic_triples(settings.num_eval, size, 5000 + seed, tasks)
+        ),
+        "held_out_base_editor": encode_items(
+            encode, *editor_triples(pipeline_dir, settings.num_eval, size, 7000 + seed, tasks)
+        ),
+    }
