@@ -110,10 +110,10 @@ def tiny_mllm() -> ml_collections.ConfigDict:
 
 
 def toy() -> ml_collections.ConfigDict:
-    """DiffusionNFT in the toy world: the trained toy editor, the toy judge, 32 px colour edits.
+    """DiffusionNFT in the toy world: the trained toy editor, the toy judge, 32 px background edits.
 
     Dataset: ``python -m edit_r1.data.toy --out .tiny/toyworld_data --train 256 --test 32 --size 32
-    --tasks recolor,background``. Judge: ``python reward_server/reward_server.py --backend
+    --tasks background`` (``make demo`` builds it). Judge: ``python reward_server/reward_server.py --backend
     transformers --model edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``; then
     ``REWARD_SERVER=127.0.0.1:PORT torchrun --nproc_per_node=2 scripts/train_nft_qwen_image_edit.py
     --config config/qwen_image_edit_nft.py:toy``. Evaluation logs the judge's reward and the rule

@@ -50,23 +50,26 @@ def use_mllm_reward(config: ml_collections.ConfigDict) -> None:
 
 
 def make_toy(config: ml_collections.ConfigDict, model_dir: Path) -> None:
-    """The toy world on top of a ``tiny_mllm`` config: trained editor and judge, 32 px colour edits.
+    """The toy world on top of a ``tiny_mllm`` config: trained editor and judge, 32 px background edits.
 
-    The numbers below were tuned so that the held-out judge reward rises clearly within the
-    ``make demo`` budget (measurements in ``docs/toyworld.md``).
+    The numbers below make the held-out reward rise clearly within the ``make demo`` budget
+    (measurements and the settings that did not learn in ``docs/toyworld.md``).
     """
     config.pretrained.model = str(model_dir)
     config.dataset = str(TOYWORLD_DATA_DIR)
     config.resolution = 32  # the world's image size (edit_r1/toyworld/world.py)
     config.condition_area = 32 * 32  # the vision encoder sees the 32 px source (upscaled to 56 px)
-    config.num_epochs = 12
-    config.save_freq = 12  # one checkpoint at the end
+    config.num_epochs = 16
+    config.save_freq = 16  # one checkpoint at the end
     config.eval_freq = 2
     config.sample.num_steps = 4  # rollouts: Euler, two dpm2 steps, Euler
     config.sample.eval_num_steps = 4  # the base editor's held-out score is measured with 4 Euler steps
     config.sample.num_image_per_prompt = 8  # k
-    config.sample.num_groups_per_epoch = 8  # 64 rollouts per epoch
+    config.sample.num_groups_per_epoch = 16  # 128 rollouts per epoch ...
     config.sample.max_train_batch_size = 16
+    config.train.gradient_step_per_epoch = 1  # ... in one optimizer step: 8 steps of 8 rollouts did not learn
     config.sample.test_batch_size = 16
-    config.train.learning_rate = 1e-3
+    config.use_lora = False  # 0.63 M parameters: full weights learn faster than rank-8 LoRA at any lr tried
+    config.train.learning_rate = 3e-4
+    config.train.ema = False  # one step per epoch: an EMA (decay up to 0.9) would lag the whole run
     config.eval_reward_fn = ml_collections.ConfigDict({"mllm_score_continue": 1.0, "toy_color": 0.0})

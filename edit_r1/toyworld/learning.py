@@ -49,10 +49,10 @@ class LearningRunError(RuntimeError):
 
 
 def write_dataset(out: Path, num_train: int = 256, num_test: int = 32) -> Path:
-    """The toy-world dataset of the ``:toy`` config (same as ``make demo``'s)."""
+    """The toy-world dataset of the ``:toy`` config (same as ``make demo``'s: ``world.RL_DATASET_ARGS``)."""
     from edit_r1.data.toy import write_toy_dataset
 
-    return write_toy_dataset(out, num_train, num_test, size=world.SIZE, seed=0, tasks=world.TASKS)
+    return write_toy_dataset(out, num_train, num_test, size=world.SIZE, seed=0, tasks=world.RL_TASKS)
 
 
 @contextlib.contextmanager

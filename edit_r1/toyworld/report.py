@@ -30,6 +30,29 @@ def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     return curve
 
 
+def write_before_after(run_dir: str | Path) -> Path | None:
+    """``run_dir/before_after.png``: the first and the last evaluation grid side by side (the same
+    held-out items and noise), or ``None`` when the run has fewer than two grids."""
+    from PIL import Image, ImageDraw
+
+    run_dir = Path(run_dir)
+    grids = sorted((run_dir / "samples").glob("eval_epoch*.png"))
+    if len(grids) < 2:
+        return None
+    before, after = (Image.open(path).convert("RGB") for path in (grids[0], grids[-1]))
+    header, gap = 24, 16
+    canvas = Image.new(
+        "RGB", (before.width + gap + after.width, header + max(before.height, after.height)), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    for x, image, path in ((0, before, grids[0]), (before.width + gap, after, grids[-1])):
+        canvas.paste(image, (x, header))
+        draw.text((x + 4, 6), f"{'before' if x == 0 else 'after'}: {path.stem}", fill="black")
+    out = run_dir / "before_after.png"
+    canvas.save(out)
+    return out
+
+
 def summary(run_dir: str | Path) -> str:
     """Text: first and last evaluation, the gain, and where the sample grids are."""
     run_dir = Path(run_dir)
@@ -45,5 +68,8 @@ def summary(run_dir: str | Path) -> str:
             lines.append(f"   {name:<13} {first[key]:.3f} -> {last[key]:.3f}: {change:+.3f}")
             lines.append(f"   {'':<13} curve " + " ".join(f"{p[key]:.3f}" for p in curve))
     if grids:
-        lines.append(f"   before/after: {grids[0]}  {grids[-1]}")
+        lines.append(f"   grids:        {grids[0]}  {grids[-1]}")
+    side_by_side = write_before_after(run_dir)
+    if side_by_side is not None:
+        lines.append(f"   before/after: {side_by_side}")
     return "\n".join(lines)
