@@ -1,13 +1,15 @@
 """The ``learning`` scenario of ``scripts/benchmark.py``: how fast an RL algorithm improves the toy editor.
 
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
-        [--epochs 12] [--nproc 1] [--target 0.6] [--json out.json]
+        [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
+        [--target 0.75] [--json out.json] [--plot curves.png]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
-config against the toy judge behind a real reward server and reads the held-out evaluations:
-judge reward and rule score against samples seen (rollouts generated so far) and wall time.
-Prints the curve averaged over seeds and, per seed, the samples seen (and seconds) until the
-held-out judge reward first reaches ``--target``. ``--json`` writes every curve. With several
+config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
+score, or the judge's pairwise preferences), and reads the held-out evaluations: judge reward and
+rule score against samples seen (rollouts generated so far) and wall time. Prints the curve
+averaged over seeds and, per seed, the samples seen (and seconds) until the held-out ``--metric``
+first reaches ``--target``. ``--json`` writes every curve, ``--plot`` a PNG of the curves. With several
 algorithms (``--algorithm nft,grpo``) each is run on the same seeds and a comparison line closes the
 report: the median samples and seconds to the target per algorithm.
 """
@@ -22,7 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edit_r1.toyworld.learning import ALGORITHMS, CONFIGS, LearningRunError, train_in_toy_world  # noqa: E402
+from edit_r1.toyworld.learning import (  # noqa: E402
+    ALGORITHMS,
+    CONFIGS,
+    REWARD_FLAGS,
+    LearningRunError,
+    train_in_toy_world,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--algorithm", default="nft", help=f"comma-separated algorithms among {sorted(ALGORITHMS)}"
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs per seed")
+    parser.add_argument("--reward", default="judge", choices=sorted(REWARD_FLAGS), help="training reward")
+    parser.add_argument(
+        "--metric",
+        choices=["judge", "rule"],
+        help="held-out score of the target (default: rule for --reward rule)",
+    )
+    parser.add_argument("--epochs", type=int, default=13, help="epochs per seed (evaluated at their start)")
+    parser.add_argument("--eval-every", type=int, default=2, help="epochs between held-out evaluations")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun when > 1)")
-    parser.add_argument("--target", type=float, default=0.6, help="held-out judge reward to reach")
+    parser.add_argument("--target", type=float, default=0.75, help="held-out score to reach")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the result object here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the held-out curves here")
     return parser
 
 
@@ -52,12 +68,20 @@ def samples_per_epoch() -> int:
     return int(sample.num_groups_per_epoch * sample.num_image_per_prompt)
 
 
-def reach(curve: list[dict], target: float, per_epoch: int) -> dict | None:
-    """Samples seen and seconds at the first evaluation with judge reward >= target (None: never)."""
+def reach(curve: list[dict], target: float, per_epoch: int, metric: str = "judge") -> dict | None:
+    """Samples seen and seconds at the first evaluation with ``metric`` >= target (None: never)."""
     for point in curve:
-        if point["judge"] >= target:
+        if point[metric] is not None and point[metric] >= target:
             return {"samples": point["epoch"] * per_epoch, "seconds": round(point["seconds"], 1)}
     return None
+
+
+def evaluation_overrides(args: argparse.Namespace) -> list[str]:
+    """Evaluate every ``--eval-every`` epochs; a rule-reward run scored by the rule needs no judge."""
+    overrides = [f"--config.eval_freq={args.eval_every}"]
+    if args.reward == "rule" and args.metric == "rule":
+        overrides.append("--config.eval_reward_fn={'toy_color': 1.0}")
+    return overrides
 
 
 def run(args: argparse.Namespace, root: Path) -> dict:
@@ -66,36 +90,41 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     runs = {}
     for seed in seeds:
         curve = train_in_toy_world(
-            root / f"{args.algorithm}_seed{seed}", family=args.family, algorithm=args.algorithm, seed=seed,
-            epochs=args.epochs, nproc=args.nproc,
+            root / f"{args.algorithm}_{args.reward}_seed{seed}", family=args.family, algorithm=args.algorithm,
+            seed=seed, epochs=args.epochs, nproc=args.nproc, reward=args.reward,
+            overrides=evaluation_overrides(args),
         )  # fmt: skip
         for point in curve:
             point["samples"] = point["epoch"] * per_epoch
-        runs[seed] = {"curve": curve, "reach_target": reach(curve, args.target, per_epoch)}
-        print(f"seed {seed}: judge " + " ".join(f"{p['judge']:.3f}" for p in curve), flush=True)
+        runs[seed] = {"curve": curve, "reach_target": reach(curve, args.target, per_epoch, args.metric)}
+        print(f"seed {seed}: {args.metric} " + " ".join(f"{p[args.metric]:.3f}" for p in curve), flush=True)
     return {
-        "scenario": "learning", "family": args.family, "algorithm": args.algorithm, "target": args.target,
-        "samples_per_epoch": per_epoch, "runs": runs,
+        "scenario": "learning", "family": args.family, "algorithm": args.algorithm, "reward": args.reward,
+        "metric": args.metric, "target": args.target, "samples_per_epoch": per_epoch, "runs": runs,
     }  # fmt: skip
+
+
+def mean_or_none(values: list) -> float | None:
+    return None if any(v is None for v in values) else sum(values) / len(values)
 
 
 def format_table(result: dict) -> str:
     runs = list(result["runs"].values())
     length = min(len(r["curve"]) for r in runs)
     lines = [
-        f"learning ({result['family']}, {result['algorithm']}, {len(runs)} seeds): held-out mean over seeds"
+        f"learning ({result['family']}, {result['algorithm']}, reward {result.get('reward', 'judge')}, "
+        f"{len(runs)} seeds): held-out mean over seeds"
     ]
     lines.append(f"{'epoch':>6} {'samples':>8} {'seconds':>8} {'judge':>7} {'rule':>7}")
     for i in range(length):
         points = [r["curve"][i] for r in runs]
-        mean = {k: sum(p[k] for p in points) / len(points) for k in ("samples", "seconds", "judge", "rule")}
-        lines.append(
-            f"{points[0]['epoch']:>6} {mean['samples']:>8.0f} {mean['seconds']:>8.0f} {mean['judge']:>7.3f} {mean['rule']:>7.3f}"
-        )
+        mean = {k: mean_or_none([p[k] for p in points]) for k in ("samples", "seconds", "judge", "rule")}
+        cells = " ".join(f"{'-':>7}" if mean[k] is None else f"{mean[k]:>7.3f}" for k in ("judge", "rule"))
+        lines.append(f"{points[0]['epoch']:>6} {mean['samples']:>8.0f} {mean['seconds']:>8.0f} {cells}")
     for seed, r in result["runs"].items():
         hit = r["reach_target"]
         where = f"{hit['samples']} samples, {hit['seconds']} s" if hit else "not reached"
-        lines.append(f"seed {seed}: judge reward >= {result['target']}: {where}")
+        lines.append(f"seed {seed}: held-out {result.get('metric', 'judge')} >= {result['target']}: {where}")
     return "\n".join(lines)
 
 
@@ -110,7 +139,8 @@ def median_reach(result: dict) -> dict | None:
 
 
 def format_comparison(results: dict[str, dict]) -> str:
-    lines = [f"comparison: held-out judge reward >= {next(iter(results.values()))['target']}"]
+    first = next(iter(results.values()))
+    lines = [f"comparison: held-out {first.get('metric', 'judge')} >= {first['target']}"]
     for name, result in results.items():
         hit = median_reach(result)
         seeds = len(result["runs"])
@@ -123,8 +153,42 @@ def format_comparison(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_curves(results: dict[str, dict], path: Path) -> None:
+    """One line per algorithm (mean over seeds, thin: each seed) of the held-out metric vs samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, (name, result) in enumerate(results.items()):
+        color = f"C{index}"
+        metric, curves = result["metric"], [r["curve"] for r in result["runs"].values()]
+        for curve in curves:
+            axis.plot(
+                [p["samples"] for p in curve], [p[metric] for p in curve], color=color, alpha=0.25, lw=1
+            )
+        length = min(len(c) for c in curves)
+        mean = [sum(c[i][metric] for c in curves) / len(curves) for i in range(length)]
+        axis.plot([p["samples"] for p in curves[0][:length]], mean, color=color, lw=2.5, label=name)
+    axis.axhline(first_result(results)["target"], color="gray", ls="--", lw=1, label="target")
+    axis.set_xlabel("rollouts seen")
+    axis.set_ylabel(f"held-out {first_result(results)['metric']} score")
+    axis.set_title(f"toy world, reward {first_result(results)['reward']}, {len(curves)} seeds")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def first_result(results: dict[str, dict]) -> dict:
+    return next(iter(results.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.metric = args.metric or ("rule" if args.reward == "rule" else "judge")
     algorithms = [name.strip() for name in args.algorithm.split(",") if name.strip()]
     unknown = sorted(set(algorithms) - set(ALGORITHMS)) or ([] if algorithms else ["(none)"])
     if unknown:
@@ -145,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(results[name]), flush=True)
     if len(results) > 1:
         print(format_comparison(results))
+    if args.plot:
+        plot_curves(results, args.plot)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = (

@@ -42,6 +42,13 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
 }
 JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
+# The training reward: the judge's pointwise score through the server, the rule (no server for
+# training), or the judge's pairwise preferences within each group (Pref-GRPO's reward).
+REWARD_FLAGS: dict[str, tuple[str, ...]] = {
+    "judge": (),
+    "rule": ("--config.reward_fn={'toy_color': 1.0}",),  # a ConfigDict field takes a dict literal
+    "pairwise": ("--config.reward_fn={'pairwise_mllm': 1.0}",),
+}
 
 
 class LearningRunError(RuntimeError):
@@ -84,11 +91,9 @@ def training_command(
         f"--config.dataset={dataset}", f"--config.seed={seed}", f"--config.num_epochs={epochs}",
         f"--config.save_freq={epochs}",
     ]  # fmt: skip
-    if reward == "rule":
-        flags.append("--config.reward_fn={'toy_color': 1.0}")  # a ConfigDict field takes a dict literal
-    elif reward != "judge":
-        raise ValueError(f"reward must be 'judge' or 'rule', got {reward!r}")
-    return [*launcher, script, *flags, *ALGORITHMS[algorithm], *overrides]
+    if reward not in REWARD_FLAGS:
+        raise ValueError(f"reward must be one of {sorted(REWARD_FLAGS)}, got {reward!r}")
+    return [*launcher, script, *flags, *REWARD_FLAGS[reward], *ALGORITHMS[algorithm], *overrides]
 
 
 def train_in_toy_world(
@@ -105,7 +110,7 @@ def train_in_toy_world(
     env.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.ExitStack() as stack:
         rule_only_eval = any(o.startswith("--config.eval_reward_fn") and "mllm" not in o for o in overrides)
-        if reward == "judge" or not rule_only_eval:
+        if reward != "rule" or not rule_only_eval:
             env["REWARD_SERVER"] = stack.enter_context(
                 judge_server(run_dir.parent / f"{run_dir.name}_server.log")
             )

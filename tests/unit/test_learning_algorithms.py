@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchmark_learning import format_comparison, median_reach  # noqa: E402
 
 
-@pytest.mark.parametrize("reward", ["judge", "rule"])
+@pytest.mark.parametrize("reward", ["judge", "rule", "pairwise"])
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, reward: str, tmp_path: Path) -> None:
     command = training_command("qwen_image_edit", algorithm, tmp_path / "run", tmp_path, 0, 2, 1, reward)
@@ -29,8 +29,15 @@ def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, reward: str,
     values(argv)
     config = values.config
     assert config.algorithm == algorithm
-    assert dict(config.reward_fn) == (
-        {"toy_color": 1.0} if reward == "rule" else {"mllm_score_continue": 1.0}
+    assert (
+        dict(config.reward_fn)
+        == (
+            {
+                "rule": {"toy_color": 1.0},
+                "judge": {"mllm_score_continue": 1.0},
+                "pairwise": {"pairwise_mllm": 1.0},
+            }[reward]
+        )
     )
     assert validate_config(config, world_size=1, check_files=False) == []
     if algorithm == "grpo":
