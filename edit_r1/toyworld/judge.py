@@ -30,6 +30,7 @@ from PIL import Image, ImageFilter
 from edit_r1.data.toy import (
     COLOR_TOLERANCE,
     COLORS,
+    SHAPES,
     Scene,
     Task,
     _box_pixels,
@@ -44,8 +45,8 @@ from edit_r1.toyworld.images import scene_pairs
 class JudgeTraining:
     """``steps`` sets the one-cycle learning-rate schedule; training stops after ``stop_after``."""
 
-    steps: int = 2500
-    stop_after: int = 2500
+    steps: int = 3500
+    stop_after: int = 3500
     batch_size: int = 16
     learning_rate: float = 2e-3
     num_train: int = 4096
@@ -116,8 +117,15 @@ def synthetic_triples(num: int, size: int, seed: int, tasks: tuple[str, ...]):
     examples, sources, _ = scene_pairs(num, size, seed, tasks)
     rng = np.random.default_rng(seed)
     edits = [degraded_edit(scene, task, rng) for scene, task in examples]
-    records = [metadata_record(scene, task, "") for scene, task in examples]
-    return sources, edits, records
+    return sources, edits, [judge_record(scene, task) for scene, task in examples]
+
+
+def judge_record(scene: Scene, task: Task) -> dict:
+    """The toy metadata record of the item plus ``shape_boxes`` (kind -> box as fractions), which
+    only the judge's auxiliary targets read."""
+    size = scene.size
+    boxes = {s.kind: [v / size for v in s.box] for s in scene.shapes}
+    return dict(metadata_record(scene, task, ""), shape_boxes=boxes)
 
 
 def two_hot(scores: torch.Tensor, max_rating: int = 5) -> torch.Tensor:
@@ -185,10 +193,26 @@ def palette_shares(pixels: np.ndarray) -> np.ndarray:
     return np.exp(-((distance / COLOR_TOLERANCE) ** 2)).mean(0)
 
 
+def _shape_facts(pixels: np.ndarray, record: dict) -> np.ndarray:
+    """(3 + 3 x 8,): the named shape (one-hot, zeros for the background) and, per shape kind, the
+    palette shares of ``pixels`` inside that shape's box (zeros when the scene lacks it)."""
+    named = [float(f"the {kind} " in (record["prompt"] + " ")) for kind in SHAPES]
+    shares = []
+    for kind in SHAPES:
+        box = record.get("shape_boxes", {}).get(kind)
+        if box is None:
+            shares.append(np.zeros(len(PALETTE)))
+        else:
+            rows, cols = _box_pixels(list(box), *pixels.shape[:2])
+            shares.append(palette_shares(pixels[rows, cols]))
+    return np.concatenate([named, *shares])
+
+
 def auxiliary_targets(sources, edits, records) -> torch.Tensor:
-    """(N, 32) facts the judge's last position is also trained to state (training only, through a
+    """(N, 59) facts the judge's last position is also trained to state (training only, through a
     linear head that is not saved): the requested colour (one-hot over the palette), the palette
-    shares of the whole edit, of the whole source, and of the edit inside the target box.
+    shares of the whole edit, of the whole source, and of the edit inside the target box; the
+    named shape and the palette shares of the edit inside each shape's box (:func:`_shape_facts`).
 
     The rule score needs the requested colour *and* what the images show; trained on the score
     alone, a judge from scratch has to discover both routes at once and stays at chance for
@@ -208,40 +232,44 @@ def auxiliary_targets(sources, edits, records) -> torch.Tensor:
                     palette_shares(edit_pixels),
                     palette_shares(source_pixels),
                     palette_shares(edit_pixels[box_rows, box_cols]),
+                    _shape_facts(edit_pixels, record),
                 ]
             )
         )
     return torch.tensor(np.stack(rows), dtype=torch.float32)
 
 
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+
+
 @dataclass
 class EncodedItems:
     """The server's processor outputs for a whole set of items, computed once and indexed per batch.
 
-    ``input_ids`` / ``attention_mask`` (N, L) are left-padded to the longest prompt of the set;
-    ``pixel_values`` (N, P, D) holds the patches of each item's images (every toy image has the
-    same size, so the same P) and ``image_grid_thw`` (N, I, 3) their grids. :meth:`batch` gives
-    exactly the dict the processor returns for those items, except for extra all-padding columns
-    on the left, which the judge ignores (positions follow the attention mask).
+    ``tokens`` holds every per-token output of the processor (``input_ids``, ``attention_mask``,
+    ``mm_token_type_ids``, from which the model derives the images' 3-D positions), (N, L) each,
+    left-padded to the longest prompt of the set; ``pixel_values`` (N, P, D) holds the patches of
+    each item's images (every toy image has the same size, so the same P) and ``image_grid_thw``
+    (N, I, 3) their grids. :meth:`batch` gives exactly the dict the processor returns for those
+    items, except for extra all-padding columns on the left, which the judge ignores (positions
+    follow the attention mask; ``tests/integration/test_toyworld.py`` checks the scores agree).
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    tokens: dict[str, torch.Tensor]
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor
     labels: torch.Tensor
     auxiliary: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.labels)
 
     def batch(self, rows) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(rows)
-        mask = self.attention_mask[rows]
+        mask = self.tokens["attention_mask"][rows]
         first = int(mask.any(0).nonzero()[0])  # drop columns that are padding in every row
         return {
-            "input_ids": self.input_ids[rows, first:],
-            "attention_mask": mask[:, first:],
+            **{key: value[rows, first:] for key, value in self.tokens.items()},
             "pixel_values": self.pixel_values[rows].flatten(0, 1),
             "image_grid_thw": self.image_grid_thw[rows].flatten(0, 1),
         }
@@ -250,6 +278,11 @@ class EncodedItems:
 def _left_pad(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in tensors])
+
+
+def _pad_tokens(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate per-token tensors, left-padding ``input_ids`` with ``pad_id`` and the rest with 0."""
+    return {key: _left_pad([p[key] for p in parts], pad_id if key == "input_ids" else 0) for key in parts[0]}
 
 
 def as_received(sources, edits, jpeg_share: float, seed: int) -> tuple[list, list]:
@@ -273,19 +306,18 @@ def encode_items(
     are the rule scores of the edits as made, the inputs the images as received (:func:`as_received`)."""
     labels, auxiliary = rule_labels(edits, records), auxiliary_targets(sources, edits, records)
     sources, edits = as_received(sources, edits, jpeg_share, seed)
-    ids, masks, pixels, grids = [], [], [], []
+    tokens, pixels, grids = [], [], []
     for start in range(0, len(edits), chunk):
         part = slice(start, start + chunk)
         inputs = encode(sources[part], edits[part], records[part])
         rows = len(inputs["input_ids"])
-        ids.append(inputs["input_ids"])
-        masks.append(inputs["attention_mask"])
+        tokens.append({key: value for key, value in inputs.items() if key not in IMAGE_KEYS})
+        if any(value.shape[0] != rows for value in tokens[-1].values()):
+            raise ValueError(f"unexpected processor outputs {sorted(inputs)}: not per-token tensors")
         grids.append(inputs["image_grid_thw"].reshape(rows, -1, 3))
         pixels.append(inputs["pixel_values"].reshape(rows, -1, inputs["pixel_values"].shape[-1]))
-    pad = encode.processor.tokenizer.pad_token_id
     return EncodedItems(
-        input_ids=_left_pad(ids, pad),
-        attention_mask=_left_pad(masks, 0),
+        tokens=_pad_tokens(tokens, encode.processor.tokenizer.pad_token_id),
         pixel_values=torch.cat(pixels),
         image_grid_thw=torch.cat(grids),
         labels=labels,
@@ -432,7 +464,7 @@ def editor_triples(pipeline_dir, num: int, size: int, seed: int, tasks: tuple[st
             sample_edits(policy, cond.index_select(rows), solver, steps, noise_level, seed + start)
         )
         policy.transformer.load_state_dict(saved)
-    return sources, edits, [metadata_record(scene, task, "") for scene, task in examples]
+    return sources, edits, [judge_record(scene, task) for scene, task in examples]
 
 
 @dataclass(frozen=True)
@@ -527,8 +559,7 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
 
 def _concat(sets: list[EncodedItems], pad: int) -> EncodedItems:
     return EncodedItems(
-        input_ids=_left_pad([s.input_ids for s in sets], pad),
-        attention_mask=_left_pad([s.attention_mask for s in sets], 0),
+        tokens=_pad_tokens([s.tokens for s in sets], pad),
         pixel_values=torch.cat([s.pixel_values for s in sets]),
         image_grid_thw=torch.cat([s.image_grid_thw for s in sets]),
         labels=torch.cat([s.labels for s in sets]),

@@ -80,9 +80,9 @@ def _served_scores(address: str, sources, edits, records, image_format: str) -> 
 def test_judge_through_the_server_tracks_the_rule_score(judge_address) -> None:
     """Held-out synthetic edits of every quality, scored over HTTP: the scores are exactly the
     in-process expected digit scores of the same folder, and they order the edits like the rule
-    (docs/toyworld.md: Spearman on 256 such items). Spearman over a few dozen items is noisy here
-    (many edits have a rule score of ~0 and their order is arbitrary), so the check is on the pairs
-    the rule clearly separates."""
+    (docs/toyworld.md: Spearman 0.72 on 256 such items). Spearman over a few dozen items is noisy
+    (many edits have a rule score of ~0 and their order is arbitrary; measured 0.71 here), so the
+    main check is on the pairs the rule clearly separates (measured: 89 % ordered alike)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
@@ -97,12 +97,13 @@ def test_judge_through_the_server_tracks_the_rule_score(judge_address) -> None:
     # pairs the rule clearly separates (scores >= 0.5 apart): the judge must order most of them alike
     first, second = np.nonzero(rule[:, None] - rule[None, :] >= 0.5)
     concordant = (served[first] > served[second]).mean()
-    assert len(first) > 200 and concordant > 0.65, (len(first), concordant, spearman(served, rule))
+    rho = spearman(served, rule)
+    assert len(first) > 200 and concordant > 0.8 and rho > 0.55, (len(first), concordant, rho)
 
 
 def test_judge_prefers_perfect_edits_to_unchanged_sources(judge_address) -> None:
-    """Sent as the trainer sends them (JPEG), a perfect edit scores above the unchanged source for
-    most held-out items, and clearly so on average."""
+    """Sent as the trainer sends them (JPEG), a perfect edit scores clearly above the unchanged
+    source for almost every held-out item (measured: 0.80 against 0.04 on average)."""
     from edit_r1.data.toy import apply_task, metadata_record
 
     examples, sources, _ = scene_pairs(16, world.SIZE, seed=434343, tasks=world.TASKS)
@@ -111,5 +112,51 @@ def test_judge_prefers_perfect_edits_to_unchanged_sources(judge_address) -> None
     s_perfect = _served_scores(judge_address, sources, perfect, records, "jpeg")
     s_source = _served_scores(judge_address, sources, sources, records, "jpeg")
     assert np.all((s_perfect >= 0) & (s_perfect <= 1))
-    assert (s_perfect > s_source).mean() >= 0.8, (s_perfect, s_source)
-    assert s_perfect.mean() > s_source.mean() + 0.15, (s_perfect, s_source)
+    assert (s_perfect > s_source + 0.2).mean() >= 0.85, (s_perfect, s_source)
+    assert s_perfect.mean() > s_source.mean() + 0.5, (s_perfect, s_source)
+
+
+def test_precomputed_judge_inputs_score_like_the_servers_processor_path() -> None:
+    """Training indexes processor outputs computed once for the whole set (``encode_items``):
+    a batch of them scores like the server's per-batch processor call (left padding aside)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+    from edit_r1.toyworld.judge import (
+        JudgeInputs,
+        encode_items,
+        encoded_scores,
+        judge_scores,
+        synthetic_triples,
+    )
+
+    sources, edits, records = synthetic_triples(12, world.SIZE, seed=454545, tasks=world.TASKS)
+    judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(JUDGE).eval()
+    encode = JudgeInputs(load_qwen_vl_processor(JUDGE), world.JUDGE_TEMPLATE)
+    items = encode_items(encode, sources, edits, records, chunk=5)  # chunks padded to different widths
+    assert (
+        len(items) == 12
+        and "mm_token_type_ids" in items.tokens
+        and items.image_grid_thw[0].tolist() == [[1, 8, 8], [1, 8, 8]]
+    )
+    np.testing.assert_allclose(
+        encoded_scores(judge, items, encode.digit_ids, batch=7),
+        judge_scores(judge, encode, sources, edits, records),
+        atol=1e-3,
+    )
+
+
+def test_auxiliary_facts_state_the_requested_colour_and_what_the_edit_shows(held_out) -> None:
+    from edit_r1.data.toy import COLORS, apply_task
+    from edit_r1.toyworld.judge import auxiliary_targets, judge_record
+
+    examples, sources, _ = held_out
+    records = [judge_record(scene, task) for scene, task in examples]
+    perfect = [apply_task(scene, task).render() for scene, task in examples]
+    facts = auxiliary_targets(sources, perfect, records).numpy()
+    wanted = [list(COLORS).index(task.color) for _, task in examples]
+    rows = np.arange(len(examples))
+    assert np.all(facts[rows, wanted] == 1) and np.all(facts[:, :8].sum(1) == 1)
+    in_box = facts[rows, 24 + np.asarray(wanted)]  # share of the requested colour in the target box
+    expected = [record["target_fraction"] for record in records]
+    np.testing.assert_allclose(in_box, expected, atol=0.02)
