@@ -10,6 +10,8 @@ Named configs (``--config config/kontext_nft.py:NAME``; without ``:NAME`` the fi
 
 * ``kontext_mllm_reward_ban_prompt`` -- the same with low-variance group filtering and bans.
 * ``kontext_mllm_reward_grpo`` -- ``kontext_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
+* ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy Kontext editor
+  (``edit_r1/toyworld/checkpoints/flux_kontext``), 32 px background edits, the shared toy judge.
 * ``tiny`` / ``tiny_mllm`` / ``tiny_grpo`` -- CPU smoke runs on ``.tiny/kit/flux_kontext`` and ``.tiny/toy_data``
   (see ``config/qwen_image_edit_nft.py`` for how ``make demo`` builds them).
 
@@ -28,6 +30,7 @@ tiny_common = import_config_file(Path(__file__).with_name("tiny_common.py"))
 grpo_common = import_config_file(Path(__file__).with_name("grpo_common.py"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOYWORLD = REPO_ROOT / "edit_r1" / "toyworld" / "checkpoints"  # the committed toy-world build
 
 
 def kontext_mllm_reward() -> ml_collections.ConfigDict:
@@ -96,6 +99,19 @@ def tiny_grpo() -> ml_collections.ConfigDict:
     return config
 
 
+def toy() -> ml_collections.ConfigDict:
+    """DiffusionNFT in the toy world with the toy Kontext editor; otherwise as
+    ``config/qwen_image_edit_nft.py:toy`` (same dataset, judge and settings, ``docs/toyworld.md``).
+
+    Launch: ``REWARD_SERVER=127.0.0.1:PORT python scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:toy`` (or ``scripts/benchmark.py learning --family kontext``).
+    """
+    config = tiny_mllm()
+    tiny_common.make_toy(config, model_dir=TOYWORLD / "flux_kontext")
+    config.max_sequence_length = 32  # T5 tokens of the toy editor (edit_r1/toyworld/world.py)
+    return config
+
+
 NAMED_CONFIGS = {
     "kontext_mllm_reward": kontext_mllm_reward,
     "kontext_mllm_reward_ban_prompt": kontext_mllm_reward_ban_prompt,
@@ -103,6 +119,7 @@ NAMED_CONFIGS = {
     "tiny": tiny,
     "tiny_mllm": tiny_mllm,
     "tiny_grpo": tiny_grpo,
+    "toy": toy,
 }
 
 

@@ -60,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def samples_per_epoch() -> int:
+def samples_per_epoch(family: str = "qwen_image_edit") -> int:
     from edit_r1.config import load_config
 
-    family_config = CONFIGS["qwen_image_edit"][0]
+    family_config = CONFIGS[family][0]
     sample = load_config(str(Path(__file__).resolve().parents[1] / family_config)).sample
     return int(sample.num_groups_per_epoch * sample.num_image_per_prompt)
 
@@ -86,7 +86,7 @@ def evaluation_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace, root: Path) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    per_epoch = samples_per_epoch()
+    per_epoch = samples_per_epoch(args.family)
     runs = {}
     for seed in seeds:
         curve = train_in_toy_world(

@@ -253,8 +253,8 @@ def _qwen_tokenizer(named_vision_tokens: bool, corpus: list[str] | None = None, 
     return tokenizer
 
 
-def _clip_tokenizer():
-    """CLIP BPE (lower-cased, ``</w>`` word suffix) trained on :func:`tiny_corpus`, 77 tokens."""
+def _clip_tokenizer(corpus: list[str] | None = None):
+    """CLIP BPE (lower-cased, ``</w>`` word suffix) trained on ``corpus`` (:func:`tiny_corpus`), 77 tokens."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
@@ -275,13 +275,13 @@ def _clip_tokenizer():
         end_of_word_suffix="</w>",
         show_progress=False,
     )
-    bpe.train_from_iterator(tiny_corpus(), trainer)
+    bpe.train_from_iterator(corpus or tiny_corpus(), trainer)
     vocab, merges = _trained_bpe(bpe, ["<|startoftext|>", "<|endoftext|>"])
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _train_sentencepiece() -> bytes:
-    """Train a T5-style sentencepiece unigram model (pad 0, eos 1, unk 2) on :func:`tiny_corpus`.
+def _train_sentencepiece(corpus: list[str] | None = None) -> bytes:
+    """Train a T5-style sentencepiece unigram model (pad 0, eos 1, unk 2) on ``corpus`` (:func:`tiny_corpus`).
 
     Returns the serialized model with the temporary input / output paths of the trainer spec replaced
     by fixed names, so that the bytes do not depend on where it was trained.
@@ -291,7 +291,7 @@ def _train_sentencepiece() -> bytes:
 
     with tempfile.TemporaryDirectory() as work:
         corpus_file = Path(work) / "t5_corpus.txt"
-        corpus_file.write_text("\n".join(tiny_corpus()) + "\n", encoding="utf-8")
+        corpus_file.write_text("\n".join(corpus or tiny_corpus()) + "\n", encoding="utf-8")
         spm.SentencePieceTrainer.train(
             input=str(corpus_file),
             model_prefix=str(Path(work) / "spiece"),
@@ -529,18 +529,10 @@ def _tiny_flux_vae():
     )
 
 
-def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
-    """Write a tiny FLUX.1-Kontext pipeline to ``out_dir`` (loads with FluxKontextPipeline)."""
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        FluxKontextPipeline,
-    )
+def tiny_flux_text_encoders(clip_tokenizer, t5_tokenizer, seed: int):
+    """(CLIP text model, T5 encoder), both width 32 and 2 layers, seeded ``seed`` and ``seed + 1``."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    out = Path(out_dir)
-    clip_tokenizer = _clip_tokenizer()
-    spiece_model = _train_sentencepiece()
-    t5_tokenizer = _t5_tokenizer(spiece_model)
     clip_config = CLIPTextConfig(
         vocab_size=len(clip_tokenizer),
         hidden_size=32,
@@ -566,12 +558,29 @@ def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
         pad_token_id=t5_tokenizer.pad_token_id,
         eos_token_id=t5_tokenizer.eos_token_id,
     )
+    return _seeded(seed, lambda: CLIPTextModel(clip_config)), _seeded(
+        seed + 1, lambda: T5EncoderModel(t5_config)
+    )
+
+
+def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
+    """Write a tiny FLUX.1-Kontext pipeline to ``out_dir`` (loads with FluxKontextPipeline)."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+    )
+
+    out = Path(out_dir)
+    clip_tokenizer = _clip_tokenizer()
+    spiece_model = _train_sentencepiece()
+    t5_tokenizer = _t5_tokenizer(spiece_model)
+    clip, t5 = tiny_flux_text_encoders(clip_tokenizer, t5_tokenizer, seed=10)
     pipe = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
         vae=_tiny_flux_vae(),
-        text_encoder=_seeded(10, lambda: CLIPTextModel(clip_config)),
+        text_encoder=clip,
         tokenizer=clip_tokenizer,
-        text_encoder_2=_seeded(11, lambda: T5EncoderModel(t5_config)),
+        text_encoder_2=t5,
         tokenizer_2=t5_tokenizer,
         transformer=_tiny_flux_transformer(),
     )

@@ -1,4 +1,4 @@
-"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed N]`` and
+"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed N] [--family F]`` and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 
-from edit_r1.toyworld.build import STAGES, build
+from edit_r1.toyworld.build import FAMILIES, STAGES, build
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> None:
         "--stage", action="append", choices=STAGES, help="run only this stage (repeatable; default all)"
     )
     command.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    command.add_argument(
+        "--family",
+        default="qwen_image_edit",
+        choices=FAMILIES,
+        help="the editor's family (the judge is shared)",
+    )
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers_logging.disable_progress_bar()
     start = time.perf_counter()
-    out = build(args.out, tuple(args.stage or STAGES), seed=args.seed)
+    out = build(args.out, tuple(args.stage or STAGES), seed=args.seed, family=args.family)
     print(f"toy world in {out} ({time.perf_counter() - start:.0f} s)")
 
 

@@ -1,6 +1,9 @@
 """Build the toy world: train the VAE, the base editor and the judge, and save them as checkpoints.
 
-``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed 0]``
+``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed 0] [--family F]``
+
+``--family kontext`` builds the FLUX.1-Kontext editor instead (``DIR/flux_kontext/``, stages vae
+and editor, numbers under the ``kontext_*`` keys of ``toyworld.json``); the judge is shared.
 
 writes ``DIR/qwen_image_edit_plus/`` (a ``QwenImageEditPlusPipeline`` folder), ``DIR/judge_qwen2_5_vl/``
 (a Qwen2.5-VL-Instruct-style folder for the reward server) and ``DIR/toyworld.json`` (the
@@ -11,8 +14,11 @@ stage can be re-run alone. Everything is seeded; see ``docs/toyworld.md`` for th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +26,52 @@ import torch
 from edit_r1.toyworld import world
 from edit_r1.toyworld.editor import EditorTraining, train_editor
 from edit_r1.toyworld.judge import JudgeTraining
-from edit_r1.toyworld.vae import VaeTraining, held_out_psnr, latent_statistics, qwen_vae, train_vae
+from edit_r1.toyworld.vae import VaeTraining, flux_vae, held_out_psnr, latent_statistics, qwen_vae, train_vae
 
 STAGES = ("vae", "editor", "judge")
 QWEN_DIR, JUDGE_DIR, REPORT = "qwen_image_edit_plus", "judge_qwen2_5_vl", "toyworld.json"
+KONTEXT_DIR = "flux_kontext"
+
+
+@dataclass(frozen=True)
+class ToyFamily:
+    """How one editor family's toy pipeline is made: folder, VAE, untrained policy, saver, report keys.
+
+    ``video``: the VAE takes (B, C, T, H, W); ``vae_stats``: writes the latent statistics into the
+    VAE config (per-channel lists for Qwen-Image, one shift and scale for FLUX).
+    """
+
+    folder: str
+    make_vae: Callable[[int], torch.nn.Module]
+    video: bool
+    vae_stats: Callable[[torch.nn.Module, list, list], None]
+    untrained_policy: Callable
+    save: Callable
+    report_prefix: str
+    editor: EditorTraining
+
+
+def _qwen_stats(vae, mean: list, std: list) -> None:
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+
+
+def _flux_stats(vae, mean: list, std: list) -> None:
+    """One shift (mean of the channel means) and scale (1 / RMS of the channel stds), as FLUX's VAE."""
+    shift = sum(mean) / len(mean)
+    spread = (sum(s * s + (m - shift) ** 2 for m, s in zip(mean, std, strict=True)) / len(std)) ** 0.5
+    vae.register_to_config(shift_factor=round(shift, 5), scaling_factor=round(1.0 / spread, 5))
+
+
+FAMILIES = {
+    "qwen_image_edit": ToyFamily(
+        QWEN_DIR, qwen_vae, True, _qwen_stats, world.untrained_policy, world.save_pipeline, "", EditorTraining()
+    ),
+    # stop_after: chosen so the held-out background score leaves headroom for RL (docs/toyworld.md)
+    "kontext": ToyFamily(
+        KONTEXT_DIR, flux_vae, False, _flux_stats, world.untrained_kontext_policy,
+        world.save_kontext_pipeline, "kontext_", EditorTraining(stop_after=300),
+    ),
+}  # fmt: skip
 
 
 def _update_report(out: Path, key: str, value: dict) -> None:
@@ -33,8 +81,8 @@ def _update_report(out: Path, key: str, value: dict) -> None:
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
-def build_vae(out: Path, seed: int) -> None:
-    """Train the Qwen-Image VAE, fix its latent statistics, refine its decoder; save it.
+def build_vae(out: Path, seed: int, family: ToyFamily = FAMILIES["qwen_image_edit"]) -> None:
+    """Train the family's VAE, fix its latent statistics, refine its decoder; save it.
 
     1. encoder and decoder together (one-cycle schedule over 1000 steps, stopped after 200);
     2. ``latents_mean`` / ``latents_std`` from the posterior means of 128 held-out images;
@@ -44,17 +92,17 @@ def build_vae(out: Path, seed: int) -> None:
     from edit_r1.toyworld.vae import _image_pool
 
     start = time.perf_counter()
-    vae = qwen_vae(seed)
-    train_vae(vae, world.SIZE, world.TASKS, VaeTraining(seed=seed), video=True)
+    vae, video = family.make_vae(seed), family.video
+    train_vae(vae, world.SIZE, world.TASKS, VaeTraining(seed=seed), video=video)
     held_out = _image_pool(128, world.SIZE, seed=9000 + seed, tasks=world.TASKS)
-    joint_psnr = held_out_psnr(vae, held_out, video=True)
-    mean, std = latent_statistics(vae, held_out, video=True)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    joint_psnr = held_out_psnr(vae, held_out, video=video)
+    mean, std = latent_statistics(vae, held_out, video=video)
+    family.vae_stats(vae, mean, std)
     decoder = VaeTraining(steps=800, stop_after=100, seed=seed)
-    train_vae(vae, world.SIZE, world.TASKS, decoder, video=True, decoder_only=True)
+    train_vae(vae, world.SIZE, world.TASKS, decoder, video=video, decoder_only=True)
     vae.requires_grad_(False)
-    vae.save_pretrained(out / QWEN_DIR / "vae", safe_serialization=True)
-    psnr = held_out_psnr(vae, held_out, video=True)
+    vae.save_pretrained(out / family.folder / "vae", safe_serialization=True)
+    psnr = held_out_psnr(vae, held_out, video=video)
     print(f"vae: held-out PSNR {joint_psnr:.2f} dB -> {psnr:.2f} dB after decoder refinement", flush=True)
     report = {
         "held_out_psnr_db": round(psnr, 2),
@@ -62,21 +110,26 @@ def build_vae(out: Path, seed: int) -> None:
     }
     _update_report(
         out,
-        "vae",
+        family.report_prefix + "vae",
         dict(report, latents_mean=mean, latents_std=std, seconds=round(time.perf_counter() - start)),
     )
 
 
-def build_editor(out: Path, seed: int, settings: EditorTraining | None = None) -> None:
+def build_editor(
+    out: Path,
+    seed: int,
+    family: ToyFamily = FAMILIES["qwen_image_edit"],
+    settings: EditorTraining | None = None,
+) -> None:
     """Train the base editor on top of the saved VAE and save the whole pipeline folder."""
-    settings = settings or EditorTraining(seed=seed)
-    policy = world.untrained_policy(out / QWEN_DIR / "vae", seed)
+    settings = settings or dataclasses.replace(family.editor, seed=seed)
+    policy = family.untrained_policy(out / family.folder / "vae", seed)
     start = time.perf_counter()
     history = train_editor(policy, world.SIZE, world.TASKS, settings)
-    world.save_pipeline(policy, out / QWEN_DIR)
+    family.save(policy, out / family.folder)
     _update_report(
         out,
-        "editor",
+        family.report_prefix + "editor",
         {
             "held_out_rule_score": [[s, round(v, 4)] for s, v in history],
             "steps": settings.stop_after,
@@ -85,7 +138,9 @@ def build_editor(out: Path, seed: int, settings: EditorTraining | None = None) -
     )
 
 
-def build_judge(out: Path, seed: int, settings: JudgeTraining | None = None) -> None:
+def build_judge(
+    out: Path, seed: int, family: ToyFamily | None = None, settings: JudgeTraining | None = None
+) -> None:
     """Fine-tune the judge on synthetic and base-editor edits; save the judge folder."""
     from edit_r1.toyworld.judge import train_world_judge
 
@@ -95,16 +150,22 @@ def build_judge(out: Path, seed: int, settings: JudgeTraining | None = None) -> 
     _update_report(out, "judge", dict(result, seconds=round(time.perf_counter() - start)))
 
 
-def build(out: str | Path, stages: tuple[str, ...] = STAGES, seed: int = 0) -> Path:
-    """Run the ``stages`` (in the order of :data:`STAGES`) into ``out``."""
+def build(
+    out: str | Path, stages: tuple[str, ...] = STAGES, seed: int = 0, family: str = "qwen_image_edit"
+) -> Path:
+    """Run the ``stages`` (in the order of :data:`STAGES`) of ``family``'s editor into ``out``."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown toy-world stage(s) {unknown}; choose from {list(STAGES)}")
+    if family not in FAMILIES:
+        raise ValueError(f"no toy world for family {family!r}; choose from {sorted(FAMILIES)}")
+    if family != "qwen_image_edit":
+        stages = tuple(s for s in stages if s != "judge")  # one judge for every family
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     builders = {"vae": build_vae, "editor": build_editor, "judge": build_judge}
     for stage in STAGES:
         if stage in stages:
-            builders[stage](out, seed)
+            builders[stage](out, seed, FAMILIES[family])
     return out

@@ -59,6 +59,26 @@ def qwen_transformer(seed: int, text_dim: int) -> torch.nn.Module:
     )
 
 
+def flux_transformer(seed: int, text_dim: int) -> torch.nn.Module:
+    """The toy FLUX transformer: 2 double + 2 single blocks, 4 heads x 16 (width 64), patch 1 on
+    2x2-packed latents of 4 channels (in 16), guidance embedding as FLUX.1-Kontext-dev."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=4,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=text_dim,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+
+
 @torch.no_grad()
 def encode_pairs(policy, examples, sources, targets, batch: int = 64):
     """(conditions, target latents) of the pairs, encoded with the policy in chunks of ``batch``."""

@@ -25,7 +25,10 @@ from edit_r1.toyworld.report import eval_curve
 from reward_server.launcher import RewardServerStartError, launch_reward_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = {"qwen_image_edit": ("config/qwen_image_edit_nft.py:toy", "scripts/train_nft_qwen_image_edit.py")}
+CONFIGS = {
+    "qwen_image_edit": ("config/qwen_image_edit_nft.py:toy", "scripts/train_nft_qwen_image_edit.py"),
+    "kontext": ("config/kontext_nft.py:toy", "scripts/train_nft_kontext.py"),
+}
 # Config overrides per algorithm; a new algorithm adds its line (e.g. its `config.algorithm`).
 ALGORITHMS: dict[str, tuple[str, ...]] = {
     "nft": (),

@@ -52,6 +52,27 @@ def qwen_vae(seed: int) -> torch.nn.Module:
     )
 
 
+def flux_vae(seed: int) -> torch.nn.Module:
+    """A small FLUX-style ``AutoencoderKL``: spatial factor 2 (as :func:`qwen_vae`, same reason),
+    4 latent channels, no quant convs (as FLUX.1's VAE); shift and scale are set after training."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[16, 32],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
 def _image_pool(num: int, size: int, seed: int, tasks: tuple[str, ...]) -> torch.Tensor:
     """Sources and perfect edits of ``num`` toy examples, (2 num, 3, size, size) in [-1, 1]."""
     _, sources, targets = scene_pairs(num, size, seed, tasks)
@@ -91,7 +112,7 @@ def train_vae(
     params = list(vae.parameters())
     if decoder_only:
         vae.requires_grad_(False)
-        trained = [vae.decoder, vae.post_quant_conv]
+        trained = [m for m in (vae.decoder, vae.post_quant_conv) if m is not None]
         for module in trained:
             module.requires_grad_(True)
         params = [p for module in trained for p in module.parameters()]

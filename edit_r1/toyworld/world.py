@@ -1,4 +1,5 @@
-"""The toy world's fixed choices and the untrained Qwen-Image-Edit pipeline around its trained parts."""
+"""The toy world's fixed choices and the untrained editor pipelines (Qwen-Image-Edit, FLUX.1-Kontext)
+around its trained parts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ TASKS = ("recolor", "background")  # colour edits: the rule score and the judge 
 # best-of-8 of 0.76 (docs/toyworld.md).
 RL_TASKS = ("background",)
 JUDGE_TEMPLATE = "toy_v1"  # the reward-server prompt template the toy judge is trained with and served by
+KONTEXT_TEXT_LENGTH = 32  # T5 tokens of the Kontext editor: every toy instruction fits (FLUX has no mask)
 TEXT_DIM = 32  # hidden size of the (frozen, random) Qwen2.5-VL text encoder of the editor
 # The system prompt of QwenImageEditPlusPipeline.prompt_template_encode (diffusers 0.42), part of the
 # tokenizer's training corpus so that its 64-token prefix tokenizes like the real tokenizer's.
@@ -107,3 +109,47 @@ def load_policy(pipeline_dir: Path, **options):
 
     options = {"resolution": SIZE, "condition_area": SIZE * SIZE, "dtype": torch.float32, **options}
     return load("qwen_image_edit", pipeline_dir, **options)
+
+
+def untrained_kontext_policy(vae_dir: Path, seed: int):
+    """A full-weight ``KontextPolicy`` on the trained ``AutoencoderKL`` with a fresh transformer.
+
+    CLIP and T5 (seeded, random, frozen) and their tokenizers come from the tiny kit's builders,
+    the tokenizers trained on :func:`world_corpus` so that the toy instructions are whole words.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    from edit_r1.models import tiny
+    from edit_r1.models.kontext import KontextPolicy
+    from edit_r1.toyworld.editor import flux_transformer
+
+    clip_tokenizer = tiny._clip_tokenizer(world_corpus())
+    t5_tokenizer = tiny._t5_tokenizer(tiny._train_sentencepiece(world_corpus()))
+    clip, t5 = tiny.tiny_flux_text_encoders(clip_tokenizer, t5_tokenizer, seed=100 + seed)
+    return KontextPolicy(
+        transformer=flux_transformer(200 + seed, TEXT_DIM),
+        vae=AutoencoderKL.from_pretrained(vae_dir),
+        text_encoder=clip,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**tiny.FLUX_SCHEDULER),
+        resolution=SIZE,
+        max_text_length=KONTEXT_TEXT_LENGTH,
+        use_lora=False,
+    )
+
+
+def save_kontext_pipeline(policy, out: Path) -> Path:
+    """Save the policy's components as a ``FluxKontextPipeline`` folder."""
+    policy.transformer.requires_grad_(False)
+    policy.stock_pipeline().save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def load_kontext_policy(pipeline_dir: Path, **options):
+    """The toy Kontext editor as the trainer loads it (``load_policy("kontext", ...)``)."""
+    from edit_r1.models.registry import load_policy as load
+
+    options = {"resolution": SIZE, "max_text_length": KONTEXT_TEXT_LENGTH, "dtype": torch.float32, **options}
+    return load("kontext", pipeline_dir, **options)
