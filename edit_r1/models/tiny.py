@@ -350,6 +350,15 @@ def _seeded(seed: int, make: Callable):
         return make().eval()
 
 
+def _mrope_section(head_dim: int, section: list[int] | None) -> list[int]:
+    """The (temporal, height, width) rotary split; it must add up to head_dim / 2 (default ~1:1:2)."""
+    quarter = head_dim // 4
+    section = section or [quarter, quarter, head_dim // 2 - 2 * quarter]
+    if sum(section) != head_dim // 2:
+        raise ValueError(f"mrope_section {section} must add up to head_dim / 2 = {head_dim // 2}")
+    return section
+
+
 def _qwen2_5_vl(
     tokenizer,
     hidden: int,
@@ -369,12 +378,7 @@ def _qwen2_5_vl(
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    head_dim = hidden // heads
-    # mrope sections (temporal, height, width) must add up to head_dim / 2.
-    quarter = head_dim // 4
-    mrope_section = mrope_section or [quarter, quarter, head_dim // 2 - 2 * quarter]
-    if sum(mrope_section) != head_dim // 2:
-        raise ValueError(f"mrope_section {mrope_section} must add up to head_dim / 2 = {head_dim // 2}")
+    mrope_section = _mrope_section(hidden // heads, mrope_section)
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),

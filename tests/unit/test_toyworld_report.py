@@ -51,7 +51,9 @@ def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> 
     command = training_command("qwen_image_edit", "nft", *args)
     assert "--config=config/qwen_image_edit_nft.py:toy" in command
     assert "--config.reward_fn={'toy_color': 1.0}" in command
-    with pytest.raises(ValueError, match="no toy world for family 'kontext'"):
-        training_command("kontext", "nft", *args)
+    assert "--config=config/kontext_nft.py:toy" in training_command("kontext", "nft", *args)
+    assert "scripts/train_nft_kontext.py" in training_command("kontext", "nft", *args)
+    with pytest.raises(ValueError, match="no toy world for family 'sdxl'"):
+        training_command("sdxl", "nft", *args)
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         training_command("qwen_image_edit", "ppo", *args)
