@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 
-from edit_r1.toyworld.build import FAMILIES, STAGES, build
+from edit_r1.toyworld.build import FAMILIES, STAGES, build, resolve_stages
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers_logging.disable_progress_bar()
     start = time.perf_counter()
-    out = build(args.out, tuple(args.stage or STAGES), seed=args.seed, family=args.family)
+    try:
+        stages = resolve_stages(args.family, tuple(args.stage) if args.stage else None)
+    except ValueError as error:  # a stage the family does not have: a usage error, not a traceback
+        parser.error(str(error))
+    out = build(args.out, stages, seed=args.seed, family=args.family)
     print(f"toy world in {out} ({time.perf_counter() - start:.0f} s)")
 
 

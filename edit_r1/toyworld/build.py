@@ -150,17 +150,24 @@ def build_judge(
     _update_report(out, "judge", dict(result, seconds=round(time.perf_counter() - start)))
 
 
-def build(
-    out: str | Path, stages: tuple[str, ...] = STAGES, seed: int = 0, family: str = "qwen_image_edit"
-) -> Path:
-    """Run the ``stages`` (in the order of :data:`STAGES`) of ``family``'s editor into ``out``."""
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown toy-world stage(s) {unknown}; choose from {list(STAGES)}")
+def resolve_stages(family: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The stages to run (None = all of the family's); ValueError naming a bad family or stage.
+    The judge is shared by every family: only the Qwen-Image-Edit build has that stage."""
     if family not in FAMILIES:
         raise ValueError(f"no toy world for family {family!r}; choose from {sorted(FAMILIES)}")
-    if family != "qwen_image_edit":
-        stages = tuple(s for s in stages if s != "judge")  # one judge for every family
+    available = STAGES if family == "qwen_image_edit" else tuple(s for s in STAGES if s != "judge")
+    unknown = [s for s in stages or () if s not in available]
+    if unknown:
+        raise ValueError(f"stage(s) {unknown} not in the {family} toy world; choose from {list(available)}")
+    return available if stages is None else tuple(stages)
+
+
+def build(
+    out: str | Path, stages: tuple[str, ...] | None = None, seed: int = 0, family: str = "qwen_image_edit"
+) -> Path:
+    """Run the ``stages`` (in the order of :data:`STAGES`; None = all of the family's) of
+    ``family``'s toy world into ``out``."""
+    stages = resolve_stages(family, stages)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -2,6 +2,7 @@
 
 * the editor folder loads as a ``QwenImageEditPlusPipeline`` and as the trainer's policy, and its
   edits of held-out items score well above the unchanged source under the rule reward;
+* the same for the FLUX.1-Kontext editor folder (``FluxKontextPipeline``, background edits);
 * the VAE reconstructs held-out toy images;
 * the judge, served by the real reward server with the ``toy_v1`` template, scores exactly as in
   process and ranks held-out edits like the rule score.
@@ -191,11 +192,13 @@ def test_kontext_vae_reconstructs_held_out_images(held_out) -> None:
 
 def test_kontext_base_editor_is_partly_competent_on_backgrounds(held_out_backgrounds) -> None:
     """Loaded as the trainer loads it, the base editor's 4-step edits of held-out background items
-    score clearly above the unchanged source, with headroom left for RL (docs/toyworld.md)."""
+    score clearly above the unchanged source, with headroom left for RL (docs/toyworld.md;
+    measured: 0.67 on average against 0.001, every item above its source by > 0.2)."""
     examples, sources, _ = held_out_backgrounds
     policy = world.load_kontext_policy(KONTEXT, use_lora=False)
     cond, _ = encode_pairs(policy, examples, sources, sources)
     edited = rule_scores(generate(policy, cond, num_steps=4, seed=0), examples)
     unchanged = rule_scores(to_tensor(sources) * 0.5 + 0.5, examples)
     assert unchanged.mean() < 0.05, unchanged
-    assert 0.25 < edited.mean() < 0.9, edited
+    assert 0.35 < edited.mean() < 0.9, edited
+    assert (edited > unchanged + 0.2).mean() >= 0.8, edited

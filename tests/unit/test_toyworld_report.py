@@ -57,3 +57,16 @@ def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> 
         training_command("sdxl", "nft", *args)
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         training_command("qwen_image_edit", "ppo", *args)
+
+
+def test_build_stages_per_family() -> None:
+    """Every family has the VAE and editor stages; the shared judge is built only with Qwen-Image-Edit."""
+    from edit_r1.toyworld.build import resolve_stages
+
+    assert resolve_stages("qwen_image_edit", None) == ("vae", "editor", "judge")
+    assert resolve_stages("kontext", None) == ("vae", "editor")
+    assert resolve_stages("kontext", ("editor",)) == ("editor",)
+    with pytest.raises(ValueError, match=r"stage\(s\) \['judge'\] not in the kontext toy world"):
+        resolve_stages("kontext", ("judge",))
+    with pytest.raises(ValueError, match="no toy world for family 'sdxl'"):
+        resolve_stages("sdxl", None)
