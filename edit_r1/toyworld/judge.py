@@ -45,8 +45,8 @@ from edit_r1.toyworld.images import scene_pairs
 class JudgeTraining:
     """``steps`` sets the one-cycle learning-rate schedule; training stops after ``stop_after``."""
 
-    steps: int = 3500
-    stop_after: int = 3500
+    steps: int = 4000
+    stop_after: int = 4000
     batch_size: int = 16
     learning_rate: float = 2e-3
     num_train: int = 4096
@@ -473,7 +473,7 @@ class JudgeArchitecture:
     patches -> 16 tokens (the real 14 px patches made it 2 x 2 tokens after an upscale to 56 px)."""
 
     hidden: int = 64
-    layers: int = 2
+    layers: int = 3
     heads: int = 4
     vision_hidden: int = 64
     vision_depth: int = 2
