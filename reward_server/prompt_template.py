@@ -60,7 +60,12 @@ _EDIT_R1_PAIR_V1 = (
     "Answer 1 for edit 1 or 2 for edit 2, with the number only."
 )
 
-PAIRWISE_TEMPLATES: Mapping[str, str] = MappingProxyType({"edit_r1_v1": _EDIT_R1_PAIR_V1})
+# The toy judge's pairwise question (docs/toyworld.md), short for the same reason as ``toy_v1``.
+_TOY_PAIR_V1 = "Edit: {instruction}\nBetter, 1 or 2:"
+
+PAIRWISE_TEMPLATES: Mapping[str, str] = MappingProxyType(
+    {"edit_r1_v1": _EDIT_R1_PAIR_V1, "toy_v1": _TOY_PAIR_V1}
+)
 PAIRWISE_ANSWERS = ("1", "2")  # answer tokens of the pairwise question: edit 1 / edit 2 is better
 
 

@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
         [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
-        [--target 0.75] [--json out.json] [--plot curves.png]
+        [--jobs 1] [--target 0.75] [--json out.json] [--plot curves.png]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
@@ -11,7 +11,8 @@ rule score against samples seen (rollouts generated so far) and wall time. Print
 averaged over seeds and, per seed, the samples seen (and seconds) until the held-out ``--metric``
 first reaches ``--target``. ``--json`` writes every curve, ``--plot`` a PNG of the curves. With several
 algorithms (``--algorithm nft,grpo``) each is run on the same seeds and a comparison line closes the
-report: the median samples and seconds to the target per algorithm.
+report: the median samples and seconds to the target per algorithm; ``--jobs 2`` trains two
+algorithms at the same time (one core each on a 2-core machine), so their seconds compare.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edit_r1.toyworld.learning import (  # noqa: E402
     LearningRunError,
     train_in_toy_world,
 )
+from edit_r1.toyworld.report import judge_calls_per_epoch  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=13, help="epochs per seed (evaluated at their start)")
     parser.add_argument("--eval-every", type=int, default=2, help="epochs between held-out evaluations")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun when > 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="algorithms trained at the same time, each with its own reward server (default 1)",
+    )
     parser.add_argument("--target", type=float, default=0.75, help="held-out score to reach")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the result object here")
@@ -89,14 +97,19 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     per_epoch = samples_per_epoch(args.family)
     runs = {}
     for seed in seeds:
+        run_dir = root / f"{args.algorithm}_{args.reward}_seed{seed}"
         curve = train_in_toy_world(
-            root / f"{args.algorithm}_{args.reward}_seed{seed}", family=args.family, algorithm=args.algorithm,
+            run_dir, family=args.family, algorithm=args.algorithm,
             seed=seed, epochs=args.epochs, nproc=args.nproc, reward=args.reward,
             overrides=evaluation_overrides(args),
         )  # fmt: skip
         for point in curve:
             point["samples"] = point["epoch"] * per_epoch
-        runs[seed] = {"curve": curve, "reach_target": reach(curve, args.target, per_epoch, args.metric)}
+        runs[seed] = {
+            "curve": curve,
+            "reach_target": reach(curve, args.target, per_epoch, args.metric),
+            "pairwise_judge_calls_per_epoch": judge_calls_per_epoch(run_dir),
+        }
         print(f"seed {seed}: {args.metric} " + " ".join(f"{p[args.metric]:.3f}" for p in curve), flush=True)
     return {
         "scenario": "learning", "family": args.family, "algorithm": args.algorithm, "reward": args.reward,
@@ -121,6 +134,9 @@ def format_table(result: dict) -> str:
         mean = {k: mean_or_none([p[k] for p in points]) for k in ("samples", "seconds", "judge", "rule")}
         cells = " ".join(f"{'-':>7}" if mean[k] is None else f"{mean[k]:>7.3f}" for k in ("judge", "rule"))
         lines.append(f"{points[0]['epoch']:>6} {mean['samples']:>8.0f} {mean['seconds']:>8.0f} {cells}")
+    calls = [r.get("pairwise_judge_calls_per_epoch", 0.0) for r in runs]
+    if any(calls):
+        lines.append(f"pairwise judge calls per epoch (mean): {sum(calls) / len(calls):.0f}")
     for seed, r in result["runs"].items():
         hit = r["reach_target"]
         where = f"{hit['samples']} samples, {hit['seconds']} s" if hit else "not reached"
@@ -186,6 +202,21 @@ def first_result(results: dict[str, dict]) -> dict:
     return next(iter(results.values()))
 
 
+def run_algorithms(args: argparse.Namespace, algorithms: list[str], root: Path) -> dict[str, dict]:
+    """Each algorithm's :func:`run` (``args.jobs`` at a time, so that side-by-side runs share the
+    machine alike and their seconds compare); prints each table as it completes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> dict:
+        result = run(argparse.Namespace(**{**vars(args), "algorithm": name}), root)
+        print(format_table(result), flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {name: pool.submit(one, name) for name in algorithms}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.metric = args.metric or ("rule" if args.reward == "rule" else "judge")
@@ -197,16 +228,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    results = {}
+    if args.jobs < 1:
+        print(f"benchmark learning: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.out or Path(tmp)
-        for name in algorithms:
-            try:
-                results[name] = run(argparse.Namespace(**{**vars(args), "algorithm": name}), root)
-            except (LearningRunError, ValueError) as error:
-                print(f"benchmark learning: {error}", file=sys.stderr)
-                return 2
-            print(format_table(results[name]), flush=True)
+        try:
+            results = run_algorithms(args, algorithms, args.out or Path(tmp))
+        except (LearningRunError, ValueError) as error:
+            print(f"benchmark learning: {error}", file=sys.stderr)
+            return 2
     if len(results) > 1:
         print(format_comparison(results))
     if args.plot:

@@ -1,4 +1,4 @@
-"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed N] [--family F]`` and
+"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]`` and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Build the toy world: train the VAE, the base editor and the judge, and save them as checkpoints.
 
-``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge ...] [--seed 0] [--family F]``
+``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed 0] [--family F]``
 
 ``--family kontext`` builds the FLUX.1-Kontext editor instead (``DIR/flux_kontext/``, stages vae
 and editor, numbers under the ``kontext_*`` keys of ``toyworld.json``); the judge is shared.
 
 writes ``DIR/qwen_image_edit_plus/`` (a ``QwenImageEditPlusPipeline`` folder), ``DIR/judge_qwen2_5_vl/``
-(a Qwen2.5-VL-Instruct-style folder for the reward server) and ``DIR/toyworld.json`` (the
+(a Qwen2.5-VL-Instruct-style folder for the reward server), ``DIR/judge_qwen2_5_vl_pairwise/`` (that
+judge taught the pairwise question as well, for the ``pairwise_mllm`` reward) and ``DIR/toyworld.json`` (the
 measured numbers: reconstruction PSNR, base-editor rule score per training step, judge rank
 correlation). Stages run in order and each one reads the folders the previous ones wrote, so a
 stage can be re-run alone. Everything is seeded; see ``docs/toyworld.md`` for the measured run.
@@ -26,10 +27,13 @@ import torch
 from edit_r1.toyworld import world
 from edit_r1.toyworld.editor import EditorTraining, train_editor
 from edit_r1.toyworld.judge import JudgeTraining
+from edit_r1.toyworld.pairwise_judge import PairwiseTraining
 from edit_r1.toyworld.vae import VaeTraining, flux_vae, held_out_psnr, latent_statistics, qwen_vae, train_vae
 
-STAGES = ("vae", "editor", "judge")
+STAGES = ("vae", "editor", "judge", "judge_pairwise")
+JUDGE_STAGES = ("judge", "judge_pairwise")  # shared by every family: stages of the Qwen build only
 QWEN_DIR, JUDGE_DIR, REPORT = "qwen_image_edit_plus", "judge_qwen2_5_vl", "toyworld.json"
+PAIRWISE_JUDGE_DIR = "judge_qwen2_5_vl_pairwise"
 KONTEXT_DIR = "flux_kontext"
 
 
@@ -150,12 +154,24 @@ def build_judge(
     _update_report(out, "judge", dict(result, seconds=round(time.perf_counter() - start)))
 
 
+def build_pairwise_judge(
+    out: Path, seed: int, family: ToyFamily | None = None, settings: PairwiseTraining | None = None
+) -> None:
+    """Teach a copy of the saved judge the pairwise question too; save it as its own folder."""
+    from edit_r1.toyworld.pairwise_judge import train_world_pairwise_judge
+
+    settings = settings or PairwiseTraining(seed=seed)
+    start = time.perf_counter()
+    result = train_world_pairwise_judge(out / QWEN_DIR, out / JUDGE_DIR, out / PAIRWISE_JUDGE_DIR, settings)
+    _update_report(out, "judge_pairwise", dict(result, seconds=round(time.perf_counter() - start)))
+
+
 def resolve_stages(family: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:
     """The stages to run (None = all of the family's); ValueError naming a bad family or stage.
     The judge is shared by every family: only the Qwen-Image-Edit build has that stage."""
     if family not in FAMILIES:
         raise ValueError(f"no toy world for family {family!r}; choose from {sorted(FAMILIES)}")
-    available = STAGES if family == "qwen_image_edit" else tuple(s for s in STAGES if s != "judge")
+    available = STAGES if family == "qwen_image_edit" else tuple(s for s in STAGES if s not in JUDGE_STAGES)
     unknown = [s for s in stages or () if s not in available]
     if unknown:
         raise ValueError(f"stage(s) {unknown} not in the {family} toy world; choose from {list(available)}")
@@ -171,7 +187,12 @@ def build(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    builders = {"vae": build_vae, "editor": build_editor, "judge": build_judge}
+    builders = {
+        "vae": build_vae,
+        "editor": build_editor,
+        "judge": build_judge,
+        "judge_pairwise": build_pairwise_judge,
+    }
     for stage in STAGES:
         if stage in stages:
             builders[stage](out, seed, FAMILIES[family])

@@ -306,10 +306,24 @@ def encode_items(
     are the rule scores of the edits as made, the inputs the images as received (:func:`as_received`)."""
     labels, auxiliary = rule_labels(edits, records), auxiliary_targets(sources, edits, records)
     sources, edits = as_received(sources, edits, jpeg_share, seed)
+    return encode_in_chunks(
+        lambda part: encode(sources[part], edits[part], records[part]),
+        len(edits),
+        encode.processor.tokenizer.pad_token_id,
+        labels,
+        auxiliary,
+        chunk,
+    )
+
+
+def encode_in_chunks(
+    encode_part, num: int, pad_id: int, labels: torch.Tensor, auxiliary: torch.Tensor, chunk: int = 256
+) -> EncodedItems:
+    """:class:`EncodedItems` of ``num`` items from ``encode_part(slice)`` (the processor's outputs
+    for those items, every item with the same number of images)."""
     tokens, pixels, grids = [], [], []
-    for start in range(0, len(edits), chunk):
-        part = slice(start, start + chunk)
-        inputs = encode(sources[part], edits[part], records[part])
+    for start in range(0, num, chunk):
+        inputs = encode_part(slice(start, start + chunk))
         rows = len(inputs["input_ids"])
         tokens.append({key: value for key, value in inputs.items() if key not in IMAGE_KEYS})
         if any(value.shape[0] != rows for value in tokens[-1].values()):
@@ -317,7 +331,7 @@ def encode_items(
         grids.append(inputs["image_grid_thw"].reshape(rows, -1, 3))
         pixels.append(inputs["pixel_values"].reshape(rows, -1, inputs["pixel_values"].shape[-1]))
     return EncodedItems(
-        tokens=_pad_tokens(tokens, encode.processor.tokenizer.pad_token_id),
+        tokens=_pad_tokens(tokens, pad_id),
         pixel_values=torch.cat(pixels),
         image_grid_thw=torch.cat(grids),
         labels=labels,
@@ -351,6 +365,17 @@ def judge_loss(logits: torch.Tensor, target: torch.Tensor, mse_weight: float) ->
     return cross_entropy + mse_weight * ((expected_scores(logits) - target) ** 2).mean()
 
 
+def answer_logits_and_facts(
+    judge, head: torch.nn.Module, items: EncodedItems, rows: torch.Tensor, answer_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's logits of ``answer_ids`` at the first generated position of ``items[rows]``, and
+    the auxiliary loss ``||head(last hidden state) - items.auxiliary[rows]||^2`` (batch mean)."""
+    output = judge(**items.batch(rows), logits_to_keep=1, output_hidden_states=True)
+    facts = head(output.hidden_states[-1][:, -1])
+    auxiliary = ((facts - items.auxiliary[rows]) ** 2).sum(-1).mean()
+    return output.logits[:, -1, answer_ids].float(), auxiliary
+
+
 def train_judge(
     judge,
     digit_ids: list[int],
@@ -372,10 +397,9 @@ def train_judge(
     judge.train()
     for step in range(1, min(settings.steps, settings.stop_after) + 1):
         rows = torch.randint(0, len(train), (settings.batch_size,), generator=generator)
-        output = judge(**train.batch(rows), logits_to_keep=1, output_hidden_states=True)
-        loss = judge_loss(output.logits[:, -1, digit_ids].float(), train.labels[rows], settings.mse_weight)
-        auxiliary = head(output.hidden_states[-1][:, -1])
-        loss = loss + settings.auxiliary_weight * ((auxiliary - train.auxiliary[rows]) ** 2).sum(-1).mean()
+        answers, auxiliary = answer_logits_and_facts(judge, head, train, rows, digit_ids)
+        loss = judge_loss(answers, train.labels[rows], settings.mse_weight)
+        loss = loss + settings.auxiliary_weight * auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -446,8 +470,15 @@ def _perturbed(transformer, scale: float, seed: int) -> dict[str, torch.Tensor]:
     return saved
 
 
-def editor_triples(pipeline_dir, num: int, size: int, seed: int, tasks: tuple[str, ...]):
-    """(sources, edits, records) of base-editor edits drawn as in :data:`EDITOR_SAMPLERS`."""
+def editor_triples(
+    pipeline_dir, num: int, size: int, seed: int, tasks: tuple[str, ...], sample_seed: int | None = None
+):
+    """(sources, edits, records) of base-editor edits drawn as in :data:`EDITOR_SAMPLERS`.
+
+    ``seed`` fixes the scenes and the weight noise, ``sample_seed`` (default ``seed``) the sampling
+    noise: two calls differing only in ``sample_seed`` give two edits of each item by the same
+    sampler and policy, as two rollouts of one RL group."""
+    sample_seed = seed if sample_seed is None else sample_seed
     from edit_r1.toyworld import world
     from edit_r1.toyworld.editor import encode_pairs
     from edit_r1.toyworld.images import to_images
@@ -461,7 +492,7 @@ def editor_triples(pipeline_dir, num: int, size: int, seed: int, tasks: tuple[st
         solver, steps, noise_level, weight_noise = EDITOR_SAMPLERS[chunk % len(EDITOR_SAMPLERS)]
         saved = _perturbed(policy.transformer, weight_noise, seed + start)
         edits += to_images(
-            sample_edits(policy, cond.index_select(rows), solver, steps, noise_level, seed + start)
+            sample_edits(policy, cond.index_select(rows), solver, steps, noise_level, sample_seed + start)
         )
         policy.transformer.load_state_dict(saved)
     return sources, edits, [judge_record(scene, task) for scene, task in examples]
@@ -557,7 +588,8 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
     return result
 
 
-def _concat(sets: list[EncodedItems], pad: int) -> EncodedItems:
+def concat_items(sets: list[EncodedItems], pad: int) -> EncodedItems:
+    """The items of ``sets`` as one set (per-token tensors left-padded with ``pad``)."""
     return EncodedItems(
         tokens=_pad_tokens([s.tokens for s in sets], pad),
         pixel_values=torch.cat([s.pixel_values for s in sets]),
@@ -575,7 +607,7 @@ def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> di
     synthetic = synthetic_triples(settings.num_train, size, 4000 + seed, tasks)
     edited = editor_triples(pipeline_dir, settings.num_train_editor, size, 6000 + seed, tasks)
     return {
-        "train": _concat(
+        "train": concat_items(
             [
                 encode_items(encode, *synthetic, jpeg_share=settings.jpeg_share, seed=seed),
                 encode_items(encode, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1),

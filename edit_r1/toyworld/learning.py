@@ -3,7 +3,9 @@
 Used by ``make demo``'s numbers, ``scripts/benchmark.py learning`` and the learning regression
 test: :func:`train_in_toy_world` launches the real training script on the ``:toy`` config (one
 process, or ``torchrun`` with gloo for ``nproc > 1``) against either the toy judge behind a real
-reward server (``reward="judge"``) or the rule reward (``reward="rule"``, no server), and returns
+reward server (``reward="judge"``), the rule reward (``reward="rule"``, no server) or the pairwise
+preferences of the toy judge taught that question (``reward="pairwise"``, the ``pairwise_mllm``
+reward; that judge also gives the held-out judge reward of such a run), and returns
 the evaluations of ``metrics.jsonl`` (:func:`edit_r1.toyworld.report.eval_curve`).
 
 To try an algorithm change on a laptop: change the code, then compare
@@ -45,6 +47,8 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
 }
 JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
+# The judge taught the pairwise question as well (docs/toyworld.md); the pointwise judge never was.
+PAIRWISE_JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl_pairwise"
 # The training reward: the judge's pointwise score through the server, the rule (no server for
 # training), or the judge's pairwise preferences within each group (Pref-GRPO's reward).
 REWARD_FLAGS: dict[str, tuple[str, ...]] = {
@@ -114,8 +118,9 @@ def train_in_toy_world(
     with contextlib.ExitStack() as stack:
         rule_only_eval = any(o.startswith("--config.eval_reward_fn") and "mllm" not in o for o in overrides)
         if reward != "rule" or not rule_only_eval:
+            judge = PAIRWISE_JUDGE_DIR if reward == "pairwise" else JUDGE_DIR
             env["REWARD_SERVER"] = stack.enter_context(
-                judge_server(run_dir.parent / f"{run_dir.name}_server.log")
+                judge_server(run_dir.parent / f"{run_dir.name}_server.log", judge)
             )
         result = subprocess.run(
             command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s

@@ -30,6 +30,17 @@ def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     return curve
 
 
+def judge_calls_per_epoch(run_dir: str | Path) -> float:
+    """Mean judge calls per training epoch of the run's group rewards (``<name>_judge_calls`` in
+    ``metrics.jsonl``, summed over the group rewards of an epoch); 0 when it had none."""
+    calls = [
+        sum(float(v) for k, v in row.items() if k.endswith("_judge_calls"))
+        for row in read_metrics(Path(run_dir) / "metrics.jsonl")
+        if any(k.endswith("_judge_calls") for k in row)
+    ]
+    return sum(calls) / len(calls) if calls else 0.0
+
+
 def write_before_after(run_dir: str | Path) -> Path | None:
     """``run_dir/before_after.png``: the first and the last evaluation grid side by side (the same
     held-out items and noise), or ``None`` when the run has fewer than two grids."""

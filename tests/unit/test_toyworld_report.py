@@ -63,10 +63,27 @@ def test_build_stages_per_family() -> None:
     """Every family has the VAE and editor stages; the shared judge is built only with Qwen-Image-Edit."""
     from edit_r1.toyworld.build import resolve_stages
 
-    assert resolve_stages("qwen_image_edit", None) == ("vae", "editor", "judge")
+    assert resolve_stages("qwen_image_edit", None) == ("vae", "editor", "judge", "judge_pairwise")
     assert resolve_stages("kontext", None) == ("vae", "editor")
     assert resolve_stages("kontext", ("editor",)) == ("editor",)
     with pytest.raises(ValueError, match=r"stage\(s\) \['judge'\] not in the kontext toy world"):
         resolve_stages("kontext", ("judge",))
+    with pytest.raises(ValueError, match=r"\['judge_pairwise'\] not in the kontext toy world"):
+        resolve_stages("kontext", ("judge_pairwise",))
     with pytest.raises(ValueError, match="no toy world for family 'sdxl'"):
         resolve_stages("sdxl", None)
+
+
+def test_judge_calls_per_epoch_sums_the_group_rewards_of_an_epoch(tmp_path: Path) -> None:
+    from edit_r1.toyworld.report import judge_calls_per_epoch
+
+    run = tmp_path / "run"
+    _write_run(run)
+    assert judge_calls_per_epoch(run) == 0.0  # a pointwise run has no group reward
+    rows = [
+        {"step": 1, "pairwise_mllm_judge_calls": 896.0, "pairwise_mllm_pairs": 448.0},
+        {"step": 2, "pairwise_mllm_judge_calls": 448.0, "other_judge_calls": 100.0},
+    ]
+    with (run / "metrics.jsonl").open("a") as log:
+        log.write("".join(json.dumps(r) + "\n" for r in rows))
+    assert judge_calls_per_epoch(run) == (896 + 548) / 2
