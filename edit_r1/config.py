@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +59,9 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
+_IMPORT_LOCK = threading.RLock()  # re-entrant: a config file imports its base through the same call
+
+
 def import_config_file(path: str | Path) -> ModuleType:
     """Import a config module from its file path (cached in ``sys.modules`` by resolved path).
 
@@ -69,17 +73,20 @@ def import_config_file(path: str | Path) -> ModuleType:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     module_name = "_edit_r1_config_" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    # The module is in sys.modules while it executes (a config imports base.py through this
+    # function): without the lock another thread would be handed the half-executed module.
+    with _IMPORT_LOCK:
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+        return module
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -31,6 +31,7 @@ from edit_r1.toyworld.learning import (  # noqa: E402
     REWARD_FLAGS,
     LearningRunError,
     train_in_toy_world,
+    write_dataset,
 )
 from edit_r1.toyworld.report import judge_calls_per_epoch  # noqa: E402
 
@@ -92,7 +93,7 @@ def evaluation_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def run(args: argparse.Namespace, root: Path) -> dict:
+def run(args: argparse.Namespace, root: Path, dataset: Path | None = None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_epoch = samples_per_epoch(args.family)
     runs = {}
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         curve = train_in_toy_world(
             run_dir, family=args.family, algorithm=args.algorithm,
             seed=seed, epochs=args.epochs, nproc=args.nproc, reward=args.reward,
-            overrides=evaluation_overrides(args),
+            overrides=evaluation_overrides(args), dataset=dataset,
         )  # fmt: skip
         for point in curve:
             point["samples"] = point["epoch"] * per_epoch
@@ -204,11 +205,14 @@ def first_result(results: dict[str, dict]) -> dict:
 
 def run_algorithms(args: argparse.Namespace, algorithms: list[str], root: Path) -> dict[str, dict]:
     """Each algorithm's :func:`run` (``args.jobs`` at a time, so that side-by-side runs share the
-    machine alike and their seconds compare); prints each table as it completes."""
+    machine alike and their seconds compare); prints each table as it completes. The dataset is
+    written once, before any run starts."""
     from concurrent.futures import ThreadPoolExecutor
 
+    dataset = write_dataset(root / "toyworld_data")
+
     def one(name: str) -> dict:
-        result = run(argparse.Namespace(**{**vars(args), "algorithm": name}), root)
+        result = run(argparse.Namespace(**{**vars(args), "algorithm": name}), root, dataset)
         print(format_table(result), flush=True)
         return result
 

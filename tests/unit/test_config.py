@@ -455,3 +455,20 @@ def test_originals_checkpoint_and_eval_batch_defaults() -> None:
         config = load_config(f"{QWEN}:qwen_mllm_reward")
         apply_batch_plan(config, plan_batches_for(config, world_size))
         assert config.sample.test_batch_size == expected, world_size
+
+
+def test_a_config_file_loaded_from_several_threads_at_once_loads_whole_in_each(tmp_path: Path) -> None:
+    """``benchmark.py learning --jobs 2`` loads the same config from two threads: the second must
+    wait for the first to finish executing it, not get the half-executed module."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edit_r1.config import load_config
+
+    slow = tmp_path / "slow_config.py"
+    slow.write_text(
+        "import time\nimport ml_collections\ntime.sleep(0.3)  # a long module body widens the window\n"
+        "def get_config(name=None):\n    return ml_collections.ConfigDict({'seed': 7})\n"
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        configs = list(pool.map(lambda _: load_config(str(slow)), range(4)))
+    assert [c.seed for c in configs] == [7, 7, 7, 7]
