@@ -478,11 +478,11 @@ def editor_triples(
     ``seed`` fixes the scenes and the weight noise, ``sample_seed`` (default ``seed``) the sampling
     noise: two calls differing only in ``sample_seed`` give two edits of each item by the same
     sampler and policy, as two rollouts of one RL group."""
-    sample_seed = seed if sample_seed is None else sample_seed
     from edit_r1.toyworld import world
     from edit_r1.toyworld.editor import encode_pairs
     from edit_r1.toyworld.images import to_images
 
+    sample_seed = seed if sample_seed is None else sample_seed
     policy = world.load_policy(pipeline_dir, use_lora=False)
     examples, sources, _ = scene_pairs(num, size, seed, tasks)
     cond, _ = encode_pairs(policy, examples, sources, sources)

@@ -194,7 +194,13 @@ def _pointwise_and_pairwise_loss(
     return loss + settings.pointwise_weight * (point + settings.auxiliary_weight * facts)
 
 
-def train_pairwise(judge, sets: dict[str, EncodedItems], answer_ids, digit_ids, settings: PairwiseTraining):
+def train_pairwise(
+    judge,
+    sets: dict[str, EncodedItems],
+    answer_ids: list[int],
+    digit_ids: list[int],
+    settings: PairwiseTraining,
+) -> list[tuple[int, float, float, float]]:
     """Train ``judge`` in place on both questions (module docstring); returns the held-out history
     ``[(step, pair accuracy, pair Spearman, pointwise Spearman)]``."""
     torch.manual_seed(settings.seed)
