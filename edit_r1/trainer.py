@@ -30,7 +30,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ from edit_r1.tracking import (
     save_eval_grid,
     save_reward_curve,
 )
+from reward_server.protocol import PROMPT_FIELDS
 
 
 class TrainingError(RuntimeError):
@@ -123,22 +124,35 @@ class BoundPolicy:
             return self.policy.velocity_old_and_ref(z, sigma, self.cond)
 
 
-def judge_templates(reward: CombinedReward, ask: bool = True) -> dict[str, Any]:
-    """``{"judge_templates": {reward name: {"template", "template_sha256"}}}`` of every reward that
-    a judge server computes, from its ``/health``, for the run's logged config: a reward curve can
-    then be traced to the judge's prompt. A judge that does not answer yet is noted, not fatal."""
+def judge_templates(
+    reward: CombinedReward, ask: bool = True, group_rewards: Mapping[str, tuple[float, Any]] | None = None
+) -> dict[str, Any]:
+    """``{"judge_templates": {reward name: {"template", "template_sha256", "pairwise_template",
+    "pairwise_template_sha256"}}}`` of every reward that a judge server computes (the per-batch
+    rewards and the group rewards such as ``pairwise_mllm``), from its ``/health``, for the run's
+    logged config: a reward curve can then be traced to the judge's prompt. A judge that does not
+    answer yet is noted, not fatal."""
     found: dict[str, Any] = {}
-    for name, function in reward.functions.items():
-        client = getattr(function, "__self__", None)
-        if not (ask and isinstance(client, RewardClient)):
-            continue
+    for name, client in _judge_clients(reward, group_rewards or {}) if ask else ():
         try:
             health = client.health()
-            found[name] = {key: health.get(key) for key in ("template", "template_sha256")}
+            found[name] = {key: health.get(key) for key in PROMPT_FIELDS}
         except Exception as error:  # noqa: BLE001 - any transport error: log it, training may still wait
             found[name] = {"error": f"{type(error).__name__}: {error}"}
         distributed.rank0_print(f"judge prompt of {name}: {found[name]}")
     return {"judge_templates": found} if found else {}
+
+
+def _judge_clients(
+    reward: CombinedReward, group_rewards: Mapping[str, tuple[float, Any]]
+) -> list[tuple[str, RewardClient]]:
+    """(name, client) of every reward scored by a judge server: a per-batch reward is a client's
+    bound ``score``, a group reward (:class:`edit_r1.rewards.pairwise.PairwiseJudgeReward`) holds a
+    client's bound ``compare``."""
+    bound = [*reward.functions.items()]
+    bound += [(name, getattr(group, "compare", None)) for name, (_, group) in group_rewards.items()]
+    clients = [(name, getattr(function, "__self__", None)) for name, function in bound]
+    return [(name, client) for name, client in clients if isinstance(client, RewardClient)]
 
 
 def set_backend_flags(allow_tf32: bool) -> None:
@@ -236,7 +250,7 @@ class Trainer:
             enabled=dist.is_main,
             wandb=settings.wandb,
             run_name=settings.run_name,
-            config={**config.to_dict(), **judge_templates(combined, dist.is_main)},
+            config={**config.to_dict(), **judge_templates(combined, dist.is_main, self.group_rewards)},
         )
         if settings.checkpoints.resume_from:
             self._resume(settings.checkpoints.resume_from)

@@ -7,6 +7,10 @@ only a bug in the server itself can give a 500, and no request can stop the proc
 credentials, as they do vLLM's server); without the key it reveals only the status, the backend
 and the template. Its status is ``ok``, ``degraded`` (a judge replica is down and being restarted;
 the others serve) or ``down`` (no replica alive; answered with 503). Every other route needs the key.
+
+A server without a pairwise question (``info["pairwise_template"]`` is None: its prompt is a
+``--template-file`` and no ``--pairwise-template-file`` was given) refuses a request holding a
+pairwise item with a 400 naming the item, before any judge work.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ from werkzeug.exceptions import HTTPException
 
 from reward_server.batcher import DynamicBatcher
 from reward_server.images import decode_item
+from reward_server.prompt_template import PAIRWISE_TEMPLATES
 from reward_server.protocol import (
+    PAIRWISE,
+    PROMPT_FIELDS,
     PROTOCOL_VERSION,
     Limits,
     ProtocolError,
+    RawItem,
     build_score_response,
     parse_score_request,
 )
@@ -40,8 +48,23 @@ _PUBLIC_HEALTH_FIELDS = ("status", "protocol", "backend")
 
 
 def _public_health(health: Mapping[str, object]) -> dict:
-    """What an unauthenticated probe may see: status, backend and the template's name (and hash)."""
-    return {k: v for k, v in health.items() if k in _PUBLIC_HEALTH_FIELDS or k.startswith("template")}
+    """What an unauthenticated probe may see: status, backend and the templates' names (and hashes)."""
+    return {k: v for k, v in health.items() if k in _PUBLIC_HEALTH_FIELDS or k in PROMPT_FIELDS}
+
+
+def _check_pairwise_supported(raw_items: list[RawItem], info: Mapping[str, object]) -> None:
+    """A pairwise item needs a pairwise question; without one the request is a 400 naming the first
+    such item and how to start the server with one (nothing is scored)."""
+    if info.get("pairwise_template") is not None:
+        return
+    for index, raw in enumerate(raw_items):
+        if raw.kind == PAIRWISE:
+            raise ProtocolError(
+                400,
+                f"items[{index}]: a pairwise item, but this server has no pairwise question (its judge "
+                "prompt is a --template-file); start the server with --pairwise-template-file PATH, or "
+                f"with a built-in --template ({', '.join(sorted(PAIRWISE_TEMPLATES))}) instead of --template-file",
+            )
 
 
 def _check_body_headers() -> None:
@@ -65,12 +88,13 @@ def _authorised(api_key: str | None) -> bool:
 
 def create_app(
     batcher: DynamicBatcher,
-    info: Mapping[str, str],
+    info: Mapping[str, str | None],
     limits: Limits = Limits(),
     api_key: str | None = None,
     max_queued_items: int = 100_000,
 ) -> Flask:
-    """The Flask app; ``info`` holds ``backend``, ``model`` and ``template`` for ``/health``.
+    """The Flask app; ``info`` holds ``backend``, ``model`` and the judge prompts' names and hashes
+    (``protocol.PROMPT_FIELDS``) for ``/health``.
 
     ``max_queued_items``: beyond this many waiting items new requests get 503 (the client backs off
     and retries) instead of growing the queue without bound.
@@ -94,7 +118,7 @@ def create_app(
     return app
 
 
-def _health(batcher: DynamicBatcher, info: Mapping[str, str], api_key: str | None):
+def _health(batcher: DynamicBatcher, info: Mapping[str, str | None], api_key: str | None):
     """``GET /health``: status from the live replicas (503 when none is alive); the full record
     (backend, model, template) only for an authorised caller."""
     alive, total = batcher.replicas_alive()
@@ -110,12 +134,13 @@ def _health(batcher: DynamicBatcher, info: Mapping[str, str], api_key: str | Non
     return jsonify(body), 503 if status == "down" else 200
 
 
-def _score(batcher: DynamicBatcher, info: Mapping[str, str], limits: Limits, max_queued_items: int):
+def _score(batcher: DynamicBatcher, info: Mapping[str, str | None], limits: Limits, max_queued_items: int):
     """``POST /score``: checked request -> batcher -> one score (or error) per item; 503 with
     ``Retry-After`` when no replica is alive or the queue is full."""
     try:
         _check_body_headers()
         raw_items = parse_score_request(request.get_data(cache=False), limits)
+        _check_pairwise_supported(raw_items, info)
         items = [decode_item(raw, index, limits) for index, raw in enumerate(raw_items)]
     except ProtocolError as error:
         return _error(error.status, error.message)
@@ -129,8 +154,8 @@ def _score(batcher: DynamicBatcher, info: Mapping[str, str], limits: Limits, max
         return response, status
     results = batcher.score(items)
     body = build_score_response([s for s, _ in results], [e for _, e in results])
-    # Every score names the prompt that produced it (the template's name and text hash).
-    body.update({key: info[key] for key in ("template", "template_sha256") if key in info})
+    # Every score names the prompts that produced it (the templates' names and text hashes).
+    body.update({key: info[key] for key in PROMPT_FIELDS if key in info})
     return jsonify(body)
 
 

@@ -27,11 +27,14 @@ from collections.abc import Sequence
 from reward_server.backends import BACKEND_NAMES, build_backend
 from reward_server.backends.base import BackendOptions
 from reward_server.prompt_template import (
+    AUTO,
     DEFAULT_TEMPLATE,
     TEMPLATES,
     TemplateError,
+    judge_prompt_info,
+    pairwise_template_id_for_file,
+    resolve_pairwise_template,
     template_id_for_file,
-    template_info,
 )
 from reward_server.protocol import Limits
 
@@ -62,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the judge's prompt from a file with the placeholders {prompt} and {requirement} (replaces "
         "--template; docs/reward-server.md says how to reproduce the original's rewards)",
     )
+    parser.add_argument(
+        "--pairwise-template-file",
+        default=None,
+        help="the judge's pairwise question (protocol 2) from a file with the placeholders {prompt} and "
+        "{requirement}; replaces the built-in template's. With --template-file and without this flag "
+        "the server has no pairwise question and refuses pairwise items",
+    )
+    # Set by parse_args from the two template flags; "auto" = the built-in template's pairwise question.
+    parser.set_defaults(pairwise_template=AUTO)
     parser.add_argument("--threads", type=int, default=32, help="HTTP worker threads (concurrent requests)")
     parser.add_argument("--device", default="auto", help="transformers: cuda, cpu or auto")
     parser.add_argument("--dtype", default="auto", help="transformers: bfloat16, float32 or auto")
@@ -104,6 +116,7 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
     return BackendOptions(
         model=args.model,
         template=args.template,
+        pairwise_template=args.pairwise_template,
         tensor_parallel_size=args.tensor_parallel_size,
         data_parallel_size=args.data_parallel_size,
         max_batch_size=args.max_batch_size,
@@ -141,17 +154,32 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The arguments; ``--template-file`` is checked and becomes ``args.template`` (``file:`` id)."""
+    """The arguments; ``--template-file`` is checked and becomes ``args.template`` (``file:`` id),
+    ``--pairwise-template-file`` ``args.pairwise_template`` (a ``file:`` id; else the built-in
+    template's pairwise question, or None after ``--template-file``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.template_file:
-        if args.template != DEFAULT_TEMPLATE:
-            parser.error("--template and --template-file: give one of them")
-        try:
+    try:
+        if args.template_file:
+            if args.template != DEFAULT_TEMPLATE:
+                parser.error("--template and --template-file: give one of them")
             args.template = template_id_for_file(args.template_file)
-        except TemplateError as error:
-            parser.error(str(error))
+        if args.pairwise_template_file:
+            args.pairwise_template = pairwise_template_id_for_file(args.pairwise_template_file)
+        else:
+            args.pairwise_template = resolve_pairwise_template(AUTO, args.template)
+    except TemplateError as error:
+        parser.error(str(error))
     return args
+
+
+def server_info(args: argparse.Namespace) -> dict[str, str | None]:
+    """What ``/health`` reports: backend, model and both judge questions (names and SHA-256)."""
+    return {
+        "backend": args.backend,
+        "model": args.model,
+        **judge_prompt_info(args.template, resolve_pairwise_template(args.pairwise_template, args.template)),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -169,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     LOGGER.info("loading %s judge %s", args.backend, args.model)
     replicas = build_replicas(args, limits)
     batcher = DynamicBatcher(replicas, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000)
-    info = {"backend": args.backend, "model": args.model, **template_info(args.template)}
+    info = server_info(args)
     app = create_app(batcher, info, limits, api_key=api_key)
     server = create_server(
         app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=limits.max_body_bytes

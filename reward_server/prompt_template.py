@@ -17,6 +17,13 @@ A user's template (``reward_server.py --template-file PATH``) uses the original'
 ``{prompt}`` (the instruction) and ``{requirement}``, filled in with ``str.format`` exactly as the
 original server did: nothing is stripped and an empty requirement stays blank. Its id is
 ``file:<absolute path>``; its name in ``/health`` is ``file:<file name>``.
+
+The pairwise question (protocol version 2) is a template of its own: the built-in template's entry
+of :data:`PAIRWISE_TEMPLATES`, or a file (``--pairwise-template-file PATH``, placeholders ``{prompt}``
+and ``{requirement}``, filled in like a pointwise file), or none at all: a server whose pointwise
+prompt is a file has no pairwise question unless it is given one, and it refuses pairwise items
+(``reward_server/app.py``). ``/health`` and every ``/score`` response name it in
+``pairwise_template`` / ``pairwise_template_sha256`` (both null when there is none).
 """
 
 from __future__ import annotations
@@ -83,40 +90,54 @@ def image_roles(num_sources: int = 1) -> str:
 
 FILE_PREFIX = "file:"
 PLACEHOLDERS = ("prompt", "requirement", "image_roles")
+# A pairwise question shows a fixed [source, edit 1, edit 2] layout, so it has no {image_roles}.
+PAIRWISE_PLACEHOLDERS = ("prompt", "requirement")
+POINTWISE_FILE, PAIRWISE_FILE = "template", "pairwise template"  # the two kinds of template file
+_FILE_PLACEHOLDERS = {POINTWISE_FILE: PLACEHOLDERS, PAIRWISE_FILE: PAIRWISE_PLACEHOLDERS}
+# BackendOptions.pairwise_template / render_item_prompt: "the built-in pairwise question of the
+# pointwise template if it has one, else none".
+AUTO = "auto"
 
 
 class TemplateError(ValueError):
     """A template file cannot be used; the message names the file and the problem."""
 
 
+class NoPairwiseTemplateError(ValueError):
+    """A pairwise item reached a judge that has no pairwise question."""
+
+
 @functools.lru_cache(maxsize=8)
-def load_template_file(path: str) -> str:
-    """The text of a template file, checked: UTF-8, ``{prompt}`` present, no other placeholder."""
+def load_template_file(path: str, kind: str = POINTWISE_FILE) -> str:
+    """The text of a template file of ``kind`` (``"template"`` or ``"pairwise template"``), checked:
+    UTF-8, ``{prompt}`` present, no placeholder other than the kind's."""
+    allowed = _FILE_PLACEHOLDERS[kind]
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise TemplateError(f"template file {path}: cannot read it ({error})") from None
+        raise TemplateError(f"{kind} file {path}: cannot read it ({error})") from None
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
     except ValueError as error:
-        raise TemplateError(
-            f"template file {path}: {error} (write literal braces as {{{{ and }}}})"
-        ) from None
-    unknown = sorted(fields - set(PLACEHOLDERS))
+        raise TemplateError(f"{kind} file {path}: {error} (write literal braces as {{{{ and }}}})") from None
+    unknown = sorted(fields - set(allowed))
     if unknown or "prompt" not in fields:
-        raise TemplateError(
-            f"template file {path}: placeholders must be {{prompt}} (required), {{requirement}} and "
-            "{{image_roles}}; "
-            f"found {sorted(fields)}"
-        )
+        others = [f"{{{name}}}" for name in allowed[1:]]
+        wanted = ", ".join(["{prompt} (required)", *others[:-1]]) + f" and {others[-1]}"
+        raise TemplateError(f"{kind} file {path}: placeholders must be {wanted}; found {sorted(fields)}")
     return text
 
 
-def template_id_for_file(path: str | Path) -> str:
+def template_id_for_file(path: str | Path, kind: str = POINTWISE_FILE) -> str:
     """The id under which a (checked) template file is used: ``file:<absolute path>``."""
     resolved = str(Path(path).resolve())
-    load_template_file(resolved)
+    load_template_file(resolved, kind)
     return FILE_PREFIX + resolved
+
+
+def pairwise_template_id_for_file(path: str | Path) -> str:
+    """The id of a (checked) pairwise template file: ``file:<absolute path>``."""
+    return template_id_for_file(path, PAIRWISE_FILE)
 
 
 def template_text(template: str) -> str:
@@ -128,15 +149,59 @@ def template_text(template: str) -> str:
     return TEMPLATES[template]
 
 
+def resolve_pairwise_template(pairwise_template: str | None, template: str) -> str | None:
+    """The pairwise question in use: ``pairwise_template`` itself, or for :data:`AUTO` the built-in
+    pairwise question of ``template`` (a name of :data:`PAIRWISE_TEMPLATES`) or None (a file has none)."""
+    if pairwise_template != AUTO:
+        return pairwise_template
+    return template if template in PAIRWISE_TEMPLATES else None
+
+
+def pairwise_template_text(pairwise_template: str | None) -> str:
+    """The text of a pairwise question: a name of :data:`PAIRWISE_TEMPLATES` or a ``file:`` id."""
+    if pairwise_template is None:
+        raise NoPairwiseTemplateError(
+            "this judge has no pairwise question (a server whose prompt is a --template-file needs "
+            "--pairwise-template-file PATH for pairwise items; the built-in --template names have one)"
+        )
+    if pairwise_template.startswith(FILE_PREFIX):
+        return load_template_file(pairwise_template[len(FILE_PREFIX) :], PAIRWISE_FILE)
+    if pairwise_template not in PAIRWISE_TEMPLATES:
+        raise KeyError(
+            f"prompt template {pairwise_template!r} has no pairwise question; known: {sorted(PAIRWISE_TEMPLATES)}"
+        )
+    return PAIRWISE_TEMPLATES[pairwise_template]
+
+
+def _display_name(template: str) -> str:
+    """``file:<file name>`` for a ``file:`` id (the directory stays private), else the name."""
+    if template.startswith(FILE_PREFIX):
+        return FILE_PREFIX + Path(template[len(FILE_PREFIX) :]).name
+    return template
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def template_info(template: str) -> dict[str, str]:
     """``{"template": name, "template_sha256": hex}`` for ``/health`` and ``/score`` responses."""
-    name = (
-        FILE_PREFIX + Path(template[len(FILE_PREFIX) :]).name
-        if template.startswith(FILE_PREFIX)
-        else template
-    )
-    digest = hashlib.sha256(template_text(template).encode("utf-8")).hexdigest()
-    return {"template": name, "template_sha256": digest}
+    return {"template": _display_name(template), "template_sha256": _sha256(template_text(template))}
+
+
+def pairwise_template_info(pairwise_template: str | None) -> dict[str, str | None]:
+    """``{"pairwise_template": name, "pairwise_template_sha256": hex}`` (both None without one)."""
+    if pairwise_template is None:
+        return {"pairwise_template": None, "pairwise_template_sha256": None}
+    return {
+        "pairwise_template": _display_name(pairwise_template),
+        "pairwise_template_sha256": _sha256(pairwise_template_text(pairwise_template)),
+    }
+
+
+def judge_prompt_info(template: str, pairwise_template: str | None) -> dict[str, str | None]:
+    """Both questions' names and hashes, as ``/health`` and every ``/score`` response carry them."""
+    return {**template_info(template), **pairwise_template_info(pairwise_template)}
 
 
 def render_prompt(
@@ -157,20 +222,27 @@ def render_prompt(
     )
 
 
-def render_pairwise_prompt(instruction: str, requirement: str = "", template: str = DEFAULT_TEMPLATE) -> str:
-    """The judge's text for one pairwise item (which of two edits is better)."""
-    if template not in PAIRWISE_TEMPLATES:
-        raise KeyError(
-            f"prompt template {template!r} has no pairwise question; known: {sorted(PAIRWISE_TEMPLATES)}"
-        )
+def render_pairwise_prompt(
+    instruction: str, requirement: str = "", template: str | None = DEFAULT_TEMPLATE
+) -> str:
+    """The judge's text for one pairwise item (which of two edits is better); ``template`` is the
+    pairwise question (a built-in name or a ``file:`` id). A built-in one strips the texts and states
+    an empty requirement; a file is filled in like a pointwise file (nothing stripped, blank stays
+    blank). None (no pairwise question) raises :class:`NoPairwiseTemplateError`."""
+    text = pairwise_template_text(template)
+    if template.startswith(FILE_PREFIX):
+        return text.format(prompt=instruction, requirement=requirement)
     requirement = requirement.strip() or NO_REQUIREMENT
-    return PAIRWISE_TEMPLATES[template].format(instruction=instruction.strip(), requirement=requirement)
+    return text.format(instruction=instruction.strip(), requirement=requirement)
 
 
-def render_item_prompt(item, template: str = DEFAULT_TEMPLATE) -> str:
-    """The text of a judge item (anything with ``instruction``, ``requirement``, ``pairwise``)."""
+def render_item_prompt(item, template: str = DEFAULT_TEMPLATE, pairwise_template: str | None = AUTO) -> str:
+    """The text of a judge item (anything with ``instruction``, ``requirement``, ``pairwise``):
+    the pairwise question ``pairwise_template`` (see :func:`resolve_pairwise_template`) for a
+    pairwise item, the pointwise ``template`` otherwise."""
     if item.pairwise:
-        return render_pairwise_prompt(item.instruction, item.requirement, template)
+        pairwise = resolve_pairwise_template(pairwise_template, template)
+        return render_pairwise_prompt(item.instruction, item.requirement, pairwise)
     return render_prompt(item.instruction, item.requirement, template, len(item.sources))
 
 

@@ -3,8 +3,9 @@
 Standard library only, so the client can import it without pulling in the server's dependencies.
 The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``:
 
-- ``GET /health`` -> ``{"status": "ok"|"degraded"|"down", "backend", "model", "template", "replicas_alive",
-  "replicas"}`` once the judge is loaded (open without the API key, then only status/backend/template).
+- ``GET /health`` -> ``{"status": "ok"|"degraded"|"down", "backend", "model", "template",
+  "template_sha256", "pairwise_template", "pairwise_template_sha256", "replicas_alive", "replicas"}``
+  once the judge is loaded (open without the API key, then only status/backend/templates).
 - ``POST /score`` with ``{"items": [{"image", "source_image", "instruction", "requirement"?,
   "more_source_images"?}, ...]}``
   (images are base64-encoded PNG, JPEG, WebP or GIF files) -> ``{"scores": [float | null], "errors": [str | null],
@@ -14,7 +15,8 @@ The full description (with a ``curl`` example) is in ``docs/reward-protocol.md``
 - Version 2 adds pairwise items, ``{"kind": "pairwise", "image", "image_b", "source_image",
   "instruction", "requirement"?}``, mixed freely with pointwise ones: the score is the judge's
   probability that ``image`` (shown first) is the better edit of the two. A request may state the
-  version it needs (``"protocol": 2``); a server older than that refuses it with a 400.
+  version it needs (``"protocol": 2``); a server older than that refuses it with a 400, and so does
+  a server without a pairwise question (``pairwise_template`` null in ``/health``).
 
 Nothing here ever unpickles or evaluates data: the request is parsed with ``json`` and every field's
 type and size is checked against :class:`Limits` before anything else touches it.
@@ -32,6 +34,9 @@ from dataclasses import dataclass
 
 PROTOCOL_VERSION = 2
 POINTWISE, PAIRWISE = "pointwise", "pairwise"
+# The judge's questions in /health and in every /score response: the names and SHA-256 of the
+# pointwise template and of the pairwise question (both pairwise fields null when it has none).
+PROMPT_FIELDS = ("template", "template_sha256", "pairwise_template", "pairwise_template_sha256")
 ITEM_KINDS = (POINTWISE, PAIRWISE)
 ITEM_FIELDS = ("kind", "image", "image_b", "source_image", "instruction", "requirement")
 # Optional list: the further source images of an edit with several references ("Picture 2", ...).

@@ -38,6 +38,16 @@ LOGGER = logging.getLogger("reward_server")
 _WORKER_LIMITS = Limits(max_items=1 << 20, max_body_bytes=1 << 40, max_image_bytes=1 << 30)
 
 
+def options_to_json(options: BackendOptions, **override: object) -> str:
+    """The options as the JSON object a worker is started with (every field, ``override`` applied);
+    :func:`options_from_json` gives back equal options (the pairwise question included)."""
+    return json.dumps({**options.__dict__, **override})
+
+
+def options_from_json(text: str) -> BackendOptions:
+    return BackendOptions(**json.loads(text))
+
+
 def _serve(backend, limits: Limits, out) -> None:
     for line in sys.stdin.buffer:
         raw_items = parse_score_request(line, limits)
@@ -57,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Keep the real stdout for protocol lines; everything else that writes to fd 1 goes to stderr.
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    options = BackendOptions(**json.loads(args.options))
+    options = options_from_json(args.options)
     backend = build_backend(args.backend, options)
     out.write(json.dumps({"ready": True, "model": backend.model}) + "\n")
     out.flush()
@@ -82,11 +92,12 @@ class ReplicaProcess:
         index: int = 0,
     ) -> None:
         self.name, self.model, self.template = backend, options.model, options.template
+        self.pairwise_template = options.pairwise_template
         self.index, self.gpus = index, list(gpus)
         self._env = dict(os.environ)
         if gpus:
             self._env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        options_json = json.dumps({**options.__dict__, "data_parallel_size": 1})
+        options_json = options_to_json(options, data_parallel_size=1)
         self._command = [sys.executable, "-m", "reward_server.worker", "--backend", backend]
         self._command += ["--options", options_json, "--max-image-pixels", str(max_image_pixels)]
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reward_server.images import JudgeItem
-from reward_server.prompt_template import DEFAULT_TEMPLATE
+from reward_server.prompt_template import AUTO, DEFAULT_TEMPLATE, resolve_pairwise_template
 
 # Sampling fields that change the logits the logprobs are read from (vLLM offline and `vllm serve`
 # alike); every one is sent at its neutral value so that nothing (a model's generation_config, a
@@ -39,10 +39,14 @@ class BackendOptions:
     ``base_url``/``api_key`` address an OpenAI-compatible server and ``tokenizer`` is a local copy of
     its judge's tokenizer (only needed when the server has no ``/tokenize``); ``device``/``dtype``
     apply to transformers ("auto": bf16 on GPU, float32 on CPU); ``logprobs_mode`` to vllm.
+    ``template`` is the pointwise prompt (a built-in name or a ``file:`` id) and ``pairwise_template``
+    the pairwise question (a name, a ``file:`` id, or None for none); ``"auto"`` becomes the built-in
+    pairwise question of ``template`` (None for a file) when the options are made.
     """
 
     model: str
     template: str = DEFAULT_TEMPLATE
+    pairwise_template: str | None = AUTO
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     max_batch_size: int = 32
@@ -55,6 +59,12 @@ class BackendOptions:
     max_model_len: int | None = None
     logprobs_mode: str = "processed_logprobs"
     tokenizer: str = ""
+
+    def __post_init__(self) -> None:
+        # Resolved once here, so that a worker process (which gets these fields as JSON) and every
+        # backend see the same concrete value.
+        resolved = resolve_pairwise_template(self.pairwise_template, self.template)
+        object.__setattr__(self, "pairwise_template", resolved)
 
 
 class Backend(Protocol):
@@ -69,6 +79,7 @@ class Backend(Protocol):
     name: str
     model: str
     template: str
+    pairwise_template: str | None
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         """One score in [0, 1] or one exception per item, in order."""

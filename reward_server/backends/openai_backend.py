@@ -31,20 +31,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 from reward_server.backends.base import NEUTRAL_SAMPLING, BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri, judge_images
-from reward_server.prompt_template import chat_messages, render_item_prompt
+from reward_server.prompt_template import AUTO, chat_messages, render_item_prompt
 from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs and the OpenAI API's maximum
 TOKEN_ID_PREFIX = "token_id:"
 
 
-def chat_request(model: str, item: JudgeItem, template: str, digit_ids: Sequence[int]) -> dict:
+def chat_request(
+    model: str, item: JudgeItem, template: str, digit_ids: Sequence[int], pairwise_template: str | None = AUTO
+) -> dict:
     """The ``/v1/chat/completions`` body for one item: one digit token, its six logprobs requested
-    (a pairwise item reads two of them, "1" and "2")."""
+    (a pairwise item, asked with ``pairwise_template``, reads two of them, "1" and "2")."""
     parts = [{"type": "image_url", "image_url": {"url": data_uri(data)}} for data in judge_images(item)[1]]
     return {
         "model": model,
-        "messages": chat_messages(render_item_prompt(item, template), *parts),
+        "messages": chat_messages(render_item_prompt(item, template, pairwise_template), *parts),
         "max_completion_tokens": 1,
         "n": 1,
         **NEUTRAL_SAMPLING,
@@ -99,6 +101,7 @@ class OpenAIBackend:
         if not options.base_url:
             raise ValueError("the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1")
         self.model, self.template = options.model, options.template
+        self.pairwise_template = options.pairwise_template
         base = options.base_url.rstrip("/")
         self.url = base + "/chat/completions"
         # vLLM serves /tokenize at the root, beside /v1.
@@ -145,7 +148,8 @@ class OpenAIBackend:
     def score_one(self, item: JudgeItem) -> ItemResult:
         try:
             digit_ids = self.digit_ids()
-            response = self.post(self.url, chat_request(self.model, item, self.template, digit_ids))
+            body = chat_request(self.model, item, self.template, digit_ids, self.pairwise_template)
+            response = self.post(self.url, body)
             return score_from_chat_response(response, digit_ids, item.pairwise)
         except Exception as error:  # noqa: BLE001 - reported as this item's error
             return error

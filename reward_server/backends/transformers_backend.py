@@ -53,6 +53,7 @@ class TransformersBackend:
         from transformers import AutoModelForImageTextToText
 
         self.model, self.template = options.model, options.template
+        self.pairwise_template = options.pairwise_template
         self.device, self.dtype = resolve_device_and_dtype(options.device, options.dtype)
         self.processor = load_processor(options.model)
         # Left padding puts every row's last prompt token at position -1, the position we read.
@@ -63,7 +64,7 @@ class TransformersBackend:
         self._ratings = torch.arange(len(self.digit_ids), dtype=torch.float32)
 
     def _prompt(self, item: JudgeItem) -> str:
-        text = render_item_prompt(item, self.template)
+        text = render_item_prompt(item, self.template, self.pairwise_template)
         placeholders = [_IMAGE_PLACEHOLDER] * len(judge_images(item)[0])
         messages = chat_messages(text, *placeholders)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 from reward_server.backends.base import NEUTRAL_SAMPLING, BackendOptions, ItemResult
 from reward_server.images import JudgeItem, data_uri, judge_images
-from reward_server.prompt_template import chat_messages, render_item_prompt
+from reward_server.prompt_template import AUTO, chat_messages, render_item_prompt
 from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
@@ -84,10 +84,11 @@ def digit_sampling_params(make: Callable[..., object], digit_ids: Sequence[int])
         return make(logprobs=len(DIGITS), **common), False
 
 
-def conversation(item: JudgeItem, template: str) -> list[dict]:
-    """The judge's user turn with its images as data URIs (the request's own file bytes)."""
+def conversation(item: JudgeItem, template: str, pairwise_template: str | None = AUTO) -> list[dict]:
+    """The judge's user turn with its images as data URIs (the request's own file bytes); the text
+    from ``template``, or ``pairwise_template`` for a pairwise item."""
     parts = [{"type": "image_url", "image_url": {"url": data_uri(data)}} for data in judge_images(item)[1]]
-    return chat_messages(render_item_prompt(item, template), *parts)
+    return chat_messages(render_item_prompt(item, template, pairwise_template), *parts)
 
 
 def first_position_logprobs(output) -> dict[int, float]:
@@ -116,6 +117,7 @@ class VLLMBackend:
         sampling_params: Callable[..., object] = vllm_sampling_params,
     ) -> None:
         self.model, self.template = options.model, options.template
+        self.pairwise_template = options.pairwise_template
         self.logprobs_mode = options.logprobs_mode
         self.engine = engine_factory(options)
         self.digit_ids = digit_token_ids(self.engine.get_tokenizer())
@@ -125,7 +127,7 @@ class VLLMBackend:
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         """One ``LLM.chat`` call for the whole batch; a missing digit fails only its item."""
-        conversations = [conversation(item, self.template) for item in items]
+        conversations = [conversation(item, self.template, self.pairwise_template) for item in items]
         outputs = self.engine.chat(conversations, sampling_params=self.sampling_params, use_tqdm=False)
         if len(outputs) != len(items):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(items)} conversations")

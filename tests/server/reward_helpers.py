@@ -15,7 +15,7 @@ from waitress import create_server
 from reward_server.app import create_app
 from reward_server.batcher import DynamicBatcher
 from reward_server.images import JudgeItem
-from reward_server.prompt_template import template_info
+from reward_server.prompt_template import judge_prompt_info
 from reward_server.protocol import Limits
 
 
@@ -58,7 +58,12 @@ def reward_app_server(
 ):
     """A real reward-server app (batcher + Flask + waitress) around the given backend replicas."""
     batcher = DynamicBatcher(backends, max_batch_size=max_batch_size, max_wait_s=0.005)
-    info = {"backend": backends[0].name, "model": backends[0].model, **template_info(backends[0].template)}
+    first = backends[0]
+    info = {
+        "backend": first.name,
+        "model": first.model,
+        **judge_prompt_info(first.template, first.pairwise_template),
+    }
     try:
         with serve_in_thread(
             create_app(batcher, info, limits, api_key=api_key), threads=24, port=port
@@ -75,6 +80,7 @@ class InstructionScoreBackend:
     """
 
     name, model, template = "fake", "fake-judge", "edit_r1_v1"
+    pairwise_template: str | None = "edit_r1_v1"
 
     def __init__(self) -> None:
         self.batches: list[int] = []

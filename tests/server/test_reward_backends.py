@@ -334,3 +334,23 @@ def test_vllm_and_openai_messages_carry_every_source_image():
         urls = [part["image_url"]["url"] for part in content[:3]]
         assert len(set(urls)) == 3 and urls[2].endswith(base64.b64encode(raw.image).decode())
         assert "Picture 1 to Picture 2" in content[3]["text"]
+
+
+def test_vllm_and_openai_backends_ask_the_pairwise_question_of_the_options(fake_vllm, tmp_path):
+    """``BackendOptions.pairwise_template`` (``--pairwise-template-file``) is the text both remote-style
+    backends send for a pairwise item; pointwise items keep the pointwise template."""
+    from reward_server.prompt_template import pairwise_template_id_for_file, render_prompt
+
+    question = tmp_path / "pair.txt"
+    question.write_text("Pick one for {prompt} [{requirement}]: 1 or 2?", encoding="utf-8")
+    pairwise = pairwise_template_id_for_file(question)
+    items = [*_items(1), *_pair_items(1)]
+    expected = [render_prompt("edit number 0", ""), "Pick one for compare number 0 []: 1 or 2?"]
+    vllm = VLLMBackend(BackendOptions(model="judge", pairwise_template=pairwise))
+    assert all(isinstance(result, float) for result in vllm.score_batch(items))
+    assert [c[0]["content"][-1]["text"] for c in _conversations(fake_vllm)] == expected
+    server = FakeVLLMServer(version="0.33.0", mode="processed_logprobs")
+    assert all(
+        isinstance(result, float) for result in _openai_scores(server, items, pairwise_template=pairwise)
+    )
+    assert sorted(body["messages"][0]["content"][-1]["text"] for body in server.bodies) == sorted(expected)

@@ -18,8 +18,13 @@ from reward_helpers import (
 
 from edit_r1.rewards import CombinedReward, RewardSample
 from edit_r1.rewards.client import RetryPolicy, RewardClient, RewardRequestRejected, RewardServerUnavailable
+from edit_r1.rewards.pairwise import PairwiseJudgeReward
 from edit_r1.trainer import judge_templates
-from reward_server.prompt_template import template_id_for_file, template_info
+from reward_server.prompt_template import (
+    judge_prompt_info,
+    pairwise_template_id_for_file,
+    template_id_for_file,
+)
 
 FAST_RETRY = RetryPolicy(deadline_s=1.5, initial_backoff_s=0.05, max_backoff_s=0.2, request_timeout_s=0.5)
 
@@ -151,15 +156,25 @@ def test_a_dead_server_among_several_is_skipped_without_waiting():
     assert sum(backends[0].batches) - taken_before == 3 * len(wanted)
 
 
-def test_the_trainer_logs_the_judge_template_the_server_names(tmp_path) -> None:
+def test_the_trainer_logs_the_judge_templates_the_server_names(tmp_path) -> None:
+    """Both questions (pointwise and pairwise) of the judge behind a per-batch reward and behind
+    the pairwise group reward go into the run's config."""
     template_file = tmp_path / "my_judge_prompt.txt"
     template_file.write_text("Task: {prompt}\nMust hold: {requirement}\nOne digit.", encoding="utf-8")
+    pairwise_file = tmp_path / "my_pairwise_question.txt"
+    pairwise_file.write_text("Task: {prompt}\nWhich edit, 1 or 2?", encoding="utf-8")
     backend = InstructionScoreBackend()
     backend.template = template_id_for_file(template_file)
-    expected = template_info(backend.template)
+    backend.pairwise_template = pairwise_template_id_for_file(pairwise_file)
+    expected = judge_prompt_info(backend.template, backend.pairwise_template)
+    assert expected["pairwise_template"] == "file:my_pairwise_question.txt"
     with reward_app_server([backend]) as url:
         client = RewardClient(url)
         reward = CombinedReward({"judge": 1.0}, {"judge": client.score})
         assert judge_templates(reward) == {"judge_templates": {"judge": expected}}
+        group = {"pairwise_mllm": (1.0, PairwiseJudgeReward(client.compare))}
+        assert judge_templates(CombinedReward({}, {}), group_rewards=group) == {
+            "judge_templates": {"pairwise_mllm": expected}
+        }
         assert judge_templates(CombinedReward({"rule": 1.0}, {"rule": lambda s: [0.0] * len(s)})) == {}
         client.close()

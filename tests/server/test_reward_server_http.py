@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -24,7 +25,12 @@ from reward_helpers import free_port, png_bytes, random_image, reward_app_server
 from reward_server.backends import BackendOptions, build_backend
 from reward_server.images import decode_item
 from reward_server.load_test import run_load
-from reward_server.prompt_template import template_info
+from reward_server.prompt_template import (
+    PAIRWISE_TEMPLATES,
+    judge_prompt_info,
+    pairwise_template_id_for_file,
+    pairwise_template_info,
+)
 from reward_server.protocol import Limits, RawItem, build_score_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +85,7 @@ def test_health_reports_the_judge(server, tiny_judge):
         "protocol": 2,
         "backend": "transformers",
         "model": str(tiny_judge),
-        **template_info("edit_r1_v1"),
+        **judge_prompt_info("edit_r1_v1", "edit_r1_v1"),
         "replicas_alive": 1,
         "replicas": 1,
     }
@@ -159,6 +165,39 @@ def test_pairwise_items_are_scored_beside_pointwise_ones(server, judge, items, r
     finally:
         client.close()
     assert compared[0] == pytest.approx(expected[0], abs=1e-5)
+
+
+def _as_file_question(builtin: str) -> str:
+    """A built-in pairwise question written as a file: the original's placeholder names."""
+    return builtin.replace("{instruction}", "{prompt}")
+
+
+def test_a_pairwise_file_equal_to_the_built_in_question_scores_the_same(judge, items, tmp_path):
+    """``--pairwise-template-file`` holding the toy template's pairwise question gives the built-in
+    question's scores (to the bit), and ``/health`` names the file; another wording scores otherwise."""
+    pair = RawItem(items[0].image, items[0].source_image, "make the sky red", "", "pairwise", items[1].image)
+    same, other = tmp_path / "toy_pairwise.txt", tmp_path / "other_question.txt"
+    same.write_text(_as_file_question(PAIRWISE_TEMPLATES["toy_v1"]), encoding="utf-8")
+    other.write_text("Which edit follows: {prompt}\nBetter, 1 or 2:", encoding="utf-8")
+    questions = ["toy_v1", pairwise_template_id_for_file(same), pairwise_template_id_for_file(other)]
+    scores, saved = [], judge.pairwise_template
+    try:
+        for question in questions:
+            judge.pairwise_template = question
+            with reward_app_server([judge], limits=LIMITS) as url:
+                health = requests.get(f"{url}/health", timeout=10).json()
+                assert {
+                    key: health[key] for key in pairwise_template_info(question)
+                } == pairwise_template_info(question)
+                response = _post(url, [pair, items[2]])
+                assert response.status_code == 200, response.text
+                scores.append(response.json()["scores"])
+    finally:
+        judge.pairwise_template = saved
+    assert health["pairwise_template"] == "file:other_question.txt"
+    assert scores[1] == scores[0]  # same text, same tokens: the same score
+    assert scores[2][0] != pytest.approx(scores[0][0], abs=1e-6)  # the file's text is what the judge reads
+    assert scores[2][1] == scores[0][1]  # pointwise items are untouched
 
 
 def test_concurrent_clients_get_their_own_scores(server, items, reference_scores):
@@ -259,7 +298,7 @@ def test_api_key_is_required_when_configured(judge, items):
             "status": "ok",
             "protocol": 2,
             "backend": "transformers",
-            **template_info("edit_r1_v1"),
+            **judge_prompt_info("edit_r1_v1", "edit_r1_v1"),
         }
         full = requests.get(f"{url}/health", headers={"Authorization": "Bearer s3cret"}, timeout=10)
         assert full.json()["model"] == judge.model and full.json()["replicas"] == 1
@@ -272,12 +311,22 @@ def test_api_key_is_required_when_configured(judge, items):
 
 
 @pytest.fixture(scope="module")
-def cli_server(tiny_judge):
-    """``python reward_server/reward_server.py`` with two replica worker processes (DP 2) and a key;
-    yields its URL, the environment and the lines it has logged so far (read by a thread)."""
+def cli_pairwise_file(tmp_path_factory) -> Path:
+    """The built-in ``edit_r1_v1`` pairwise question, written as a ``--pairwise-template-file``."""
+    path = tmp_path_factory.mktemp("questions") / "edit_pairwise.txt"
+    path.write_text(_as_file_question(PAIRWISE_TEMPLATES["edit_r1_v1"]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_server(tiny_judge, cli_pairwise_file):
+    """``python reward_server/reward_server.py`` with two replica worker processes (DP 2), a key and
+    a pairwise question from a file; yields its URL, the environment and the lines it has logged so
+    far (read by a thread)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REWARD_SERVER_API_KEY": "k3y", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers"]
     command += ["--model", str(tiny_judge), "--port", "0", "--data-parallel-size", "2"]
+    command += ["--pairwise-template-file", str(cli_pairwise_file)]
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -344,6 +393,29 @@ def test_cli_with_two_replica_processes_passes_the_health_check(cli_server, item
     assert denied.returncode != 0
     assert denied.stderr.strip().splitlines()[-1].startswith("FAILED: HTTP Error 401")
     assert re.search(r"batch replica=\d items=\d+ requests=\d+ failed=0 latency_ms=", "".join(log))
+
+
+def test_cli_replicas_score_pairwise_items_with_the_pairwise_file(
+    cli_server, cli_pairwise_file, judge, items
+):
+    """``--pairwise-template-file`` reaches the worker processes: the file's question (the built-in
+    one's text, with the original's placeholder names) scores a pair as the built-in one does in
+    process, and ``/health`` and the response name the file."""
+    url, _env, _log = cli_server
+    auth = {"Authorization": "Bearer k3y"}
+    named = {
+        "pairwise_template": "file:edit_pairwise.txt",
+        "pairwise_template_sha256": hashlib.sha256(cli_pairwise_file.read_bytes()).hexdigest(),
+    }
+    health = requests.get(f"{url}/health", headers=auth, timeout=10).json()
+    assert {key: health[key] for key in named} == named
+    pair = RawItem(
+        items[0].image, items[0].source_image, "add a hat", "keep the sky", "pairwise", items[1].image
+    )
+    response = _post(url, [pair], headers=auth)
+    assert response.status_code == 200, response.text
+    assert {key: response.json()[key] for key in named} == named
+    assert response.json()["scores"] == pytest.approx([_answer_preference(judge, pair)], abs=1e-5)
 
 
 def test_the_check_script_says_what_it_waits_for(tmp_path):
