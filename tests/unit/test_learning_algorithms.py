@@ -61,3 +61,28 @@ def test_comparison_takes_the_median_over_the_seeds_that_reached_the_target() ->
     text = format_comparison({"nft": nft, "grpo": grpo, "none": result(None)})
     assert "nft: median 128 samples, 10.0 s (3/3 seeds)" in text
     assert "grpo: median 512 samples, 40.0 s (1/3 seeds)" in text and "none: not reached (0/1 seeds)" in text
+
+
+def test_jobs_run_the_algorithms_at_the_same_time_on_one_dataset(tmp_path: Path, monkeypatch) -> None:
+    """``--jobs 2``: both algorithms' runs are in flight together and share the dataset written once
+    before them (two runs writing it at once could hand a trainer a half-written file)."""
+    import argparse
+    import threading
+
+    import benchmark_learning
+
+    both_started = threading.Barrier(2, timeout=10)  # raises BrokenBarrierError if run one at a time
+    seen = {}
+
+    def fake_run(args, root, dataset):
+        seen[args.algorithm] = dataset
+        both_started.wait()
+        return {"algorithm": args.algorithm, "runs": {}}
+
+    monkeypatch.setattr(benchmark_learning, "run", fake_run)
+    monkeypatch.setattr(benchmark_learning, "format_table", lambda result: result["algorithm"])
+    args = argparse.Namespace(jobs=2)
+    results = benchmark_learning.run_algorithms(args, ["nft", "grpo"], tmp_path)
+    assert list(results) == ["nft", "grpo"] and results["grpo"]["algorithm"] == "grpo"
+    assert seen["nft"] == seen["grpo"] == tmp_path / "toyworld_data"
+    assert (tmp_path / "toyworld_data" / "train_metadata.jsonl").is_file()
