@@ -150,20 +150,24 @@ class JudgeInputs:
         self.digit_ids = digit_token_ids(processor.tokenizer)
 
     def __call__(self, sources, edits, records) -> dict[str, torch.Tensor]:
-        from reward_server.prompt_template import chat_messages, render_prompt
+        from reward_server.prompt_template import render_prompt
+
+        texts = [render_prompt(r["prompt"], r["requirement"], self.template) for r in records]
+        return self.processor_inputs(texts, list(zip(sources, edits, strict=True)))
+
+    def processor_inputs(self, texts: list[str], image_rows: list[tuple]) -> dict[str, torch.Tensor]:
+        """The processor's batch for one user turn per item, [its images in order, its text], with
+        the chat template and left padding the transformers backend uses."""
+        from reward_server.prompt_template import chat_messages
 
         placeholder = {"type": "image"}
         prompts = [
             self.processor.apply_chat_template(
-                chat_messages(
-                    render_prompt(r["prompt"], r["requirement"], self.template), placeholder, placeholder
-                ),
-                tokenize=False,
-                add_generation_prompt=True,
+                chat_messages(text, *[placeholder] * len(images)), tokenize=False, add_generation_prompt=True
             )
-            for r in records
+            for text, images in zip(texts, image_rows, strict=True)
         ]
-        images = [image for pair in zip(sources, edits, strict=True) for image in pair]
+        images = [image for row in image_rows for image in row]
         return dict(self.processor(text=prompts, images=images, padding=True, return_tensors="pt"))
 
 
@@ -285,18 +289,18 @@ def _pad_tokens(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
     return {key: _left_pad([p[key] for p in parts], pad_id if key == "input_ids" else 0) for key in parts[0]}
 
 
-def as_received(sources, edits, jpeg_share: float, seed: int) -> tuple[list, list]:
-    """The images as the server decodes them: for a random ``jpeg_share`` of the items, source and
-    edit go through the reward client's JPEG encoding (its default format, quality 75)."""
+def as_received(image_lists: Sequence[list], jpeg_share: float, seed: int) -> list[list]:
+    """The images as the server decodes them: ``image_lists`` holds one list per role (source,
+    edit(s)), item i at position i of each; for a random ``jpeg_share`` of the items, all of that
+    item's images go through the reward client's JPEG encoding (its default format, quality 75)."""
     from edit_r1.rewards.client import encode_image
 
     def jpeg(image: Image.Image) -> Image.Image:
         return Image.open(io.BytesIO(encode_image(image, "jpeg"))).convert("RGB")
 
     rng = np.random.default_rng(seed)
-    chosen = rng.random(len(edits)) < jpeg_share
-    sources = [jpeg(s) if c else s for s, c in zip(sources, chosen, strict=True)]
-    return sources, [jpeg(e) if c else e for e, c in zip(edits, chosen, strict=True)]
+    chosen = rng.random(len(image_lists[0])) < jpeg_share
+    return [[jpeg(x) if c else x for x, c in zip(images, chosen, strict=True)] for images in image_lists]
 
 
 def encode_items(
@@ -305,7 +309,7 @@ def encode_items(
     """Run the server's processor (:class:`JudgeInputs`) over all items once, in chunks; the labels
     are the rule scores of the edits as made, the inputs the images as received (:func:`as_received`)."""
     labels, auxiliary = rule_labels(edits, records), auxiliary_targets(sources, edits, records)
-    sources, edits = as_received(sources, edits, jpeg_share, seed)
+    sources, edits = as_received([sources, edits], jpeg_share, seed)
     return encode_in_chunks(
         lambda part: encode(sources[part], edits[part], records[part]),
         len(edits),
@@ -580,11 +584,19 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
         "num_train": len(sets["train"]),
         "data_seconds": round(data_seconds),
     }
+    result.update(held_out_spearmans(judge, sets, encode.digit_ids))
+    print(f"judge: {result}", flush=True)
+    return result
+
+
+def held_out_spearmans(judge, sets: dict[str, EncodedItems], digit_ids: list[int]) -> dict[str, float]:
+    """``held_out_spearman_<name>``: the rank correlation of the judge's expected scores with the
+    rule on ``sets["held_out_synthetic"]`` and ``sets["held_out_base_editor"]`` (4 decimals)."""
+    result = {}
     for name in ("synthetic", "base_editor"):
         held = sets[f"held_out_{name}"]
-        rho = spearman(encoded_scores(judge, held, encode.digit_ids), held.labels.numpy())
+        rho = spearman(encoded_scores(judge, held, digit_ids), held.labels.numpy())
         result[f"held_out_spearman_{name}"] = round(rho, 4)
-    print(f"judge: {result}", flush=True)
     return result
 
 

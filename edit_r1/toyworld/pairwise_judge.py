@@ -37,6 +37,7 @@ from edit_r1.toyworld.judge import (
     editor_triples,
     encode_in_chunks,
     encoded_scores,
+    held_out_spearmans,
     judge_data,
     judge_loss,
     rule_labels,
@@ -64,36 +65,21 @@ class PairwiseTraining:
     seed: int = 0
 
 
-class PairInputs:
-    """The reward server's transformers-backend prompt of a pairwise item (source, edit 1, edit 2)."""
+class PairInputs(JudgeInputs):
+    """The reward server's transformers-backend prompt of a pairwise item (source, edit 1, edit 2);
+    ``answer_ids``: the token ids of the answers "1" and "2"."""
 
     def __init__(self, processor, template: str) -> None:
-        from reward_server.scoring import PAIRWISE_ANSWER_INDEX, digit_token_ids
+        from reward_server.scoring import PAIRWISE_ANSWER_INDEX
 
-        self.processor, self.template = processor, template
-        processor.tokenizer.padding_side = "left"
-        digits = digit_token_ids(processor.tokenizer)
-        self.answer_ids = [digits[index] for index in PAIRWISE_ANSWER_INDEX]
+        super().__init__(processor, template)
+        self.answer_ids = [self.digit_ids[index] for index in PAIRWISE_ANSWER_INDEX]
 
     def __call__(self, sources, firsts, seconds, records) -> dict[str, torch.Tensor]:
-        from reward_server.prompt_template import chat_messages, render_pairwise_prompt
+        from reward_server.prompt_template import render_pairwise_prompt
 
-        placeholder = {"type": "image"}
-        prompts = [
-            self.processor.apply_chat_template(
-                chat_messages(
-                    render_pairwise_prompt(r["prompt"], r["requirement"], self.template),
-                    placeholder,
-                    placeholder,
-                    placeholder,
-                ),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for r in records
-        ]
-        images = [image for triple in zip(sources, firsts, seconds, strict=True) for image in triple]
-        return dict(self.processor(text=prompts, images=images, padding=True, return_tensors="pt"))
+        texts = [render_pairwise_prompt(r["prompt"], r["requirement"], self.template) for r in records]
+        return self.processor_inputs(texts, list(zip(sources, firsts, seconds, strict=True)))
 
 
 def synthetic_pairs(num: int, size: int, seed: int, tasks: tuple[str, ...]):
@@ -120,14 +106,13 @@ def encode_pairs(
     first). ``labels`` (2n, 2) are the rule scores of the edit shown first and second; ``auxiliary``
     the facts of both (``judge.auxiliary_targets``); the images are JPEG-coded for a ``jpeg_share``
     of the items, all three together, as the client sends them."""
-    sources, firsts, records = list(sources) * 2, [*firsts, *seconds], list(records) * 2
-    seconds = firsts[len(firsts) // 2 :] + firsts[: len(firsts) // 2]
+    firsts, seconds = [*firsts, *seconds], [*seconds, *firsts]
+    sources, records = list(sources) * 2, list(records) * 2
     labels = torch.stack([rule_labels(firsts, records), rule_labels(seconds, records)], 1)
     auxiliary = torch.cat(
         [auxiliary_targets(sources, firsts, records), auxiliary_targets(sources, seconds, records)], 1
     )
-    received, firsts = as_received(sources, firsts, jpeg_share, seed)
-    _, seconds = as_received(sources, seconds, jpeg_share, seed)  # same seed: the same items coded
+    received, firsts, seconds = as_received([sources, firsts, seconds], jpeg_share, seed)
     return encode_in_chunks(
         lambda part: encode(received[part], firsts[part], seconds[part], records[part]),
         len(records),
@@ -290,9 +275,6 @@ def train_world_pairwise_judge(pipeline_dir, judge_dir, out, settings: PairwiseT
         "num_train_pairs": len(sets["pairs"]) // 2,
         "data_seconds": round(data_seconds),
     }
-    for name in ("synthetic", "base_editor"):
-        held = sets[f"held_out_{name}"]
-        rho = spearman(encoded_scores(judge, held, point.digit_ids), held.labels.numpy())
-        result[f"held_out_spearman_{name}"] = round(rho, 4)
+    result.update(held_out_spearmans(judge, sets, point.digit_ids))
     print(f"pairwise judge: {result}", flush=True)
     return result
