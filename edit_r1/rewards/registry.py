@@ -4,6 +4,10 @@
   ``REWARD_SERVER`` (or the ``server`` option), see :mod:`edit_r1.rewards.client`;
 - ``toy_color``: the toy dataset's rule reward, ``edit_r1.data.toy.toy_target_color_score``
   (imported only when used);
+- ``source_consistency``: SSIM of the edit to its (first) source image, clipped to [0, 1]
+  (:func:`edit_r1.rewards.similarity.ssim`); no server, no ground truth. A defence against edits
+  that redraw the whole image: it also lowers the reward of the requested change itself, so it is
+  combined with the judge at a small weight (``docs/training.md``, "Reward hacking: a defence");
 - ``pairwise_mllm`` (a *group* reward): each edit's win rate against the other edits of its group,
   judged pairwise by the same server (:mod:`edit_r1.rewards.pairwise`); option ``pairs_per_sample``.
 
@@ -55,8 +59,23 @@ def _toy_color(settings: RewardClientSettings) -> RewardFn:
     return score
 
 
+def _source_consistency(settings: RewardClientSettings) -> RewardFn:
+    from edit_r1.rewards.similarity import ssim
+
+    def score(samples: Sequence[RewardSample]) -> np.ndarray:
+        values = []
+        for sample in samples:
+            try:
+                values.append(min(max(ssim(sample.edited_image, sample.source_image), 0.0), 1.0))
+            except (ValueError, TypeError):
+                values.append(np.nan)  # an unreadable image is masked, not rewarded 0
+        return np.asarray(values, dtype=np.float64)
+
+    return score
+
+
 REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings], RewardFn]] = MappingProxyType(
-    {"mllm_score_continue": _mllm_score, "toy_color": _toy_color}
+    {"mllm_score_continue": _mllm_score, "toy_color": _toy_color, "source_consistency": _source_consistency}
 )
 # Rewards of a whole group (every rank's samples of it), scored once per epoch after sampling.
 GROUP_REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings, int], Any]] = MappingProxyType(
