@@ -72,4 +72,14 @@ def make_toy(config: ml_collections.ConfigDict, model_dir: Path) -> None:
     config.use_lora = False  # 0.63 M parameters: full weights learn faster than rank-8 LoRA at any lr tried
     config.train.learning_rate = 3e-4
     config.train.ema = False  # one step per epoch: an EMA (decay up to 0.9) would lag the whole run
-    config.eval_reward_fn = ml_collections.ConfigDict({"mllm_score_continue": 1.0, "toy_color": 0.0})
+    # The ground truth (toy_edit = sqrt(success * preservation)), its two parts and the
+    # preservation-blind rule, weight 0: logged for every held-out edit, not optimised.
+    config.eval_reward_fn = ml_collections.ConfigDict(
+        {
+            "mllm_score_continue": 1.0,
+            "toy_edit": 0.0,
+            "toy_edit_success": 0.0,
+            "toy_edit_preservation": 0.0,
+            "toy_color": 0.0,
+        }
+    )

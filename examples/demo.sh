@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREA
 JUDGE=edit_r1/toyworld/checkpoints/judge_qwen2_5_vl
 
 echo "== writing the toy world's dataset (.tiny/toyworld_data)"
-$PY -m edit_r1.data.toy --out .tiny/toyworld_data $($PY -c 'from edit_r1.toyworld import world; print(*world.RL_DATASET_ARGS)')
+$PY -m edit_r1.toyworld data --out .tiny/toyworld_data
 
 # A fresh run each time: a new run in the old folder would append to its metrics.jsonl and curve.
 rm -rf "$RUN_DIR/toy_qwen"

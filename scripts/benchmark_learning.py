@@ -89,7 +89,9 @@ def evaluation_overrides(args: argparse.Namespace) -> list[str]:
     """Evaluate every ``--eval-every`` epochs; a rule-reward run scored by the rule needs no judge."""
     overrides = [f"--config.eval_freq={args.eval_every}"]
     if args.reward == "rule" and args.metric == "rule":
-        overrides.append("--config.eval_reward_fn={'toy_color': 1.0}")
+        overrides.append(
+            "--config.eval_reward_fn={'toy_edit': 1.0, 'toy_edit_success': 0.0, 'toy_edit_preservation': 0.0}"
+        )
     return overrides
 
 

@@ -25,9 +25,11 @@ a removal); ``target_box`` ``[x0, y0, x1, y1]`` as fractions of width/height; ``
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,24 @@ def target_region(scene: Scene, task: Task) -> tuple[tuple[int, int, int], Box, 
     return color, box, before, after
 
 
+def scene_record(scene: Scene, task: Task) -> dict[str, Any]:
+    """The scene and the edit as plain data (``metadata["scene"]``), from which :func:`scene_from_record`
+    redraws the source and the perfect edit exactly (what :func:`toy_edit_scores` compares against)."""
+    return {
+        "size": int(scene.size),
+        "background": scene.background,
+        "shapes": [[s.kind, s.color, [int(v) for v in s.box]] for s in scene.shapes],
+        "edit": [task.kind, task.shape, task.color],
+    }
+
+
+def scene_from_record(record: Mapping[str, Any]) -> tuple[Scene, Task]:
+    """The (scene, task) of a :func:`scene_record`."""
+    shapes = tuple(Shape(kind, color, tuple(box)) for kind, color, box in record["shapes"])
+    kind, shape, color = record["edit"]
+    return Scene(int(record["size"]), record["background"], shapes), Task(kind, shape, color)
+
+
 def metadata_record(scene: Scene, task: Task, image_relpath: str) -> dict[str, Any]:
     color, (x0, y0, x1, y1), before, after = target_region(scene, task)
     size = scene.size
@@ -232,6 +252,7 @@ def metadata_record(scene: Scene, task: Task, image_relpath: str) -> dict[str, A
         "target_box": [x0 / size, y0 / size, x1 / size, y1 / size],
         "source_fraction": round(before, 6),
         "target_fraction": round(after, 6),
+        "scene": scene_record(scene, task),
     }
 
 
@@ -242,10 +263,15 @@ def write_toy_dataset(
     size: int = 64,
     seed: int = 0,
     tasks: tuple[str, ...] = TASKS,
+    reference: Callable[[list[Image.Image]], list[Image.Image]] | None = None,
 ) -> Path:
     """Write images and both metadata files under ``out``; returns ``out`` as a Path.
 
-    ``tasks`` restricts the edit kinds (default: all of :data:`TASKS`)."""
+    ``tasks`` restricts the edit kinds (default: all of :data:`TASKS`). ``reference`` maps images
+    to the same images as an autoencoder reproduces them (the toy world's VAE); the source's and
+    the perfect edit's are stored in each record as ``reference_png`` and ``reference_target_png``
+    (base64 PNG), which :func:`toy_edit_scores` also accepts as a match. Without it only the exact
+    drawings count."""
     if size < 16:
         raise ValueError(f"size must be >= 16 so every shape is visible, got {size}")
     if num_train < 1 or num_test < 1:
@@ -255,10 +281,20 @@ def write_toy_dataset(
     for split_index, (split, num) in enumerate((("train", num_train), ("test", num_test))):
         rng = np.random.default_rng([seed, split_index])
         lines = []
-        for i, (scene, task) in enumerate(generate_examples(num, size, rng, tasks)):
+        examples = generate_examples(num, size, rng, tasks)
+        sources = [scene.render() for scene, _ in examples]
+        targets = [apply_task(scene, task).render() for scene, task in examples]
+        refs = reference(sources + targets) if reference is not None else [None] * (2 * num)
+        for i, (scene, task) in enumerate(examples):
             relpath = f"images/{split}_{i:05d}.png"
-            scene.render().save(out / relpath)
-            lines.append(json.dumps(metadata_record(scene, task, relpath)))
+            sources[i].save(out / relpath)
+            record = metadata_record(scene, task, relpath)
+            if reference is not None:
+                record["reference_png"], record["reference_target_png"] = (
+                    encode_png(refs[i]),
+                    encode_png(refs[num + i]),
+                )
+            lines.append(json.dumps(record))
         (out / f"{split}_metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
 
@@ -295,8 +331,9 @@ def toy_target_color_score(edited: Image.Image | np.ndarray, metadata: Mapping[s
         score = clip((m - s0) / (f - s0), 0, 1)
 
     so the unedited source scores 0 and a perfect edit scores 1 (e.g. removing a triangle: half its
-    box already shows the background, which earns nothing). It is a toy: it does not check that
-    the rest of the image is preserved.
+    box already shows the background, which earns nothing). It is blind to preservation: a flat
+    field of the requested colour scores 1 (kept as the ``toy_color`` reward, the erasable reward
+    of the earlier toy world; :func:`toy_edit_scores` is the one that checks the rest is kept).
     """
     for name in ("target_color", "target_box"):
         if name not in metadata:
@@ -311,6 +348,132 @@ def toy_target_color_score(edited: Image.Image | np.ndarray, metadata: Mapping[s
     if after <= before:
         raise ValueError(f"target_fraction ({after}) must exceed source_fraction ({before})")
     return float(np.clip((share - before) / (after - before), 0.0, 1.0))
+
+
+def encode_png(image: Image.Image) -> str:
+    """``image`` as a base64 PNG string (lossless; ``reference_png`` of a record)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_png(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
+
+
+@dataclass(frozen=True)
+class EditScores:
+    """The toy world's ground truth of one edit: ``score = sqrt(success * preservation)``."""
+
+    success: float
+    preservation: float
+    score: float
+
+
+# Pixels within this many pixels (8-neighbourhood) of the border between the edited region and
+# the rest are scored by neither part: a decoder blends the two there, whatever the edit.
+BORDER = 1
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` minus every pixel with a pixel outside it (or the image edge kept) within ``steps``."""
+    out = mask.copy()
+    for _ in range(steps):
+        padded = np.pad(out, 1, mode="edge")
+        h, w = out.shape
+        out = np.logical_and.reduce(
+            [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        )
+    return out
+
+
+def _colour_match(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``exp(-(||p - r||_2 / sqrt(3) / COLOR_TOLERANCE)^2)`` per pixel (1 = same colour)."""
+    distance = np.linalg.norm(pixels - reference, axis=-1) / math.sqrt(3.0)
+    return np.exp(-((distance / COLOR_TOLERANCE) ** 2))
+
+
+def _object_masks(scene: Scene) -> list[tuple[str, np.ndarray]]:
+    """(name, pixel mask) of the background and of each shape of the rendered ``scene``."""
+    pixels = np.asarray(scene.render())
+    masks = []
+    for shape in scene.shapes:
+        x0, y0, x1, y1 = shape.box
+        mask = np.zeros(pixels.shape[:2], dtype=bool)
+        mask[y0:y1, x0:x1] = np.all(pixels[y0:y1, x0:x1] == COLORS[shape.color], axis=-1)
+        masks.append((shape.kind, mask))
+    covered = np.logical_or.reduce([m for _, m in masks]) if masks else np.zeros(pixels.shape[:2], bool)
+    return [("background", ~covered), *masks]
+
+
+def _pixels_at(image: Image.Image | np.ndarray, size: int, what: str) -> np.ndarray:
+    if isinstance(image, Image.Image) and image.size != (size, size):
+        image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    pixels = _as_float_rgb(image)
+    if pixels.shape[:2] != (size, size):
+        raise ValueError(f"{what} is {pixels.shape[0]}x{pixels.shape[1]}, the scene is {size} px")
+    return pixels
+
+
+def _references(metadata: Mapping[str, Any], references, size: int) -> list[np.ndarray]:
+    """(VAE source, VAE perfect edit) from ``references`` or the record's PNG fields; [] if absent."""
+    if references is None:
+        names = ("reference_png", "reference_target_png")
+        references = [decode_png(metadata[n]) for n in names] if all(n in metadata for n in names) else []
+    return [_pixels_at(r, size, "preservation reference") for r in references]
+
+
+def toy_edit_scores(
+    edited: Image.Image | np.ndarray, metadata: Mapping[str, Any], references: Sequence | None = None
+) -> EditScores:
+    """Instruction success and preservation of a toy edit, each in [0, 1], and their geometric mean.
+
+    From ``metadata["scene"]`` (:func:`scene_record`) the source ``S`` and the perfect edit ``T``
+    are redrawn at the scene's size (the edit is resized to it if it differs). The edited region
+    is ``E = {pixels where S != T}`` (the recoloured shape, or the background), the rest
+    ``K = not E``; ``E-`` and ``K-`` drop the pixels within ``BORDER`` px of the other region.
+    ``R_S`` and ``R_T`` are ``S`` and ``T`` as the toy world's VAE reproduces them (``references``
+    if given, else the record's ``reference_png`` / ``reference_target_png``, written by
+    :func:`write_toy_dataset`; without them only the exact drawings count). With
+    ``match(p, q) = exp(-(||p - q|| / sqrt(3) / 0.15)^2)`` and ``c`` the requested colour::
+
+        m(X)         = mean_{E-} max(match(X, c), match(X, R_T))
+        success      = clip((m(edit) - m(S)) / (1 - m(S)), 0, 1)
+        preservation = mean over the objects o the edit keeps (the other shapes, and the
+                       background unless it is the edit) of
+                       mean_{o and K-} max(match(edit, S), match(edit, R_S), match(edit, R_T))
+        score        = sqrt(success * preservation)
+
+    So an edit that reproduces the perfect edit exactly, or as the VAE does, scores 1 and 1 (it
+    is not penalised for the VAE's blur). Every kept object counts equally: erasing one of three
+    shapes costs a third whatever its size. The unchanged source scores success 0; a flat field of
+    the requested colour scores preservation ~0 (palette colours are >= 0.25 apart: match <= 0.06).
+    """
+    if "scene" not in metadata:
+        raise ValueError(f"toy_edit_scores needs metadata field 'scene'; got {sorted(metadata)}")
+    scene, task = scene_from_record(metadata["scene"])
+    size = scene.size
+    pixels = _pixels_at(edited, size, "edited image")
+    source = _as_float_rgb(scene.render())
+    target = _as_float_rgb(apply_task(scene, task).render())
+    refs = _references(metadata, references, size)
+    edit_region = np.any(source != target, axis=-1)
+    inside, outside = _erode(edit_region, BORDER), _erode(~edit_region, BORDER)
+    colour = np.asarray(metadata["target_color"], dtype=np.float64) / 255.0
+
+    def requested(image: np.ndarray) -> float:
+        matches = [
+            _colour_match(image[inside], colour),
+            *[_colour_match(image[inside], r[inside]) for r in refs[1:]],
+        ]
+        return float(np.max(matches, axis=0).mean())
+
+    before = requested(source)
+    success = float(np.clip((requested(pixels) - before) / (1.0 - before), 0.0, 1.0))
+    kept = np.max([_colour_match(pixels, r) for r in [source, *refs]], axis=0)
+    parts = [kept[mask & outside].mean() for _, mask in _object_masks(scene) if (mask & outside).any()]
+    preservation = float(np.mean(parts)) if parts else 1.0
+    return EditScores(success, preservation, float(math.sqrt(success * preservation)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,11 @@
 
 - ``mllm_score_continue``: the MLLM judge's expected score from the reward server(s) in
   ``REWARD_SERVER`` (or the ``server`` option), see :mod:`edit_r1.rewards.client`;
-- ``toy_color``: the toy dataset's rule reward, ``edit_r1.data.toy.toy_target_color_score``
-  (imported only when used);
+- ``toy_color``: the toy dataset's preservation-blind rule, ``edit_r1.data.toy.toy_target_color_score``
+  (the share of the edited region showing the requested colour: a flat field of it scores 1);
+- ``toy_edit``: the toy world's ground truth, ``sqrt(success * preservation)`` of
+  ``edit_r1.data.toy.toy_edit_scores``, and its two parts on their own as ``toy_edit_success``
+  and ``toy_edit_preservation`` (weight 0 in ``eval_reward_fn`` logs them); all imported only when used;
 - ``source_consistency``: SSIM of the edit to its (first) source image, clipped to [0, 1]
   (:func:`edit_r1.rewards.similarity.ssim`); no server, no ground truth. A defence against edits
   that redraw the whole image: it also lowers the reward of the requested change itself, so it is
@@ -74,8 +77,35 @@ def _source_consistency(settings: RewardClientSettings) -> RewardFn:
     return score
 
 
+def _toy_edit(part: str) -> Callable[[RewardClientSettings], RewardFn]:
+    """A factory of one field (``score``, ``success`` or ``preservation``) of ``toy_edit_scores``."""
+
+    def factory(settings: RewardClientSettings) -> RewardFn:
+        from edit_r1.data.toy import toy_edit_scores
+
+        def score(samples: Sequence[RewardSample]) -> np.ndarray:
+            values = []
+            for sample in samples:
+                try:
+                    values.append(float(getattr(toy_edit_scores(sample.edited_image, sample.extra), part)))
+                except (KeyError, ValueError, TypeError):
+                    values.append(np.nan)  # a malformed item is masked, not rewarded 0
+            return np.asarray(values, dtype=np.float64)
+
+        return score
+
+    return factory
+
+
 REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings], RewardFn]] = MappingProxyType(
-    {"mllm_score_continue": _mllm_score, "toy_color": _toy_color, "source_consistency": _source_consistency}
+    {
+        "mllm_score_continue": _mllm_score,
+        "toy_color": _toy_color,
+        "toy_edit": _toy_edit("score"),
+        "toy_edit_success": _toy_edit("success"),
+        "toy_edit_preservation": _toy_edit("preservation"),
+        "source_consistency": _source_consistency,
+    }
 )
 # Rewards of a whole group (every rank's samples of it), scored once per epoch after sampling.
 GROUP_REWARD_FACTORIES: Mapping[str, Callable[[RewardClientSettings, int], Any]] = MappingProxyType(

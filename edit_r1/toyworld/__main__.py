@@ -1,4 +1,5 @@
-"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]`` and
+"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]``,
+``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset) and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
         choices=FAMILIES,
         help="the editor's family (the judge is shared)",
     )
+    data = commands.add_parser("data", help="write the RL dataset of the :toy configs (with VAE references)")
+    data.add_argument("--out", required=True, help="dataset directory (created if missing)")
+    data.add_argument("--train", type=int, default=256, help="train items (default 256)")
+    data.add_argument("--test", type=int, default=32, help="test items (default 32)")
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -34,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(args.run_dir))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.command == "data":
+        from edit_r1.toyworld.world import write_rl_dataset
+
+        print(f"wrote the toy world's RL dataset to {write_rl_dataset(args.out, args.train, args.test)}")
+        return
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edit_r1.data.toy import metadata_record, toy_target_color_score
+from edit_r1.data.toy import apply_task, metadata_record, toy_edit_scores
 from edit_r1.sampling.sampler import sample
 from edit_r1.sampling.schedules import sigma_schedule
 from edit_r1.toyworld.images import scene_pairs, to_images
+from edit_r1.toyworld.world import vae_reproduction
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class EditorTraining:
     num_eval: int = 48
     eval_every: int = 50
     eval_steps: int = 4
+    # share of the training pairs whose target is the unchanged source: the editor learns to keep
+    # the scene from every pair, and to make the edit only sometimes (room for RL, docs/toyworld.md)
+    keep_share: float = 0.0
     seed: int = 0
 
 
@@ -108,15 +112,32 @@ def generate(policy, cond, num_steps: int, seed: int, adapter: str = "default") 
     return policy.decode(result.latents)
 
 
-def rule_scores(images: torch.Tensor, examples) -> np.ndarray:
-    """``toy_target_color_score`` of each edit against its (scene, task)."""
+def edit_scores(images: torch.Tensor | list, examples, references=None) -> np.ndarray:
+    """(N, 3) ``toy_edit_scores`` (success, preservation, score) of each edit against its (scene,
+    task); ``references``: the VAE's reproductions of the sources then the perfect edits (2N
+    images, :func:`edit_r1.toyworld.world.vae_reproduction`), computed here when None."""
+    if references is None:
+        references = reference_images(examples, vae_reproduction())
+    edits = to_images(images) if isinstance(images, torch.Tensor) else images
     records = [metadata_record(scene, task, "") for scene, task in examples]
-    return np.array(
-        [
-            toy_target_color_score(np.asarray(img), rec)
-            for img, rec in zip(to_images(images), records, strict=True)
-        ]
-    )
+    n = len(records)
+    rows = []
+    for i, (img, rec) in enumerate(zip(edits, records, strict=True)):
+        e = toy_edit_scores(np.asarray(img), rec, references=(references[i], references[n + i]))
+        rows.append((e.success, e.preservation, e.score))
+    return np.asarray(rows)
+
+
+def reference_images(examples, reproduce) -> list:
+    """The VAE's reproductions of the examples' sources, then of their perfect edits."""
+    sources = [scene.render() for scene, _ in examples]
+    targets = [apply_task(scene, task).render() for scene, task in examples]
+    return reproduce(sources + targets)
+
+
+def rule_scores(images: torch.Tensor, examples, references=None) -> np.ndarray:
+    """The ground truth ``toy_edit_scores(...).score`` of each edit against its (scene, task)."""
+    return edit_scores(images, examples, references)[:, 2]
 
 
 def train_editor(
@@ -128,7 +149,10 @@ def train_editor(
 ) -> list[tuple[int, float]]:
     """Flow-matching training of ``policy.transformer`` (full weights); returns (step, held-out score)."""
     examples, sources, targets = scene_pairs(settings.num_train, size, 2000 + settings.seed, tasks)
+    keep = np.random.default_rng(settings.seed).random(len(targets)) < settings.keep_share
+    targets = [source if k else target for source, target, k in zip(sources, targets, keep, strict=True)]
     eval_examples, eval_sources, _ = scene_pairs(settings.num_eval, size, 3000 + settings.seed, tasks)
+    references = reference_images(eval_examples, vae_reproduction())
     start = time.perf_counter()
     cond, x0 = encode_pairs(policy, examples, sources, targets)
     eval_cond, _ = encode_pairs(policy, eval_examples, eval_sources, eval_sources)
@@ -151,14 +175,13 @@ def train_editor(
         optimizer.step()
         if step % settings.eval_every == 0 or step == settings.stop_after:
             policy.transformer.eval()
-            score = float(
-                rule_scores(generate(policy, eval_cond, settings.eval_steps, seed=0), eval_examples).mean()
-            )
+            edits = generate(policy, eval_cond, settings.eval_steps, seed=0)
+            success, preservation, score = edit_scores(edits, eval_examples, references).mean(0)
             policy.transformer.train()
-            history.append((step, score))
+            history.append((step, float(score)))
             print(
-                f"editor step {step}: loss {loss.item():.4f} held-out rule score {score:.3f} "
-                f"({time.perf_counter() - start:.0f} s)",
+                f"editor step {step}: loss {loss.item():.4f} held-out success {success:.3f} "
+                f"preservation {preservation:.3f} score {score:.3f} ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
             if on_eval is not None:

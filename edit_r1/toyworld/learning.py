@@ -47,14 +47,20 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
 }
 JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
+# The judge of the earlier toy world, trained on the preservation-blind rule (docs/toyworld.md).
+BLIND_JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl_blind"
 # The judge taught the pairwise question as well (docs/toyworld.md); the pointwise judge never was.
 PAIRWISE_JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl_pairwise"
 # The training reward: the judge's pointwise score through the server, the rule (no server for
 # training), or the judge's pairwise preferences within each group (Pref-GRPO's reward).
+# "rule_blind" / "judge_blind": the preservation-blind rule and the judge trained on it (the
+# erasable reward of the earlier toy world, kept to show what rewarding it does).
 REWARD_FLAGS: dict[str, tuple[str, ...]] = {
     "judge": (),
-    "rule": ("--config.reward_fn={'toy_color': 1.0}",),  # a ConfigDict field takes a dict literal
+    "rule": ("--config.reward_fn={'toy_edit': 1.0}",),  # a ConfigDict field takes a dict literal
     "pairwise": ("--config.reward_fn={'pairwise_mllm': 1.0}",),
+    "rule_blind": ("--config.reward_fn={'toy_color': 1.0}",),
+    "judge_blind": (),
 }
 
 
@@ -63,10 +69,8 @@ class LearningRunError(RuntimeError):
 
 
 def write_dataset(out: Path, num_train: int = 256, num_test: int = 32) -> Path:
-    """The toy-world dataset of the ``:toy`` config (same as ``make demo``'s: ``world.RL_DATASET_ARGS``)."""
-    from edit_r1.data.toy import write_toy_dataset
-
-    return write_toy_dataset(out, num_train, num_test, size=world.SIZE, seed=0, tasks=world.RL_TASKS)
+    """The toy-world dataset of the ``:toy`` config (same as ``make demo``'s: ``world.write_rl_dataset``)."""
+    return world.write_rl_dataset(out, num_train, num_test)
 
 
 @contextlib.contextmanager
@@ -117,8 +121,8 @@ def train_in_toy_world(
     env.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.ExitStack() as stack:
         rule_only_eval = any(o.startswith("--config.eval_reward_fn") and "mllm" not in o for o in overrides)
-        if reward != "rule" or not rule_only_eval:
-            judge = PAIRWISE_JUDGE_DIR if reward == "pairwise" else JUDGE_DIR
+        if not reward.startswith("rule") or not rule_only_eval:
+            judge = {"pairwise": PAIRWISE_JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR}.get(reward, JUDGE_DIR)
             env["REWARD_SERVER"] = stack.enter_context(
                 judge_server(run_dir.parent / f"{run_dir.name}_server.log", judge)
             )

@@ -8,24 +8,31 @@ from typing import Any
 from edit_r1.tracking import read_metrics
 
 JUDGE_KEY = "eval_reward_mllm_score_continue"
-RULE_KEY = "eval_reward_toy_color"
+RULE_KEY = "eval_reward_toy_edit"  # the ground truth: sqrt(success * preservation)
+# The ground truth's parts and the preservation-blind rule, logged with weight 0 (config/tiny_common.py)
+PART_KEYS = {
+    "success": "eval_reward_toy_edit_success",
+    "preservation": "eval_reward_toy_edit_preservation",
+    "rule_blind": "eval_reward_toy_color",
+}
 
 
 def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
-    """``[{"epoch", "judge", "rule", "seconds"}, ...]`` of every evaluation in ``run_dir/metrics.jsonl``;
-    ``seconds``: the run's time (sum of the trainer's ``time/*`` phases) before the evaluation."""
+    """``[{"epoch", "judge", "rule", "success", "preservation", "rule_blind", "seconds"}, ...]`` of every
+    evaluation in ``run_dir/metrics.jsonl`` (None where a value was not logged); ``rule``: the ground
+    truth ``toy_edit``, ``rule_blind``: the preservation-blind ``toy_color``; ``seconds``: the run's
+    time (sum of the trainer's ``time/*`` phases) before the evaluation."""
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     curve, elapsed = [], 0.0
     for row in rows:
-        if JUDGE_KEY in row or RULE_KEY in row:
-            curve.append(
-                {
-                    "epoch": row.get("epoch", row["step"]),
-                    "judge": row.get(JUDGE_KEY),
-                    "rule": row.get(RULE_KEY),
-                    "seconds": elapsed,
-                }
-            )
+        if JUDGE_KEY in row or RULE_KEY in row or PART_KEYS["rule_blind"] in row:
+            point = {
+                "epoch": row.get("epoch", row["step"]),
+                "judge": row.get(JUDGE_KEY),
+                "rule": row.get(RULE_KEY),
+            }
+            point.update({name: row.get(key) for name, key in PART_KEYS.items()})
+            curve.append(dict(point, seconds=elapsed))
         elapsed += sum(float(v) for k, v in row.items() if k.startswith("time/"))
     return curve
 
@@ -73,11 +80,18 @@ def summary(run_dir: str | Path) -> str:
     first, last = curve[0], curve[-1]
     grids = sorted((run_dir / "samples").glob("eval_epoch*.png"))
     lines = [f"== toy world, held-out edits ({run_dir}), epoch {first['epoch']} -> {last['epoch']}:"]
-    for key, name in (("judge", "judge reward"), ("rule", "rule score")):
+    names = (
+        ("judge", "judge reward"),
+        ("rule", "rule score"),
+        ("success", "  success"),
+        ("preservation", "  preservation"),
+        ("rule_blind", "blind rule"),
+    )
+    for key, name in names:
         if first[key] is not None and last[key] is not None:
             change = last[key] - first[key]
-            lines.append(f"   {name:<13} {first[key]:.3f} -> {last[key]:.3f}: {change:+.3f}")
-            lines.append(f"   {'':<13} curve " + " ".join(f"{p[key]:.3f}" for p in curve))
+            lines.append(f"   {name:<14} {first[key]:.3f} -> {last[key]:.3f}: {change:+.3f}")
+            lines.append(f"   {'':<14} curve " + " ".join(f"{p[key]:.3f}" for p in curve))
     if grids:
         lines.append(f"   grids:        {grids[0]}  {grids[-1]}")
     side_by_side = write_before_after(run_dir)

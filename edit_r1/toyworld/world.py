@@ -3,6 +3,7 @@ around its trained parts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -25,8 +26,55 @@ EDIT_SYSTEM_PROMPT = (
     "that meets the user's requirements while maintaining consistency with the original input where "
     "appropriate."
 )
-# edit_r1.data.toy flags of the RL dataset (`:toy` config, `make demo`)
-RL_DATASET_ARGS = ("--train", "256", "--test", "32", "--size", str(SIZE), "--tasks", ",".join(RL_TASKS))
+
+
+# The VAE whose reproduction of the scenes the ground truth accepts as preserved (edit_r1.data.toy.
+# toy_edit_scores): the Qwen-Image-Edit editor's, committed under checkpoints/.
+REFERENCE_VAE = ("qwen_image_edit_plus", "vae")
+
+
+def vae_reproduction(vae_dir: Path | None = None):
+    """``images -> images`` as the toy world's VAE reproduces them (posterior mode, decoded), the
+    preservation reference of the ground truth; ``vae_dir`` defaults to the committed Qwen VAE."""
+    from diffusers import AutoencoderKL, AutoencoderKLQwenImage
+
+    from edit_r1.toyworld import CHECKPOINTS
+    from edit_r1.toyworld.images import to_images, to_tensor
+
+    vae_dir = Path(vae_dir) if vae_dir is not None else CHECKPOINTS.joinpath(*REFERENCE_VAE)
+    video = "QwenImage" in json.loads((vae_dir / "config.json").read_text())["_class_name"]
+    vae = (AutoencoderKLQwenImage if video else AutoencoderKL).from_pretrained(vae_dir).eval()
+
+    @torch.no_grad()
+    def reproduce(images: list) -> list:
+        out = []
+        for start in range(0, len(images), 64):
+            x = to_tensor(images[start : start + 64])
+            x = x.unsqueeze(2) if video else x
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            out += to_images(((y[:, :, 0] if video else y) + 1) / 2)
+        return out
+
+    return reproduce
+
+
+def write_rl_dataset(
+    out: Path, num_train: int = 256, num_test: int = 32, tasks: tuple[str, ...] | None = None
+) -> Path:
+    """The RL dataset of the ``:toy`` configs (``make demo``, the learning benchmark and test): 32 px
+    scenes of :data:`RL_TASKS`, each record carrying the VAE's reproduction of its source and of its
+    perfect edit (the ground truth's preservation references)."""
+    from edit_r1.data.toy import write_toy_dataset
+
+    return write_toy_dataset(
+        Path(out),
+        num_train,
+        num_test,
+        size=SIZE,
+        seed=0,
+        tasks=tasks or RL_TASKS,
+        reference=vae_reproduction(),
+    )
 
 
 def world_corpus() -> list[str]:

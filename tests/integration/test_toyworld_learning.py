@@ -1,7 +1,7 @@
 """DiffusionNFT must keep learning in the toy world (``docs/toyworld.md``).
 
 One process, the committed toy editor, the ``:toy`` config (128 rollouts and one optimizer step per
-epoch), the rule reward ``toy_color`` (no reward server), 4 epochs: the held-out rule score of the
+epoch), the preservation-blind rule reward ``toy_color`` (no reward server), 4 epochs: the held-out rule score of the
 32 test edits (fixed noise, so the same weights always score the same) must rise clearly.
 """
 
@@ -22,8 +22,8 @@ def test_nft_raises_the_held_out_rule_score_of_the_toy_editor(tmp_path) -> None:
     overrides = ["--config.eval_freq=4", "--config.eval_reward_fn={'toy_color': 1.0}"]
     dataset = write_dataset(tmp_path / "data")
     curve = train_in_toy_world(
-        tmp_path / "run", seed=0, epochs=5, reward="rule", dataset=dataset, overrides=overrides
+        tmp_path / "run", seed=0, epochs=5, reward="rule_blind", dataset=dataset, overrides=overrides
     )
-    scores = [point["rule"] for point in curve]
+    scores = [point["rule_blind"] for point in curve]
     assert [point["epoch"] for point in curve] == [0, 4], curve
     assert scores[1] - scores[0] >= MIN_GAIN, scores

@@ -18,9 +18,9 @@ from benchmark_learning import reach  # noqa: E402
 def _write_run(run: Path) -> None:
     run.mkdir(parents=True)
     rows = [
-        {"step": 0, "epoch": 0, "eval_reward_mllm_score_continue": 0.40, "eval_reward_toy_color": 0.30, "time/sampling": 5.0},
+        {"step": 0, "epoch": 0, "eval_reward_mllm_score_continue": 0.40, "eval_reward_toy_edit": 0.30, "eval_reward_toy_edit_success": 0.35, "eval_reward_toy_edit_preservation": 0.9, "time/sampling": 5.0},
         {"step": 1, "epoch": 1, "time/sampling": 7.0, "time/training": 3.0},
-        {"step": 2, "epoch": 2, "eval_reward_mllm_score_continue": 0.62, "eval_reward_toy_color": 0.45},
+        {"step": 2, "epoch": 2, "eval_reward_mllm_score_continue": 0.62, "eval_reward_toy_edit": 0.45, "eval_reward_toy_edit_success": 0.5, "eval_reward_toy_edit_preservation": 0.88, "eval_reward_toy_color": 0.7},
     ]  # fmt: skip
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
@@ -34,8 +34,12 @@ def test_eval_curve_and_summary(tmp_path: Path) -> None:
         (2, 0.62, 0.45, 15.0),
     ]
     text = summary(run)
-    assert "judge reward  0.400 -> 0.620: +0.220" in text
-    assert "rule score    0.300 -> 0.450: +0.150" in text
+    assert "judge reward   0.400 -> 0.620: +0.220" in text
+    assert "rule score     0.300 -> 0.450: +0.150" in text
+    assert "  success      0.350 -> 0.500: +0.150" in text
+    assert "  preservation 0.900 -> 0.880: -0.020" in text
+    assert "blind rule" not in text  # logged at the last evaluation only: nothing to compare
+    assert curve[1]["rule_blind"] == 0.7 and curve[0]["rule_blind"] is None
 
 
 def test_reach_counts_samples_until_the_target(tmp_path: Path) -> None:
@@ -50,7 +54,10 @@ def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> 
     args = (tmp_path / "r", tmp_path / "d", 0, 2, 1, "rule")
     command = training_command("qwen_image_edit", "nft", *args)
     assert "--config=config/qwen_image_edit_nft.py:toy" in command
-    assert "--config.reward_fn={'toy_color': 1.0}" in command
+    assert "--config.reward_fn={'toy_edit': 1.0}" in command
+    assert "--config.reward_fn={'toy_color': 1.0}" in training_command(
+        "qwen_image_edit", "nft", *args[:-1], "rule_blind"
+    )
     assert "--config=config/kontext_nft.py:toy" in training_command("kontext", "nft", *args)
     assert "scripts/train_nft_kontext.py" in training_command("kontext", "nft", *args)
     with pytest.raises(ValueError, match="no toy world for family 'sdxl'"):
