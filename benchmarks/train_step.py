@@ -1,7 +1,8 @@
 """``train-step``: one NFT training timestep, three ways, side by side.
 
-- ``framework``: :func:`edit_r1.trainer.nft_train_timestep`, the trainer's own step (fused no-grad
-  old+ref forward, trained forward, ``nft_loss``, backward);
+- ``framework``: the trainer's own step, :meth:`edit_r1.algo.NFT.loss_at` on the policy bound as the
+  trainer binds it (``BoundPolicy``), then the backward (fused no-grad old+ref forward, trained
+  forward, ``nft_loss``, backward);
 - ``original``: the original release's three separate forwards (old, trained, reference) on the
   fully padded prompt, and the same loss;
 - ``bare``: the model passes a timestep cannot avoid, without any framework code.
@@ -27,17 +28,17 @@ from benchmarks.common import (
     time_side_by_side,
 )
 from benchmarks.policies import build_policy
-from edit_r1.settings import LossSettings
+from edit_r1.algo import NFTSettings
 
 # Dense bf16 peak of known accelerators (TFLOP/s), for model FLOPs utilisation.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
-def default_loss_settings() -> LossSettings:
+def default_loss_settings() -> NFTSettings:
     """The loss constants of ``config/base.py`` (the original release's defaults)."""
     from edit_r1.config import load_config
 
-    return LossSettings.from_config(load_config(str(REPO_ROOT / "config" / "base.py")))
+    return NFTSettings.from_config(load_config(str(REPO_ROOT / "config" / "base.py")))
 
 
 class TrainStepInputs:
@@ -56,14 +57,22 @@ class TrainStepInputs:
         self.x_t = (1 - t_b) * self.x0 + t_b * eps
 
 
-def framework_step(policy, loss: LossSettings, inputs: TrainStepInputs) -> None:
-    """The framework's timestep: the trainer's :func:`~edit_r1.trainer.nft_train_timestep` itself."""
-    from edit_r1.trainer import nft_train_timestep
+def framework_step(policy, loss: NFTSettings, inputs: TrainStepInputs) -> dict[str, torch.Tensor]:
+    """The framework's timestep at the inputs' explicit times: :meth:`edit_r1.algo.NFT.loss_at` on
+    the policy bound as the trainer binds it, then a backward. Returns the detached loss terms (a
+    ``float()`` here would sync the GPU)."""
+    from edit_r1.algo import NFT
+    from edit_r1.trainer import BoundPolicy
 
-    nft_train_timestep(policy, loss, inputs.x0, inputs.cond, inputs.t, inputs.advantages, inputs.mask)
+    algorithm = NFT(timestep_fraction=1.0, **loss.as_kwargs())
+    value, info = algorithm.loss_at(
+        BoundPolicy(policy, inputs.cond), inputs.x0, inputs.t, inputs.advantages, inputs.mask
+    )
+    value.backward()
+    return {key: torch.as_tensor(item).detach() for key, item in info.items()}
 
 
-def padded_framework_step(policy, loss: LossSettings, inputs: TrainStepInputs) -> None:
+def padded_framework_step(policy, loss: NFTSettings, inputs: TrainStepInputs) -> None:
     """The framework's timestep with the text padding kept: the fused forward's gain alone."""
     with untrimmed_text(policy):
         framework_step(policy, loss, inputs)
@@ -83,7 +92,7 @@ def untrimmed_text(policy) -> Iterator[None]:
         policy.trim_text_padding = trims
 
 
-def original_step(policy, loss: LossSettings, inputs: TrainStepInputs) -> None:
+def original_step(policy, loss: NFTSettings, inputs: TrainStepInputs) -> None:
     """The original release's timestep: three separate forwards (old, trained, reference)."""
     from edit_r1.algo import nft_loss
 

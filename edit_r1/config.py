@@ -26,12 +26,11 @@ from types import ModuleType
 
 import ml_collections
 
+from edit_r1.algo import ALGORITHMS, algorithm_class
 from edit_r1.rewards.client import IMAGE_FORMATS
 from edit_r1.rewards.registry import GROUP_REWARD_FACTORIES, KNOWN_REWARDS
 from edit_r1.settings import (
     DETERMINISTIC_ONLY_SOLVERS,
-    STOCHASTIC_SOLVERS,
-    VALID_ADV_MODES,
     VALID_ALGORITHMS,
     VALID_DECAY_TYPES,
     VALID_LORA_INITS,
@@ -348,7 +347,6 @@ def _check_sampling(config, problems: list[str]) -> None:
 
 def _check_training(config, problems: list[str]) -> None:
     train = config.train
-    _one_of(problems, "train.adv_mode", train.adv_mode, VALID_ADV_MODES)
     _one_of(problems, "train.lora_init", train.lora_init, VALID_LORA_INITS)
     _in_range(problems, "train.timestep_fraction", train.timestep_fraction, 0.0, 1.0, low_open=True)
     if (
@@ -361,12 +359,11 @@ def _check_training(config, problems: list[str]) -> None:
         )
     _in_range(problems, "train.adam_beta1", train.adam_beta1, 0.0, 1.0)
     _in_range(problems, "train.adam_beta2", train.adam_beta2, 0.0, 1.0)
-    for key in ("learning_rate", "adam_epsilon", "max_grad_norm", "adv_clip_max"):
+    for key in ("learning_rate", "adam_epsilon", "max_grad_norm"):
         if not train[key] > 0:
             problems.append(f"train.{key}={train[key]!r} must be > 0")
-    for key in ("adam_weight_decay", "beta"):
-        if train[key] < 0:
-            problems.append(f"train.{key}={train[key]!r} must be >= 0")
+    if train.adam_weight_decay < 0:
+        problems.append(f"train.adam_weight_decay={train.adam_weight_decay!r} must be >= 0")
     if config.use_lora and (train.lora_rank < 1 or train.lora_alpha <= 0 or not train.lora_target_modules):
         problems.append("use_lora needs train.lora_rank >= 1, train.lora_alpha > 0 and lora_target_modules")
     if train.gradient_step_per_epoch < 1:
@@ -376,19 +373,11 @@ def _check_training(config, problems: list[str]) -> None:
 
 
 def _check_algorithm(config, problems: list[str]) -> None:
-    """``algorithm`` and what GRPO needs: stochastic rollouts (log-probs) and a positive clip range."""
+    """``algorithm`` names a registered one, then that algorithm's own problems
+    (``Algorithm.config_problems``: its keys, and what it needs of the rollouts)."""
     _one_of(problems, "algorithm", config.algorithm, VALID_ALGORITHMS)
-    if config.algorithm != "grpo":
-        return
-    sample = config.sample
-    if sample.solver not in STOCHASTIC_SOLVERS or sample.deterministic:
-        problems.append(
-            f"algorithm='grpo' needs stochastic rollouts with log-probs: sample.solver in "
-            f"{list(STOCHASTIC_SOLVERS)} and sample.deterministic=False (got solver={sample.solver!r}, "
-            f"deterministic={sample.deterministic!r})"
-        )
-    if not config.train.clip_range > 0:
-        problems.append(f"train.clip_range={config.train.clip_range!r} must be > 0 for algorithm='grpo'")
+    if config.algorithm in ALGORITHMS:
+        problems.extend(algorithm_class(config.algorithm).config_problems(config))
 
 
 def _check_top_level(config, problems: list[str]) -> None:
@@ -400,8 +389,6 @@ def _check_top_level(config, problems: list[str]) -> None:
     _one_of(problems, "decay_type", config.decay_type, VALID_DECAY_TYPES)
     _one_of(problems, "mixed_precision", config.mixed_precision, VALID_MIXED_PRECISION)
     _one_of(problems, "wandb.mode", config.wandb.mode, VALID_WANDB_MODES)
-    if not config.beta > 0:
-        problems.append(f"beta={config.beta!r} (NFT strength) must be > 0: the loss divides by it")
     if (
         not isinstance(config.resolution, int)
         or config.resolution <= 0

@@ -3,10 +3,11 @@
 A config (``config/*.py``, ml_collections) keeps the original release's keys for users, and
 ``config/base.py`` holds every default (the one place; its ``reward_client`` section is built from
 :class:`RewardClientSettings`' defaults), so the section dataclasses here have none. The code below the boundary receives the
-frozen dataclasses here instead; their field names say what each value is (``config.beta`` is the
-NFT strength ``nft_beta``, ``config.train.beta`` the KL weight ``kl_beta``,
-``sample.num_image_per_prompt`` the ``group_size``) and each field's docstring line names the key
-it comes from. Each ``from_config`` is the only place that knows where its values live in a config.
+frozen dataclasses here instead; their field names say what each value is
+(``sample.num_image_per_prompt`` is the ``group_size``) and each field's docstring line names the
+key it comes from. Each ``from_config`` is the only place that knows where its values live in a
+config. An algorithm's own keys are read by its settings dataclass in ``edit_r1/algo/``
+(:class:`~edit_r1.algo.AlgorithmSettings` holds the chosen one's).
 
 :func:`edit_r1.config.prepare_training` is the boundary itself: validate (one ``ConfigError``
 naming every bad key and value), plan the batches, write the plan into the config's ``0 = auto``
@@ -25,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 import torch
 
-from edit_r1.algo import ADV_MODES, ALGORITHMS, DECAY_TYPES, GRPO, NFT, Algorithm
+from edit_r1.algo import ALGORITHMS, DECAY_TYPES, AlgorithmSettings
 from edit_r1.rewards.client import RewardClientSettings
 from edit_r1.rewards.registry import parse_reward_spec
-from edit_r1.sampling import DPM_SOLVERS, SDE_SOLVERS, SOLVERS
+from edit_r1.sampling import DPM_SOLVERS, SOLVERS
 from edit_r1.tracking import WANDB_MODES, WandbSettings, resolve_wandb_settings
 
 if TYPE_CHECKING:  # the model stack (diffusers, peft) loads when settings are built, not on import
@@ -40,10 +41,8 @@ if TYPE_CHECKING:  # the model stack (diffusers, peft) loads when settings are b
 # ------------------------------------------------------------------------------------------------
 VALID_SOLVERS = SOLVERS  # sample.solver, sample.eval_solver (edit_r1.sampling)
 DETERMINISTIC_ONLY_SOLVERS = DPM_SOLVERS
-STOCHASTIC_SOLVERS = SDE_SOLVERS
-VALID_ADV_MODES = ADV_MODES  # train.adv_mode (edit_r1.algo.nft)
 VALID_DECAY_TYPES = DECAY_TYPES  # decay_type (edit_r1.algo.policy_sync)
-VALID_ALGORITHMS = tuple(ALGORITHMS)  # algorithm (edit_r1.algo)
+VALID_ALGORITHMS = tuple(ALGORITHMS)  # algorithm (edit_r1.algo.registry)
 VALID_WANDB_MODES = WANDB_MODES  # wandb.mode (edit_r1.tracking)
 # mixed_precision -> the compute dtype (fp16 only on CUDA: compute_dtype).
 MIXED_PRECISION_DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
@@ -65,58 +64,6 @@ def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 # ------------------------------------------------------------------------------------------------
 # The sections
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class LossSettings:
-    """The NFT loss's constants (``docs/algorithm.md``, the NFT loss).
-
-    ``nft_beta`` (config ``beta``): strength ``b`` of the implicit positive/negative policies;
-    ``kl_beta`` (config ``train.beta``): weight of ``mean((v - v_ref)^2)``;
-    ``adv_clip_max`` (``train.adv_clip_max``): ``C``; ``adv_mode`` (``train.adv_mode``).
-    """
-
-    nft_beta: float
-    kl_beta: float
-    adv_clip_max: float
-    adv_mode: str
-
-    @classmethod
-    def from_config(cls, config: Any) -> LossSettings:
-        return cls(
-            nft_beta=float(config.beta),
-            kl_beta=float(config.train.beta),
-            adv_clip_max=float(config.train.adv_clip_max),
-            adv_mode=str(config.train.adv_mode),
-        )
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`edit_r1.algo.nft_loss`."""
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgorithmSettings:
-    """The training algorithm (``docs/algorithm.md``).
-
-    ``name`` (``algorithm``): nft | grpo; ``timestep_fraction`` (``train.timestep_fraction``):
-    trains ``int(N * fraction)`` of the ``N`` grid steps; ``loss``: :class:`LossSettings` (NFT; GRPO
-    reads its ``kl_beta`` and ``adv_clip_max``); ``clip_range`` (``train.clip_range``): GRPO's PPO clip.
-    """
-
-    name: str
-    timestep_fraction: float
-    loss: LossSettings
-    clip_range: float
-
-    @classmethod
-    def from_config(cls, config: Any) -> AlgorithmSettings:
-        return cls(
-            name=str(config.algorithm),
-            timestep_fraction=float(config.train.timestep_fraction),
-            loss=LossSettings.from_config(config),
-            clip_range=float(config.train.clip_range),
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class RolloutSettings:
     """How training rollouts are sampled (``sample.*``).
@@ -394,21 +341,3 @@ class TrainingSettings:
 def _plain(value: Any) -> Any:
     """A ``reward_fn`` config value as plain Python (ConfigDict -> dict; strings stay)."""
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-
-
-def build_algorithm(algorithm: AlgorithmSettings, rollout: RolloutSettings) -> Algorithm:
-    """The :class:`~edit_r1.algo.Algorithm` that ``algorithm.name`` names (NFT: the
-    :class:`LossSettings`; GRPO: the rollout solver and noise, the clip range, ``kl_beta`` as KL
-    weight and ``adv_clip_max``); both train ``timestep_fraction`` of the grid steps."""
-    if algorithm.name not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm.name!r} is not one of {sorted(ALGORITHMS)}")
-    if algorithm.name == NFT.name:
-        return NFT(timestep_fraction=algorithm.timestep_fraction, **algorithm.loss.as_kwargs())
-    return GRPO(
-        timestep_fraction=algorithm.timestep_fraction,
-        solver=rollout.solver,
-        noise_level=rollout.noise_level,
-        clip_range=algorithm.clip_range,
-        kl_beta=algorithm.loss.kl_beta,
-        adv_clip_max=algorithm.loss.adv_clip_max,
-    )

@@ -42,8 +42,8 @@ import torch
 from edit_r1 import distributed
 from edit_r1.algo import (
     EMA,
-    NFT,
     TrainBatch,
+    build_algorithm,
     global_advantages,
     group_advantages,
     group_filter,
@@ -78,7 +78,7 @@ from edit_r1.rewards.client import RewardClient, RewardClientSettings
 from edit_r1.rewards.combine import CombinedReward
 from edit_r1.rewards.registry import build_group_rewards, split_reward_spec
 from edit_r1.sampling import SampleResult, sample, sigma_schedule
-from edit_r1.settings import LossSettings, TrainingSettings, build_algorithm, compute_dtype
+from edit_r1.settings import TrainingSettings, compute_dtype
 from edit_r1.tracking import (
     Timer,
     Tracker,
@@ -188,28 +188,6 @@ def _mean_ignoring_nan(values: np.ndarray) -> float | None:
     return float(finite.mean()) if finite.size else None
 
 
-def nft_train_timestep(
-    policy: EditPolicy,
-    loss_settings: LossSettings,
-    x0: torch.Tensor,
-    cond: Any,
-    t: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    divisor: int = 1,
-) -> dict[str, torch.Tensor]:
-    """One NFT training timestep at explicit per-sample times ``t``, as the trainer runs it
-    (:meth:`edit_r1.algo.NFT.loss_at` then a backward of ``loss / divisor``); benchmarks time this.
-
-    Returns the loss terms as detached device tensors (a ``float()`` here would sync the GPU).
-    """
-    algorithm = NFT(timestep_fraction=1.0, **loss_settings.as_kwargs())
-    loss, info = algorithm.loss_at(BoundPolicy(policy, cond), x0, t, advantages, mask)
-    (loss / divisor).backward()
-    return {key: torch.as_tensor(value).detach() for key, value in info.items()}
-
-
 class Trainer:
     """Builds everything from a config and runs the epochs. ``Trainer(config, dist).run()``."""
 
@@ -254,7 +232,7 @@ class Trainer:
         )
         if settings.checkpoints.resume_from:
             self._resume(settings.checkpoints.resume_from)
-        else:
+        elif self.algorithm.uses_old_policy:
             self.policy.copy_default_to_old()  # before epoch 0, old = theta
 
     def _prepare(self, config: ml_collections.ConfigDict) -> tuple[TrainingSettings, BatchPlan]:
@@ -420,8 +398,9 @@ class Trainer:
         # rank would leave the others waiting forever); AdamW, EMA and global_step advance alike.
         with self.timer("training"):
             metrics.update(self.optimise(rollouts, stats))
-        with self.timer("sync"):
-            metrics["old_decay"] = self.sync_old_policy()
+        if self.algorithm.uses_old_policy:
+            with self.timer("sync"):
+                metrics["old_decay"] = self.sync_old_policy()
         metrics.update(self.timer.metrics())
         metrics["global_step"] = self.global_step
         self.tracker.log(metrics, step=epoch)
@@ -846,9 +825,10 @@ class Trainer:
         names = self.policy.trainable_parameter_names()
         state: dict[str, dict[str, Any]] = {
             "default": {n: p.detach() for n, p in zip(names, self.params, strict=True)},
-            "old": {n: q.detach() for n, q in zip(names, self.policy.old_parameters(), strict=True)},
             "optimizer": {n: self._adam_state(p) for n, p in zip(names, self.params, strict=True)},
         }
+        if self.algorithm.uses_old_policy:  # an algorithm that never reads it neither saves it
+            state["old"] = {n: q.detach() for n, q in zip(names, self.policy.old_parameters(), strict=True)}
         if self.ema is not None:
             state["ema"] = {
                 n: like_param(shadow, p)

@@ -3,12 +3,10 @@ plus the shared group statistics and policy synchronisation (``docs/algorithm.md
 
 from .advantages import GroupStats, global_advantages, group_advantages, group_filter, group_ids
 from .base import Algorithm, PolicyForward, TrainBatch
-from .grpo import GRPO, clipped_policy_loss, transition_kl
-from .nft import ADV_MODES, NFT, nft_loss, positive_weight, transform_advantages
+from .grpo import GRPO, GRPOSettings, clipped_policy_loss, transition_kl
+from .nft import ADV_MODES, NFT, NFTSettings, nft_loss, positive_weight, transform_advantages
 from .policy_sync import DECAY_TYPES, EMA, ema_decay, old_policy_decay, update_old_policy
-
-# ``config.algorithm`` names; ``edit_r1.settings.build_algorithm`` reads each one's settings.
-ALGORITHMS: dict[str, type[Algorithm]] = {NFT.name: NFT, GRPO.name: GRPO}
+from .registry import ALGORITHMS, AlgorithmSettings, algorithm_class, build_algorithm
 
 __all__ = [
     "ADV_MODES",
@@ -18,9 +16,14 @@ __all__ = [
     "GRPO",
     "NFT",
     "Algorithm",
+    "AlgorithmSettings",
+    "GRPOSettings",
+    "NFTSettings",
     "GroupStats",
     "PolicyForward",
     "TrainBatch",
+    "algorithm_class",
+    "build_algorithm",
     "clipped_policy_loss",
     "ema_decay",
     "global_advantages",

@@ -1,13 +1,20 @@
 """The algorithm interface: what a training algorithm asks of the shared trainer loop.
 
 The trainer owns everything that is the same for every algorithm (group sampler, rollouts,
-asynchronous scoring, advantages, filter and bans, optimizer, EMA, old-policy sync, checkpoints,
-tracking). An :class:`Algorithm` owns only what differs (``docs/algorithm.md``):
+asynchronous scoring, advantages, filter and bans, optimizer, EMA, checkpoints, tracking). An
+:class:`Algorithm` owns only what differs (``docs/algorithm.md``, section 8):
 
-* which policy rolls out (``rollout_adapter``) and what a rollout must keep beyond the final
-  latents (:meth:`Algorithm.rollout_fields`);
+* its settings (``settings_class``: a frozen dataclass whose ``from_config`` is the only code that
+  knows where its keys live in a config), the problems of a config that chose it
+  (:meth:`Algorithm.config_problems`, one line each naming the user's key) and how it is built from
+  them (:meth:`Algorithm.from_settings`);
+* which policy rolls out (``rollout_adapter``), what a rollout must keep beyond the final
+  latents (:meth:`Algorithm.rollout_fields`) and whether it reads an ``old`` policy at all
+  (``uses_old_policy``: only then is ``old <- d old + (1 - d) theta`` synced and checkpointed);
 * which grid steps each sample trains on (:meth:`Algorithm.train_steps`, :meth:`Algorithm.step_plan`);
 * the loss of one training step and its diagnostics (:meth:`Algorithm.loss`).
+
+A config names one through ``config.algorithm``, looked up in ``edit_r1/algo/registry.py``.
 
 Everything here is tensor code: the policy is reached only through :class:`PolicyForward`, so this
 package never imports the model families, ``torch.distributed`` or a logger.
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -55,15 +62,41 @@ class TrainBatch:
     fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def loss_constant_problems(config: Any) -> list[str]:
+    """The checks of the two loss constants NFT and GRPO share: ``train.adv_clip_max > 0`` (the
+    advantage clip ``C``) and ``train.beta >= 0`` (the KL weight)."""
+    train, problems = config.train, []
+    if not train.adv_clip_max > 0:
+        problems.append(f"train.adv_clip_max={train.adv_clip_max!r} must be > 0")
+    if train.beta < 0:
+        problems.append(f"train.beta={train.beta!r} must be >= 0")
+    return problems
+
+
 class Algorithm(abc.ABC):
-    """One RL algorithm behind the shared loop. Subclasses set ``name`` and implement :meth:`loss`.
+    """One RL algorithm behind the shared loop. Subclasses set the class attributes and implement
+    :meth:`from_settings`, :meth:`step_plan` and :meth:`loss`.
 
     ``timestep_fraction``: each sample trains on ``T = int(N * timestep_fraction)`` of the ``N``
     rollout steps (at least 1).
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the value of config.algorithm
+    settings_class: ClassVar[type]  # frozen dataclass with from_config(config): the algorithm's keys
     rollout_adapter: ClassVar[str] = "old"  # the policy that samples the rollouts
+    uses_old_policy: ClassVar[bool] = False  # reads v_old: the old policy is synced and saved
+
+    @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        """What is wrong with a config that chose this algorithm, one line per problem naming the
+        user's key (collected into the one ``ConfigError`` of ``edit_r1.config.validate_config``)."""
+        return []
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Any, *, timestep_fraction: float, rollout: Any) -> Algorithm:
+        """The algorithm from its ``settings_class`` value; ``rollout`` is the run's rollout settings
+        (``solver``, ``noise_level``, ...: ``edit_r1.settings.RolloutSettings``)."""
 
     def __init__(self, *, timestep_fraction: float) -> None:
         if not 0.0 < timestep_fraction <= 1.0:

@@ -8,12 +8,15 @@ clipped importance-weighted advantage, with a KL penalty towards the reference p
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from edit_r1.sampling import SDE_SOLVERS, SampleResult, gaussian_log_prob, sigma_batch
 from edit_r1.sampling.solvers import TRANSITIONS
 
-from .base import Algorithm, PolicyForward, TrainBatch
+from .base import Algorithm, PolicyForward, TrainBatch, loss_constant_problems
 from .nft import masked_mean, per_sample_mean
 
 
@@ -75,6 +78,27 @@ def transition_kl(
     return masked_mean(per_sample, keep)
 
 
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    """Flow-GRPO's constants (``docs/algorithm.md``, section 9).
+
+    ``clip_range`` (``train.clip_range``): the PPO clip ``eps``; ``kl_beta`` (``train.beta``): weight
+    of the transition KL to the reference; ``adv_clip_max`` (``train.adv_clip_max``): ``C``.
+    """
+
+    clip_range: float
+    kl_beta: float
+    adv_clip_max: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> GRPOSettings:
+        return cls(
+            clip_range=float(config.train.clip_range),
+            kl_beta=float(config.train.beta),
+            adv_clip_max=float(config.train.adv_clip_max),
+        )
+
+
 class GRPO(Algorithm):
     """Flow-GRPO behind the :class:`~edit_r1.algo.base.Algorithm` interface (``docs/algorithm.md``).
 
@@ -85,7 +109,33 @@ class GRPO(Algorithm):
     """
 
     name = "grpo"
+    settings_class = GRPOSettings
     rollout_adapter = "default"
+    uses_old_policy = False  # the ratio's denominator is the stored log-prob, not a second policy
+
+    @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        """Stochastic rollouts with log-probs, ``train.clip_range > 0`` and the shared loss constants."""
+        sample, problems = config.sample, []
+        if sample.solver not in SDE_SOLVERS or sample.deterministic:
+            problems.append(
+                f"algorithm='grpo' needs stochastic rollouts with log-probs: sample.solver in "
+                f"{list(SDE_SOLVERS)} and sample.deterministic=False (got solver={sample.solver!r}, "
+                f"deterministic={sample.deterministic!r})"
+            )
+        if not config.train.clip_range > 0:
+            problems.append(f"train.clip_range={config.train.clip_range!r} must be > 0 for algorithm='grpo'")
+        return problems + loss_constant_problems(config)
+
+    @classmethod
+    def from_settings(cls, settings: GRPOSettings, *, timestep_fraction: float, rollout: Any) -> GRPO:
+        """The rollout's solver and noise level are the ones whose log-densities it re-scores."""
+        return cls(
+            timestep_fraction=timestep_fraction,
+            solver=rollout.solver,
+            noise_level=rollout.noise_level,
+            **dataclasses.asdict(settings),
+        )
 
     def __init__(
         self,

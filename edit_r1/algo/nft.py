@@ -10,9 +10,12 @@ sample counts as positive.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
-from .base import Algorithm, PolicyForward, TrainBatch
+from .base import Algorithm, PolicyForward, TrainBatch, loss_constant_problems
 
 ADV_MODES: tuple[str, ...] = ("all", "positive_only", "negative_only", "one_only", "binary")
 _MIN_WEIGHT = 1e-5
@@ -183,6 +186,34 @@ def _check_inputs(v, v_old, v_ref, x_t, x0, t, advantages, mask, *, nft_beta, kl
         raise ValueError("nft_loss: v_ref is required when kl_beta > 0")
 
 
+@dataclasses.dataclass(frozen=True)
+class NFTSettings:
+    """The NFT loss's constants (``docs/algorithm.md``, the NFT loss).
+
+    ``nft_beta`` (config ``beta``): strength ``b`` of the implicit positive/negative policies;
+    ``kl_beta`` (config ``train.beta``): weight of ``mean((v - v_ref)^2)``;
+    ``adv_clip_max`` (``train.adv_clip_max``): ``C``; ``adv_mode`` (``train.adv_mode``).
+    """
+
+    nft_beta: float
+    kl_beta: float
+    adv_clip_max: float
+    adv_mode: str
+
+    @classmethod
+    def from_config(cls, config: Any) -> NFTSettings:
+        return cls(
+            nft_beta=float(config.beta),
+            kl_beta=float(config.train.beta),
+            adv_clip_max=float(config.train.adv_clip_max),
+            adv_mode=str(config.train.adv_mode),
+        )
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`nft_loss` (and of :class:`NFT` besides its fraction)."""
+        return dataclasses.asdict(self)
+
+
 class NFT(Algorithm):
     """DiffusionNFT behind the :class:`~edit_r1.algo.base.Algorithm` interface (``docs/algorithm.md``).
 
@@ -193,7 +224,24 @@ class NFT(Algorithm):
     """
 
     name = "nft"
+    settings_class = NFTSettings
     rollout_adapter = "old"
+    uses_old_policy = True
+
+    @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        """``train.adv_mode`` one of :data:`ADV_MODES`, ``beta > 0`` (the loss divides by it) and the
+        shared loss constants."""
+        problems = []
+        if config.train.adv_mode not in ADV_MODES:
+            problems.append(f"train.adv_mode={config.train.adv_mode!r} is not one of {list(ADV_MODES)}")
+        if not config.beta > 0:
+            problems.append(f"beta={config.beta!r} (NFT strength) must be > 0: the loss divides by it")
+        return problems + loss_constant_problems(config)
+
+    @classmethod
+    def from_settings(cls, settings: NFTSettings, *, timestep_fraction: float, rollout: Any) -> NFT:
+        return cls(timestep_fraction=timestep_fraction, **settings.as_kwargs())
 
     def __init__(
         self, *, timestep_fraction: float, nft_beta: float, kl_beta: float, adv_clip_max: float, adv_mode: str

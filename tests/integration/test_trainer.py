@@ -56,9 +56,11 @@ def metrics_without_times(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "time" and not k.startswith("time/")} for row in rows]
 
 
-def checkpoint_tensors(run_dir: Path, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
+def checkpoint_tensors(
+    run_dir: Path, epoch: int, groups: tuple[str, ...] = ("default", "old", "ema", "optimizer")
+) -> dict[str, dict[str, torch.Tensor]]:
     ckpt = run_dir / "checkpoints" / f"checkpoint-{epoch}"
-    return {group: read_sharded_tensors(ckpt, group) for group in ("default", "old", "ema", "optimizer")}
+    return {group: read_sharded_tensors(ckpt, group) for group in groups}
 
 
 def test_resume_continues_bit_for_bit(make_config, capsys):

@@ -171,6 +171,61 @@ def test_the_family_rule_sees_a_family_name():
     assert hits == ["kontext"]
 
 
+# Where an algorithm may not be named (docs/architecture.md, "Adding an algorithm"): the installed
+# package outside edit_r1/algo/, which reaches an algorithm through its registry and its
+# Algorithm members. The original's command names (scripts/train_nft_<family>.py,
+# config/<family>_nft.py) are not an algorithm's; the toy world's learning benchmark holds a table
+# of each algorithm's command-line overrides, a command list like scripts/.
+ALGORITHM_NEUTRAL = ("edit_r1",)
+ALGORITHM_HOME = "edit_r1/algo"
+ALGORITHM_COMMAND_TABLES = ("edit_r1/toyworld/learning.py",)
+ORIGINAL_COMMAND_NAMES = re.compile(r"train_nft_|_nft\.py")
+
+
+def algorithm_words() -> set[str]:
+    """The registry names and class names of every algorithm and its settings, lower-cased."""
+    from edit_r1.algo import ALGORITHMS
+
+    words = set()
+    for cls in ALGORITHMS.values():
+        words |= {cls.name.lower(), cls.__name__.lower(), cls.settings_class.__name__.lower()}
+    return words
+
+
+def names_an_algorithm(text: str, words: set[str]) -> bool:
+    text = ORIGINAL_COMMAND_NAMES.sub(" ", text)
+    tokens = {t.lower() for t in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", text)}
+    return bool(tokens & words) or text.lower() in words
+
+
+def test_algorithms_are_named_only_under_edit_r1_algo():
+    words = algorithm_words()
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: {text[:60]!r}"
+        for path in python_files(*ALGORITHM_NEUTRAL)
+        if not path.is_relative_to(REPO / ALGORITHM_HOME)
+        and str(path.relative_to(REPO)) not in ALGORITHM_COMMAND_TABLES
+        for line, text in code_strings(ast.parse(path.read_text(), str(path)))
+        if names_an_algorithm(text, words)
+    ]
+    assert not bad, (
+        "an algorithm's knowledge lives in edit_r1/algo/<algorithm>.py and is reached through "
+        "edit_r1.algo.registry and its Algorithm members (docs/architecture.md):\n" + "\n".join(bad)
+    )
+
+
+def test_the_algorithm_rule_sees_an_algorithm_name():
+    """The checker itself: a branch on a name or a class is flagged, the original's script names and
+    docstrings are not."""
+    words = algorithm_words()
+    source = (
+        '"""NFT and GRPO share the loop."""\nif settings.name == "grpo":\n    x = NFTSettings()\n'
+        'y = "scripts/train_nft_kontext.py"\nz = "config/kontext_nft.py:tiny"\n'
+    )
+    hits = [text for _, text in code_strings(ast.parse(source)) if names_an_algorithm(text, words)]
+    assert sorted(hits) == ["NFTSettings", "grpo"]
+
+
 # Short functions (docs/architecture.md, "Rooms"): a longer one names its pieces instead. A
 # function that is mostly a table may stay longer: list it here as "path:name" with its reason.
 MAX_FUNCTION_LINES = 60

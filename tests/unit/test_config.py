@@ -335,12 +335,12 @@ def test_timestep_fraction_must_leave_a_timestep(toy_dir: Path) -> None:
 def test_typed_settings_are_read_from_the_original_keys():
     """`beta` / `train.beta` reach the code as nft_beta / kl_beta; reward_client as typed settings
     whose defaults are the config's."""
+    from edit_r1.algo import NFTSettings
     from edit_r1.rewards.client import RewardClientSettings
-    from edit_r1.settings import LossSettings
 
     config = load_config(str(QWEN) + ":tiny")
     config.beta, config.train.beta = 0.7, 0.25
-    loss = LossSettings.from_config(config)
+    loss = NFTSettings.from_config(config)
     assert (loss.nft_beta, loss.kl_beta, loss.adv_clip_max, loss.adv_mode) == (0.7, 0.25, 5.0, "all")
 
     base = load_config(str(REPO / "config" / "base.py"))
@@ -374,6 +374,19 @@ def test_grpo_configs_validate_and_need_stochastic_rollouts(toy_dir: Path) -> No
         validate_config(config, world_size=1)
     problems = "\n".join(error.value.problems)
     assert "sample.deterministic=False" in problems and "train.clip_range=0.0" in problems
+
+
+def test_each_algorithm_checks_only_its_own_keys(toy_dir: Path) -> None:
+    """NFT's strength ``beta`` divides NFT's loss only: a GRPO config may leave it at 0, an NFT
+    config may not; GRPO's clip range is not NFT's business."""
+    grpo = load_config(f"{QWEN}:tiny_grpo")
+    grpo.dataset, grpo.beta = str(toy_dir), 0.0
+    assert validate_config(grpo, world_size=1) == []
+    nft = _valid_tiny(toy_dir)
+    nft.beta, nft.train.clip_range = 0.0, 0.0
+    with pytest.raises(ConfigError) as error:
+        validate_config(nft, world_size=1)
+    assert error.value.problems == ["beta=0.0 (NFT strength) must be > 0: the loss divides by it"]
 
 
 def test_pairwise_reward_is_checked(toy_dir: Path) -> None:
