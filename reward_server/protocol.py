@@ -70,6 +70,15 @@ class Limits:
     max_more_source_images: int = 7
 
 
+def max_images_per_item(limits: Limits) -> int:
+    """The most images one item can show the judge: a pointwise item's sources (1 +
+    ``max_more_source_images``) and its edit, or a pairwise item's source and two edits (3).
+
+    The vLLM engine's ``limit_mm_per_prompt`` must be at least this, else such items are refused.
+    """
+    return max(3, 1 + limits.max_more_source_images + 1)
+
+
 class ProtocolError(ValueError):
     """A client error: carries the HTTP status (4xx) and a message naming the offending field."""
 

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.dup2(2, 1)
     options = options_from_json(args.options)
     backend = build_backend(args.backend, options)
-    out.write(json.dumps({"ready": True, "model": backend.model}) + "\n")
+    out.write(json.dumps({"ready": True, "model": backend.model, "engine": backend.engine_info}) + "\n")
     out.flush()
     _serve(backend, Limits(**{**_WORKER_LIMITS.__dict__, "max_image_pixels": args.max_image_pixels}), out)
 
@@ -105,6 +105,7 @@ class ReplicaProcess:
         self.restarts = 0
         self._failed_starts = 0
         self._retry_at = 0.0
+        self.engine_info: dict = {}
         self._process = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -115,6 +116,7 @@ class ReplicaProcess:
         if not ready.get("ready"):
             process.kill()
             raise RuntimeError(f"judge replica {self.index} on GPUs {self.gpus} did not start: {ready}")
+        self.engine_info = ready.get("engine") or {}
         LOGGER.info("judge replica %d ready (pid %d, GPUs %s)", self.index, process.pid, self.gpus or "-")
         return process
 

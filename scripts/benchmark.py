@@ -3,6 +3,7 @@
     python scripts/benchmark.py train-step [--size tiny|small|full] [--device cuda] [--json out.json]
     python scripts/benchmark.py rollout    # condition once per group vs per sample (k = 12)
     python scripts/benchmark.py reward     # reward server: dynamic batching vs one image per call
+    python scripts/benchmark.py reward --backend transformers,vllm --server-python .venv-vllm/bin/python
     python scripts/benchmark.py epoch      # a tiny torchrun epoch (2 CPU processes), time per phase
     python scripts/benchmark.py loading    # full-weight FSDP build: bytes per rank, copies vs meta
     python scripts/benchmark.py learning   # toy world: held-out reward vs samples (scripts/benchmark_learning.py)
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train-step/rollout: text length (default: the family's training length)",
     )
     parser.add_argument("--concurrency", default="1,8,32", help="reward: comma-separated client counts")
+    parser.add_argument(
+        "--backend",
+        default="transformers",
+        help="reward: comma-separated judge backends measured in turn (transformers, vllm)",
+    )
+    parser.add_argument(
+        "--server-python",
+        help="reward: the interpreter of the reward server and engine runs (vllm: make test-vllm's "
+        ".venv-vllm/bin/python); default this one",
+    )
     parser.add_argument("--requests-per-client", type=int, default=defaults.requests_per_client)
     parser.add_argument("--images-per-request", type=int, default=defaults.images_per_request)
     parser.add_argument("--server-batch-size", type=int, default=defaults.server_batch_size)
@@ -83,6 +94,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(
             f"--concurrency must be comma-separated integers, got {args.concurrency!r}"
         ) from None
+    backends = tuple(name.strip() for name in args.backend.split(",") if name.strip())
+    unknown = sorted(set(backends) - {"transformers", "vllm"})
+    if unknown or not backends:
+        raise SystemExit(f"--backend takes transformers and/or vllm, got {args.backend!r}")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} / {args.warmup}")
     return Settings(
@@ -93,6 +108,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         attention_backend=args.attention_backend, text_tokens=args.text_tokens, concurrency=concurrency,
         requests_per_client=args.requests_per_client, images_per_request=args.images_per_request,
         server_batch_size=args.server_batch_size, nproc=args.nproc, epochs=args.epochs,
+        backends=backends, server_python=args.server_python,
     )  # fmt: skip
 
 

@@ -48,9 +48,13 @@ without any network, four checkpoint folders that the *standard* classmethods lo
 
 ``judge_qwen2_5_vl/`` -- ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` +
 :func:`~edit_r1.models.qwen_vl_processor.load_qwen_vl_processor`
-    a Qwen2.5-VL (text 2 layers, hidden 32) laid out like a real Qwen2.5-VL-Instruct folder
+    a Qwen2.5-VL (text 2 layers, hidden 64, 2 heads of head_dim 32, mrope_section [4, 6, 6] =
+    the real 16:24:24 split scaled down) laid out like a real Qwen2.5-VL-Instruct folder
     (``preprocessor_config.json`` naming ``Qwen2VLImageProcessor`` / ``Qwen2_5_VLProcessor``,
     ``video_preprocessor_config.json``, ``chat_template.json``); "0".."5" are single tokens.
+    Head size 32 because vLLM's CPU attention refuses smaller heads (it supports 32, 64, 80, 96,
+    112, 128, ...; 16 fails with "Unsupported CPU attention configuration"), and the same folder
+    must load in vLLM (``make test-vllm``) and in transformers.
 
 Image sizes: with the real processor constants a 64x64 image becomes 56x56 -> 4x4 patches -> 4 vision
 tokens. The stock Qwen edit pipeline still resizes condition images to ~384^2 for the vision tower
@@ -594,6 +598,9 @@ def build_flux_kontext(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+JUDGE_HIDDEN, JUDGE_HEADS = 64, 2  # the tiny judge's text tower: head_dim 32
+
+
 def build_judge(out_dir: str | os.PathLike) -> Path:
     """Write a tiny Qwen2.5-VL-Instruct judge to ``out_dir``, laid out like a real checkpoint folder.
 
@@ -604,7 +611,10 @@ def build_judge(out_dir: str | os.PathLike) -> Path:
     for digit in "012345":
         if len(tokenizer.tokenize(digit)) != 1:
             raise RuntimeError(f"tiny judge tokenizer splits the score digit {digit!r}")
-    model = _qwen2_5_vl(tokenizer, hidden=32, layers=2, seed=21)
+    # head_dim = hidden / heads = 32: the smallest head size vLLM's CPU attention accepts.
+    model = _qwen2_5_vl(
+        tokenizer, hidden=JUDGE_HIDDEN, layers=2, seed=21, heads=JUDGE_HEADS, mrope_section=[4, 6, 6]
+    )
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from reward_server.images import JudgeItem
 from reward_server.prompt_template import AUTO, DEFAULT_TEMPLATE, resolve_pairwise_template
+from reward_server.protocol import Limits, max_images_per_item
 
 # Sampling fields that change the logits the logprobs are read from (vLLM offline and `vllm serve`
 # alike); every one is sent at its neutral value so that nothing (a model's generation_config, a
@@ -37,8 +38,11 @@ class BackendOptions:
 
     ``model`` is a local path or a hub id (vLLM/transformers) or the served model name (openai);
     ``base_url``/``api_key`` address an OpenAI-compatible server and ``tokenizer`` is a local copy of
-    its judge's tokenizer (only needed when the server has no ``/tokenize``); ``device``/``dtype``
-    apply to transformers ("auto": bf16 on GPU, float32 on CPU); ``logprobs_mode`` to vllm.
+    its judge's tokenizer (only needed when the server has no ``/tokenize``); ``device`` applies to
+    transformers and ``dtype`` to transformers and vllm ("auto": bf16 on GPU, float32 on CPU);
+    ``logprobs_mode``, ``enforce_eager`` (no torch.compile / graph capture: a faster start, slower
+    steps) and ``max_images_per_item`` (the engine's image limit per prompt, from the request limits)
+    to vllm.
     ``template`` is the pointwise prompt (a built-in name or a ``file:`` id) and ``pairwise_template``
     the pairwise question (a name, a ``file:`` id, or None for none); ``"auto"`` becomes the built-in
     pairwise question of ``template`` (None for a file) when the options are made.
@@ -59,6 +63,8 @@ class BackendOptions:
     max_model_len: int | None = None
     logprobs_mode: str = "processed_logprobs"
     tokenizer: str = ""
+    enforce_eager: bool = False
+    max_images_per_item: int = max_images_per_item(Limits())
 
     def __post_init__(self) -> None:
         # Resolved once here, so that a worker process (which gets these fields as JSON) and every
@@ -80,6 +86,8 @@ class Backend(Protocol):
     model: str
     template: str
     pairwise_template: str | None
+    # What /health reports as "engine": which engine and version, the dtype it runs in, its settings.
+    engine_info: dict
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         """One score in [0, 1] or one exception per item, in order."""

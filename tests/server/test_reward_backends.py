@@ -4,17 +4,16 @@ The fake behaves like vLLM 0.10.2 and 0.33.0 in each ``logprobs_mode``; the offl
 ``sys.modules["vllm"]`` so the backend's own ``LLM(...)``/``SamplingParams(...)`` calls are the ones
 checked, and the OpenAI fake is a real HTTP server on 127.0.0.1. Each backend must score exactly the
 softmax over the six digit logits, or refuse the item with an error, whatever the version and mode.
-The real engine is the test marked ``vllm`` at the end (skipped without vLLM and a GPU).
+The real engine runs in ``tests/server/test_real_vllm.py`` (``make test-vllm``).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
 
 import pytest
 from fake_vllm import MODES, VERSIONS, FakeJudge, FakeVLLM, FakeVLLMServer, is_exact
+from PIL import Image
 from reward_helpers import png_bytes, random_image, serve_in_thread
 
 from reward_server.backends import BackendOptions
@@ -36,10 +35,15 @@ NEUTRAL = {
 }
 
 
-def _items(n: int, small: set[int] = frozenset()):
+def _thin_image() -> Image.Image:
+    """402 x 2 pixels: an aspect ratio Qwen-VL's smart_resize refuses (the real engine does too)."""
+    return Image.new("RGB", (402, 2), (200, 30, 30))
+
+
+def _items(n: int, thin: set[int] = frozenset()):
     raws = [
         RawItem(
-            png_bytes(random_image(i, size=16 if i in small else 32)),
+            png_bytes(_thin_image() if i in thin else random_image(i, size=32)),
             png_bytes(random_image(50)),
             f"edit number {i}",
             "r" * (i % 2),
@@ -72,11 +76,15 @@ def test_vllm_backend_builds_the_engine_and_requests_the_digits(fake_vllm):
     assert kwargs == {
         "model": "judge",
         "tensor_parallel_size": 2,
-        "limit_mm_per_prompt": {"image": 3},
+        "dtype": "float32",  # "auto" on a machine without CUDA: chosen here, never vLLM's default
+        # the most images an item may carry: 1 + 7 more sources + the edit (a pair: 3)
+        "limit_mm_per_prompt": {"image": 9, "video": 0},
         "logprobs_mode": "processed_logprobs",
         "max_logprobs": 20,
         "gpu_memory_utilization": 0.9,
+        "enforce_eager": False,
     }
+    assert backend.engine_info["dtype"] == "float32" and backend.engine_info["engine"] == "vllm"
     items = _items(3)
     backend.score_batch(items)
     ((conversations, params),) = fake_vllm.chat_calls
@@ -114,13 +122,13 @@ def test_vllm_backend_scores_the_digit_softmax_or_refuses(fake_vllm, mode):
 def test_vllm_backend_a_render_error_fails_the_batch_and_the_items_are_rescored_alone(fake_vllm):
     """``LLM.chat`` renders every conversation first: one image vLLM refuses fails the whole call."""
     backend = _vllm_backend()
-    items = _items(4, small={2})  # a 16-pixel image: below Qwen-VL's 28-pixel factor
-    with pytest.raises(ValueError, match="smaller than the factor"):
+    items = _items(4, thin={2})
+    with pytest.raises(ValueError, match="Failed to apply Qwen2_5_VLProcessor"):
         backend.score_batch(items)
     fake_vllm.chat_calls.clear()
     results = score_isolating_failures(backend, items)
     assert len(fake_vllm.chat_calls) == 1 + len(items)  # the batch, then each item alone
-    assert results[2][0] is None and "smaller than the factor" in results[2][1]
+    assert results[2][0] is None and "size=402x2" in results[2][1]
     for index in (0, 1, 3):
         conversation = fake_vllm.chat_calls[1 + index][0][0]
         assert is_exact(results[index][0], fake_vllm.judge.exact_digit_softmax(conversation))
@@ -229,31 +237,9 @@ def test_openai_backend_reads_token_ids_from_a_local_tokenizer_without_tokenize(
 
 def test_openai_backend_reports_upstream_failures_per_item():
     server = FakeVLLMServer(version="0.33.0", max_logprobs=20)
-    results = _openai_scores(server, _items(3, small={1}))
+    results = _openai_scores(server, _items(3, thin={1}))
     assert isinstance(results[1], RuntimeError) and "HTTP 400" in str(results[1])
     assert isinstance(results[0], float) and isinstance(results[2], float)
-
-
-# ---- the real engine, where it exists ----------------------------------------------------------
-@pytest.mark.vllm
-@pytest.mark.gpu
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
-def test_real_vllm_matches_transformers(tiny_judge):
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM needs a GPU")
-    from reward_server.backends.transformers_backend import TransformersBackend
-
-    model = os.environ.get("EDIT_R1_VLLM_JUDGE", str(tiny_judge))
-    items = _items(4)
-    reference = TransformersBackend(BackendOptions(model=model, dtype="float32")).score_batch(items)
-    for mode in ("processed_logprobs", "raw_logprobs"):
-        engine = VLLMBackend(
-            BackendOptions(model=model, gpu_memory_utilization=0.3, max_model_len=4096, logprobs_mode=mode)
-        )
-        assert engine.score_batch(items) == pytest.approx(reference, abs=2e-2)
-        engine.close()
 
 
 def test_the_command_line_reaches_the_backend_options():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import transformers
 from PIL import Image
 from reward_helpers import free_port, png_bytes, random_image, reward_app_server, unusual_images
 
@@ -88,6 +89,12 @@ def test_health_reports_the_judge(server, tiny_judge):
         **judge_prompt_info("edit_r1_v1", "edit_r1_v1"),
         "replicas_alive": 1,
         "replicas": 1,
+        "engine": {
+            "engine": "transformers",
+            "version": transformers.__version__,
+            "dtype": "float32",
+            "device": "cpu",
+        },
     }
 
 

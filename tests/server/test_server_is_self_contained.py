@@ -66,3 +66,40 @@ def test_every_server_module_imports_without_the_training_stack() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "sealed" in result.stdout, result.stderr[-2000:]
+
+
+_NO_FLASK_IN_ENGINE_PROCESSES = """
+import sys
+import reward_server.cli, reward_server.worker, reward_server.backends.vllm_backend
+import reward_server.__main__
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("flask", "werkzeug")))
+import reward_server.cli as cli
+seen = []
+def record(args, limits):
+    seen.append("flask" in sys.modules)
+    raise SystemExit(0)
+cli.build_replicas = record
+try:
+    cli.main(["--backend", "vllm", "--model", "judge"])
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+def test_the_processes_that_run_a_vllm_engine_have_not_imported_flask() -> None:
+    """vLLM's CPU engine starts its engine-core and worker processes by spawning, and each re-imports
+    the parent's ``__main__`` module; at model-runner start it scans every loaded module's globals
+    with ``hasattr(value, "__dict__")``, which raises on Flask's ``request`` proxy ("Working
+    outside of application context") and kills the engine. So the server's entry modules import
+    no Flask at module level, and ``main`` builds the engines before it imports the app."""
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_FLASK_IN_ENGINE_PROCESSES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert (lines[0], lines[-1]) == ("[]", "[False]"), result.stdout

@@ -185,3 +185,21 @@ def test_full_size_architectures_are_the_real_ones(family, billions):
     vae = real_vae_on_meta(family)
     assert {p.device.type for p in vae.parameters()} == {"meta"}
     assert vae.config.get("latent_channels", vae.config.get("z_dim")) == 16
+
+
+def test_reward_backend_flags_reach_the_settings(tmp_path):
+    """``--backend transformers,vllm --server-python PY`` measures both backends in one run with the
+    given interpreter; an unknown backend is a one-line error naming the flag."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from benchmark import build_parser, settings_from_args
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    args = build_parser().parse_args(
+        ["reward", "--backend", "transformers, vllm", "--server-python", "/venv/bin/python"]
+    )
+    settings = settings_from_args(args)
+    assert (settings.backends, settings.server_python) == (("transformers", "vllm"), "/venv/bin/python")
+    assert settings_from_args(build_parser().parse_args(["reward"])).backends == ("transformers",)
+    with pytest.raises(SystemExit, match="--backend takes transformers and/or vllm, got 'sglang'"):
+        settings_from_args(build_parser().parse_args(["reward", "--backend", "sglang"]))
