@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
 
-.PHONY: venv test test-server-min test-vllm lint demo clean
+.PHONY: venv test test-server-min test-vllm gpu-wheels gpu-rehearsal lint demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,43 @@ test-vllm: $(STAMP)
 		$(VLLM_PY) -m pytest tests/server -q -p no:cacheprovider -m vllm -rA --durations=0 \
 		--ignore=tests/server/test_reward_client.py
 
+# The one-shot GPU check's wheels: what the lent GPU machine lacks (scripts/gpu_wheels.txt), for
+# CPython 3.12 manylinux x86_64, into $(GPU_WHEELS)/ (ignored; the device call carries it). The
+# device call sends the working tree and the carried paths, 64 MiB in all: both are checked.
+GPU_WHEELS ?= .gpu-wheels
+CARRY_LIMIT_BYTES := 67108864
+GPU_WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels:
+	rm -rf $(GPU_WHEELS).partial
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_WHEEL_PLATFORMS) -d $(GPU_WHEELS).partial -r scripts/gpu_wheels.txt
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).partial $(GPU_WHEELS)
+	@wheels=$$(du -sb $(GPU_WHEELS) | cut -f1); \
+	tree=$$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1); \
+	echo "gpu-wheels: $(GPU_WHEELS)/ holds $$(ls $(GPU_WHEELS) | wc -l) wheels, $$wheels bytes; with the working tree ($$tree bytes) $$((wheels + tree)) of the $(CARRY_LIMIT_BYTES) a device call may send"; \
+	test $$((wheels + tree)) -lt $(CARRY_LIMIT_BYTES) || { echo "gpu-wheels: over the device call's 64 MiB" >&2; exit 1; }
+
+# The GPU check rehearsed on this CPU through the lent machine's install path: a fresh venv with
+# only packages the lent machine has (this machine's torch wheel, transformers 5.17 and the other
+# versions of scripts/gpu_machine_packages.txt; audited against that list), no `pip install -e .`,
+# then scripts/gpu_check.sh installs the downloaded wheels into its temporary site directory and runs
+# every stage at --size small on the CPU. ~10 min here (the compiled stages are most of it).
+REHEARSAL_VENV ?= .venv-gpu-rehearsal
+REHEARSAL_OUT ?= .gpu-rehearsal
+REHEARSAL_TORCH ?= $(TORCH_PIN)
+REHEARSAL_PY := $(REHEARSAL_VENV)/bin/python
+# typer 0.28: the lent machine has typer but not pydantic, which typer 0.29 requires.
+GPU_MACHINE_PACKAGES := transformers==5.17.0 tokenizers==0.23.2 huggingface-hub==1.33.0 safetensors==0.8.0 \
+	accelerate==1.15.0 typer==0.28.0 peft pillow absl-py pyyaml regex requests tqdm
+gpu-rehearsal: gpu-wheels
+	rm -rf $(REHEARSAL_VENV) $(REHEARSAL_OUT)
+	$(PYTHON) -m venv $(REHEARSAL_VENV)
+	$(REHEARSAL_PY) -m pip install --quiet "$(REHEARSAL_TORCH)" $(GPU_MACHINE_PACKAGES)
+	$(REHEARSAL_PY) scripts/gpu_check_env.py --audit scripts/gpu_machine_packages.txt
+	$(REHEARSAL_PY) -m pip list 2>/dev/null | grep -E "^(torch|transformers|huggingface-hub|diffusers|ml_collections) " || true
+	PYTHON=$(REHEARSAL_PY) GPU_CHECK_TIMEOUT_S=1500 bash scripts/gpu_check.sh $(REHEARSAL_OUT) \
+		--device cpu --size small --repeats 1 --budget-s 1200
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -81,4 +118,6 @@ demo: $(STAMP)
 	bash examples/demo.sh $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) $(SERVER_VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(SERVER_VENV) $(VLLM_VENV) $(REHEARSAL_VENV) $(REHEARSAL_OUT) $(GPU_WHEELS) $(DEMO_DIR) .pytest_cache
+
+	rm -rf $(VENV) $(SERVER_VENV) $(REHEARSAL_VENV) $(REHEARSAL_OUT) $(GPU_WHEELS) $(DEMO_DIR) .pytest_cache
