@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from reward_server.batcher import DynamicBatcher
+from reward_server.batcher import DynamicBatcher, RetryableError
 from reward_server.images import decode_item
 from reward_server.prompt_template import PAIRWISE_TEMPLATES
 from reward_server.protocol import (
@@ -153,7 +153,10 @@ def _score(batcher: DynamicBatcher, info: Mapping[str, str | None], limits: Limi
         response.headers["Retry-After"] = "1"
         return response, status
     results = batcher.score(items)
-    body = build_score_response([s for s, _ in results], [e for _, e in results])
+    errors = [e for _, e in results]
+    body = build_score_response(
+        [s for s, _ in results], errors, [isinstance(e, RetryableError) for e in errors]
+    )
     # Every score names the prompts that produced it (the templates' names and text hashes).
     body.update({key: info[key] for key in PROMPT_FIELDS if key in info})
     return jsonify(body)

@@ -28,15 +28,30 @@ from reward_server.backends.base import Backend, ItemResult
 from reward_server.images import JudgeItem
 
 LOGGER = logging.getLogger("reward_server")
-ScoreOrError = tuple[float | None, str | None]
+
+
+class RetryableError(str):
+    """An item's error message when the item itself was not at fault: its replica died or hung
+    while holding it. ``POST /score`` marks it ``retryable`` and the trainer's client sends the item
+    again (to any replica, until its deadline); every other error is final for that item."""
+
+
+ScoreOrError = tuple[float | None, str | None]  # the error is a RetryableError where retrying may help
 
 
 class ReplicaDied(RuntimeError):
-    """A replica process died while it held a batch: those items fail, none is retried on it.
+    """A replica process died while it held a batch: those items fail (retryably), none is retried
+    on the server.
 
     Retrying item by item would send them to the same (restarting) replica; resubmitting them
-    elsewhere could let one poisonous item take every replica down in turn.
+    elsewhere could let one poisonous item take every replica down in turn. The client's retry is
+    bounded by its deadline instead.
     """
+
+
+class ReplicaHung(ReplicaDied):
+    """A replica held a batch past the per-batch deadline without answering: it was killed (and is
+    restarted), and the batch's items fail retryably."""
 
 
 @dataclass
@@ -48,6 +63,8 @@ class _Pending:
 
 def _as_score_or_error(result: ItemResult) -> ScoreOrError:
     """A backend result as (score, None) or (None, message); out-of-range numbers are errors."""
+    if isinstance(result, ReplicaDied):
+        return None, RetryableError(f"{type(result).__name__}: {result}")
     if isinstance(result, BaseException):
         return None, f"{type(result).__name__}: {result}"
     value = float(result)

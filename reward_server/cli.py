@@ -39,6 +39,9 @@ from reward_server.prompt_template import (
 from reward_server.protocol import Limits, max_images_per_item
 
 LOGGER = logging.getLogger("reward_server")
+# Far above any healthy batch (a 32B judge scores 32 items in seconds; loading is not a batch), so
+# only a replica that stopped answering reaches it.
+DEFAULT_BATCH_DEADLINE_S = 600.0
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
 UPSTREAM_API_KEY_ENV = "OPENAI_API_KEY"
 
@@ -86,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-parallel-size", type=int, default=1, help="judge replicas (processes)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="items per engine call")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
+    parser.add_argument(
+        "--batch-deadline-s",
+        type=float,
+        default=DEFAULT_BATCH_DEADLINE_S,
+        help="a replica process that holds one batch longer without answering is killed and restarted; "
+        "that batch's items get a retryable error (0 = no deadline). Replica processes run with "
+        "--data-parallel-size >= 2, or with --replica-processes",
+    )
+    parser.add_argument(
+        "--replica-processes",
+        action="store_true",
+        help="run even a single judge replica in a worker process (so that --batch-deadline-s can "
+        "restart it when it hangs); the default for --data-parallel-size >= 2",
+    )
     parser.add_argument(
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or env {API_KEY_ENV})"
     )
@@ -150,19 +167,32 @@ def options_from_args(args: argparse.Namespace) -> BackendOptions:
 
 
 def build_replicas(args: argparse.Namespace, limits: Limits) -> list:
-    """One in-process backend, or ``--data-parallel-size`` worker processes on disjoint GPU slices."""
+    """One in-process backend, or ``--data-parallel-size`` worker processes on disjoint GPU slices
+    (also one with ``--replica-processes``), each with the batch deadline."""
     options = options_from_args(args)
-    if args.data_parallel_size == 1:
+    if args.batch_deadline_s < 0:
+        raise SystemExit(f"--batch-deadline-s {args.batch_deadline_s:g}: must be >= 0 (0 = no deadline)")
+    if args.data_parallel_size == 1 and not args.replica_processes:
         return [build_backend(args.backend, options)]
     if args.backend == "openai":
-        raise SystemExit("--data-parallel-size is for vllm/transformers; scale the upstream server instead")
+        raise SystemExit(
+            "--data-parallel-size / --replica-processes are for vllm/transformers; scale the upstream "
+            "server instead (the openai backend's own request time-out bounds a hung upstream)"
+        )
     from reward_server.worker import ReplicaProcess, gpu_slices
 
     slices = gpu_slices(
         args.tensor_parallel_size, args.data_parallel_size, os.environ.get("CUDA_VISIBLE_DEVICES")
     )
     return [
-        ReplicaProcess(args.backend, options, gpus, limits.max_image_pixels, index=index)
+        ReplicaProcess(
+            args.backend,
+            options,
+            gpus,
+            limits.max_image_pixels,
+            index=index,
+            batch_deadline_s=args.batch_deadline_s,
+        )
         for index, gpus in enumerate(slices)
     ]
 

@@ -288,9 +288,27 @@ def build_score_request(items: Sequence[Mapping[str, object]]) -> dict:
     return request
 
 
-def build_score_response(scores: Sequence[float | None], errors: Sequence[str | None]) -> dict:
-    """The response object for ``POST /score``; scores and errors are aligned with the request."""
-    return {"scores": list(scores), "errors": list(errors)}
+def build_score_response(
+    scores: Sequence[float | None], errors: Sequence[str | None], retryable: Sequence[bool] | None = None
+) -> dict:
+    """The response object for ``POST /score``; scores, errors and (when given) ``retryable`` are
+    aligned with the request. ``retryable[i]`` is true when item i failed only because its judge
+    replica died or hung while holding it (sending it again may score it)."""
+    body: dict = {"scores": list(scores), "errors": list(errors)}
+    if retryable is not None:
+        body["retryable"] = [bool(flag) for flag in retryable]
+    return body
+
+
+def parse_retryable(payload: Mapping, expected: int) -> list[bool]:
+    """The ``retryable`` flags of a checked ``/score`` response (all false when the server sends
+    none: servers older than this field never mark an error retryable)."""
+    flags = payload.get("retryable")
+    if flags is None:
+        return [False] * expected
+    if not isinstance(flags, list) or len(flags) != expected or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"response: 'retryable' must be a list of {expected} booleans")
+    return flags
 
 
 def parse_score_response(payload: object, expected: int) -> tuple[list[float | None], list[str | None]]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from reward_server.backends import build_backend
 from reward_server.backends.base import BackendOptions, ItemResult
-from reward_server.batcher import ReplicaDied, score_isolating_failures
+from reward_server.batcher import ReplicaDied, ReplicaHung, score_isolating_failures
 from reward_server.images import JudgeItem, decode_item
 from reward_server.protocol import (
     Limits,
@@ -81,6 +81,11 @@ class ReplicaProcess:
     twice), :meth:`alive` turns false (``/health`` says ``degraded``) and the batcher's next call
     to :meth:`ensure_running` starts a new process; until it is ready the other replicas take the
     queued items. A failed restart is retried with a growing pause (at most a minute).
+
+    A process that holds one batch longer than ``batch_deadline_s`` (0 = no deadline) without
+    answering — hung, not dead: a stuck kernel, a deadlock, a stopped process — is killed by a
+    watchdog timer (SIGKILL, which also ends a write blocked on its full stdin pipe); that batch
+    fails with :class:`ReplicaHung` and the replica is restarted as a dead one would be.
     """
 
     def __init__(
@@ -90,10 +95,13 @@ class ReplicaProcess:
         gpus: Sequence[str],
         max_image_pixels: int,
         index: int = 0,
+        batch_deadline_s: float = 0.0,
     ) -> None:
         self.name, self.model, self.template = backend, options.model, options.template
         self.pairwise_template = options.pairwise_template
         self.index, self.gpus = index, list(gpus)
+        self.batch_deadline_s = batch_deadline_s
+        self.hung_batches = 0
         self._env = dict(os.environ)
         if gpus:
             self._env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -166,21 +174,55 @@ class ReplicaProcess:
             LOGGER.info("judge replica %d restarted (pid %d)", self.index, self._process.pid)
             return True
 
+    def _watchdog(self, process: subprocess.Popen, overdue: threading.Event, done: threading.Event):
+        """A timer that kills ``process`` after the batch deadline unless ``done`` is set by then."""
+        if not self.batch_deadline_s:
+            return None
+
+        def expire() -> None:
+            if not done.is_set():
+                overdue.set()
+                process.kill()
+
+        timer = threading.Timer(self.batch_deadline_s, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def score_batch(self, items: Sequence[JudgeItem]) -> list[ItemResult]:
         request = build_score_request([item.raw.__dict__ for item in items])
         with self._lock:
             process = self._process
+            overdue, done = threading.Event(), threading.Event()
+            timer = self._watchdog(process, overdue, done)
             try:
                 process.stdin.write(json.dumps(request).encode() + b"\n")
                 process.stdin.flush()
                 answer = self._read_line(process)
             except (BrokenPipeError, ReplicaDied) as error:
                 code = process.wait()
+                if overdue.is_set():
+                    self.hung_batches += 1
+                    LOGGER.error(
+                        "judge replica %d (pid %d) held a batch of %d past the %.0f s batch deadline; "
+                        "killed it, restarting",
+                        self.index, process.pid, len(items), self.batch_deadline_s,
+                    )  # fmt: skip
+                    raise ReplicaHung(
+                        f"judge replica {self.index} (pid {process.pid}) did not answer this batch of "
+                        f"{len(items)} within the {self.batch_deadline_s:g} s batch deadline "
+                        "(--batch-deadline-s); it was killed and is being restarted; these items were "
+                        "not scored and may be sent again"
+                    ) from error
                 raise ReplicaDied(
                     f"judge replica {self.index} (pid {process.pid}) died with exit code {code} while "
                     f"scoring this batch of {len(items)}; these items were not scored and the replica "
                     "is being restarted"
                 ) from error
+            finally:
+                done.set()
+                if timer is not None:
+                    timer.cancel()
         scores, errors = parse_score_response(answer, len(items))
         return [
             RuntimeError(error) if score is None else score

@@ -14,6 +14,9 @@ Failures, by kind:
   any other server is not in cooldown; a restarted server is used again after its cooldown;
 - any other HTTP error (4xx: a bug in what we sent; 500: a bug in the server) raises
   :class:`RewardRequestRejected` at once, never retried;
+- an item the server marks ``retryable`` (its judge replica died or hung past the server's batch
+  deadline while holding it) is sent again, alone with the chunk's other such items, after the
+  same backoff, until it is scored or the chunk's ``deadline_s`` has passed; then it stays ``NaN``;
 - an item the judge could not score comes back as ``NaN`` (masked by the algorithm, never 0).
 """
 
@@ -32,7 +35,7 @@ import requests
 from PIL import Image
 
 from edit_r1.rewards.base import PairSample, RewardSample
-from reward_server.protocol import build_score_request, parse_score_response
+from reward_server.protocol import build_score_request, parse_retryable, parse_score_response
 
 SERVER_ENV = "REWARD_SERVER"
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
@@ -262,10 +265,31 @@ class RewardClient:
         return build_score_request([self._item(entry) for entry in chunk])
 
     def _score_chunk(self, chunk: Sequence[RewardSample | PairSample], chunk_index: int) -> list[float]:
-        payload = self._encode(chunk)
-        scores, _errors = self._post_with_retries(
-            payload, len(chunk), first_server=chunk_index % len(self.servers)
-        )
+        """The chunk's scores; items failed retryably are posted again (only those) within the
+        chunk's deadline, moving on to the next server each round."""
+        started = time.monotonic()
+        items = [self._item(entry) for entry in chunk]
+        scores: list[float | None] = [None] * len(chunk)
+        pending, attempt = list(range(len(chunk))), 0
+        while pending:
+            payload = build_score_request([items[i] for i in pending])
+            got, _errors, retryable = self._post_with_retries(
+                payload,
+                len(pending),
+                first_server=(chunk_index + attempt) % len(self.servers),
+                started=started,
+            )
+            for index, score in zip(pending, got, strict=True):
+                scores[index] = score
+            pending = [
+                i for i, score, again in zip(pending, got, retryable, strict=True) if score is None and again
+            ]
+            remaining = self.retry.deadline_s - (time.monotonic() - started)
+            if pending and remaining <= 0:
+                break  # they stay NaN, like any item the judge could not score
+            if pending:
+                time.sleep(min(self.retry.backoff(attempt), remaining))
+                attempt += 1
         return [np.nan if score is None else score for score in scores]
 
     def _pick_server(self, position: int) -> tuple[int, bool]:
@@ -278,8 +302,12 @@ class RewardClient:
                 return candidate, True
         return position % len(self.servers), False
 
-    def _post_with_retries(self, payload: dict, expected: int, first_server: int):
-        started = time.monotonic()
+    def _post_with_retries(
+        self, payload: dict, expected: int, first_server: int, started: float | None = None
+    ):
+        """(scores, errors, retryable) of one request, retried on connection errors, time-outs and
+        503 until ``deadline_s`` after ``started`` (default: now)."""
+        started = time.monotonic() if started is None else started
         attempt, last_error, tried = 0, "", []
         position = first_server
         while True:
@@ -296,7 +324,8 @@ class RewardClient:
                 )
                 if response.status_code == 200:
                     self._down_until.pop(server, None)
-                    return parse_score_response(response.json(), expected)
+                    body = response.json()
+                    return (*parse_score_response(body, expected), parse_retryable(body, expected))
                 if response.status_code not in RETRYABLE_STATUS:
                     raise RewardRequestRejected(
                         f"reward server {server} answered HTTP {response.status_code}: {response.text[:500]}"

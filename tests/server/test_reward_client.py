@@ -178,3 +178,46 @@ def test_the_trainer_logs_the_judge_templates_the_server_names(tmp_path) -> None
         }
         assert judge_templates(CombinedReward({"rule": 1.0}, {"rule": lambda s: [0.0] * len(s)})) == {}
         client.close()
+
+
+class _HangsOnceBackend(InstructionScoreBackend):
+    """A judge replica that is "killed at the batch deadline" the first ``times`` times it is handed
+    a batch (it raises ReplicaHung, as a ReplicaProcess does), then scores normally."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def score_batch(self, items):
+        from reward_server.batcher import ReplicaHung
+
+        with self._lock:
+            hang, self.times = self.times > 0, self.times - 1
+        if hang:
+            raise ReplicaHung(f"replica did not answer this batch of {len(items)} within the 1 s batch deadline")
+        return super().score_batch(items)
+
+
+def test_items_of_a_hung_batch_are_sent_again_and_scored():
+    """The server answers the hung batch's items with a retryable error; the client posts only those
+    again and every score arrives, aligned, none NaN (a final error stays NaN, not retried)."""
+    backend = _HangsOnceBackend(times=1)
+    retry = RetryPolicy(deadline_s=20, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with reward_app_server([backend], max_batch_size=8) as url:
+        wanted = [0.1, 0.2, None, 0.4]
+        scores = RewardClient(url, chunk_size=4, retry=retry).score(_samples(wanted))
+    np.testing.assert_array_equal(scores, [0.1, 0.2, np.nan, 0.4])
+    # The hung batch (all 4, the "fail" item too, so all retryable) raised before it was counted;
+    # the second request held the 4 again and was scored: one counted batch, no further round.
+    assert backend.batches == [4]
+
+
+def test_a_replica_that_hangs_on_every_try_leaves_nan_at_the_deadline():
+    backend = _HangsOnceBackend(times=10_000)
+    retry = RetryPolicy(deadline_s=1.0, initial_backoff_s=0.05, max_backoff_s=0.1, request_timeout_s=0.5)
+    with reward_app_server([backend]) as url:
+        started = time.monotonic()
+        scores = RewardClient(url, chunk_size=2, retry=retry).score(_samples([0.3, 0.6]))
+        elapsed = time.monotonic() - started
+    assert np.isnan(scores).all()
+    assert 1.0 <= elapsed < 5.0

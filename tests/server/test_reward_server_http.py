@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -325,15 +326,13 @@ def cli_pairwise_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def cli_server(tiny_judge, cli_pairwise_file):
-    """``python reward_server/reward_server.py`` with two replica worker processes (DP 2), a key and
-    a pairwise question from a file; yields its URL, the environment and the lines it has logged so
-    far (read by a thread)."""
+@contextlib.contextmanager
+def _cli_server_process(tiny_judge, extra: list[str]):
+    """``python reward_server/reward_server.py`` (transformers, a key) with ``extra`` arguments;
+    yields its URL, the environment and the lines it has logged so far (read by a thread)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REWARD_SERVER_API_KEY": "k3y", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "reward_server" / "reward_server.py"), "--backend", "transformers"]
-    command += ["--model", str(tiny_judge), "--port", "0", "--data-parallel-size", "2"]
-    command += ["--pairwise-template-file", str(cli_pairwise_file)]
+    command += ["--model", str(tiny_judge), "--port", "0", *extra]
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -354,6 +353,15 @@ def cli_server(tiny_judge, cli_pairwise_file):
         reader.join(timeout=10)
     assert process.returncode == 0, "".join(log[-20:])  # SIGTERM is a clean shutdown
     assert not [pid for pid in _replica_pids(log) if _running(pid)], "replica processes outlived the server"
+
+
+@pytest.fixture(scope="module")
+def cli_server(tiny_judge, cli_pairwise_file):
+    """The CLI server with two replica worker processes (DP 2), a key and a pairwise question from
+    a file (the default batch deadline)."""
+    extra = ["--data-parallel-size", "2", "--pairwise-template-file", str(cli_pairwise_file)]
+    with _cli_server_process(tiny_judge, extra) as running:
+        yield running
 
 
 def _collect_lines(stream, log: list[str], listening: threading.Event) -> None:
@@ -480,9 +488,16 @@ def test_a_killed_replica_fails_only_its_batch_and_is_restarted(cli_server, item
     again = _post(url, items, headers=auth).json()
     assert again["scores"] == pytest.approx(reference_scores, abs=1e-5)
     pool.shutdown()
-    # Every item was in exactly one engine batch: nothing lost, nothing scored twice.
+    # Every item was in exactly one engine batch: nothing lost, nothing scored twice. (A batch is
+    # logged just after its answers are handed back: give the log reader a moment for the last.)
+    expected_items = len(sent) + 3 + len(items)
+    deadline = time.monotonic() + 10
+    while sum(n for n, _ in _logged_batches(log)[len(batches_before) :]) < expected_items:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     new_batches = _logged_batches(log)[len(batches_before) :]
-    assert sum(n for n, _ in new_batches) == len(sent) + 3 + len(items)
+    assert sum(n for n, _ in new_batches) == expected_items
     assert sum(f for _, f in new_batches) == 1
     assert any("restarted (pid" in line for line in log)
 
@@ -521,3 +536,98 @@ def test_several_source_images_reach_the_judge(server, judge, items, reference_s
     assert two_sources == pytest.approx(judge.score_batch([decoded])[0], abs=1e-5)
     assert one_source == pytest.approx(reference_scores[0], abs=1e-5)
     assert abs(two_sources - one_source) > 1e-6
+
+
+BATCH_DEADLINE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def deadline_server(tiny_judge):
+    """The CLI server with two replica processes and a 3 s batch deadline."""
+    extra = ["--data-parallel-size", "2", "--batch-deadline-s", str(BATCH_DEADLINE_S), "--max-batch-size", "4"]
+    with _cli_server_process(tiny_judge, extra) as running:
+        yield running
+
+
+def _stuck_request(url: str, items, pool, auth: dict):
+    """Posts one-item requests until one does not come back within 0.5 s (it sits on the frozen
+    replica); returns (its item index, its future, when it was sent, the others sent)."""
+    sent = []
+    for attempt in range(24):
+        pick = attempt % len(items)
+        started = time.monotonic()
+        future = pool.submit(_post, url, [items[pick]], headers=auth)
+        try:
+            future.result(timeout=0.5)
+        except FuturesTimeout:
+            return pick, future, started, sent
+        sent.append((pick, future))
+    raise AssertionError("no request reached the frozen replica")
+
+
+def test_a_hung_replica_is_killed_at_the_batch_deadline_and_restarted(deadline_server, items, reference_scores):
+    """Fault: a judge replica hangs without dying (SIGSTOP: alive, never answers).
+
+    At the batch deadline the server kills it: that batch's item gets a retryable error naming the
+    deadline, the other replica serves other clients meanwhile, ``/health`` says degraded until the
+    replica is restarted, then ok; the request is answered within the deadline plus a margin.
+    """
+    url, _env, log = deadline_server
+    auth = {"Authorization": "Bearer k3y"}
+    victim = _replica_pids(log)[-1]
+    os.kill(victim, signal.SIGSTOP)
+    pool = ThreadPoolExecutor(8)
+    try:
+        stuck, future, sent_at, others = _stuck_request(url, items, pool, auth)
+        served_meanwhile = _post(url, items[:3], headers=auth).json()
+        assert served_meanwhile["scores"] == pytest.approx(reference_scores[:3], abs=1e-5)
+        answer = future.result(timeout=60).json()
+        answered_after = time.monotonic() - sent_at
+    finally:
+        if _running(victim):
+            os.kill(victim, signal.SIGKILL)
+    assert answer["scores"] == [None] and answer["retryable"] == [True], answer
+    assert "within the 3 s batch deadline (--batch-deadline-s); it was killed" in answer["errors"][0]
+    assert BATCH_DEADLINE_S <= answered_after < BATCH_DEADLINE_S + 10, answered_after
+    assert served_meanwhile["retryable"] == [False] * 3
+    assert _wait_for_health(url, "degraded", auth)["replicas_alive"] == 1
+    assert _wait_for_health(url, "ok", auth, timeout_s=120)["replicas_alive"] == 2
+    assert not _running(victim), "the hung replica was not killed"
+    for pick, done in others:
+        assert done.result(timeout=60).json()["scores"] == pytest.approx([reference_scores[pick]], abs=1e-5)
+    assert any("past the 3 s batch deadline; killed it, restarting" in line for line in log)
+    again = _post(url, items, headers=auth).json()
+    assert again["scores"] == pytest.approx(reference_scores, abs=1e-5)
+    pool.shutdown()
+
+
+def test_the_client_sends_items_of_a_hung_replica_again_and_loses_none(deadline_server, items, reference_scores):
+    """The trainer's client against the same fault: every item ends with its judge score (the one
+    that sat on the hung replica is sent again after the kill), none is NaN."""
+    from edit_r1.rewards.base import RewardSample
+    from edit_r1.rewards.client import RetryPolicy, RewardClient
+
+    url, _env, log = deadline_server
+    auth = {"Authorization": "Bearer k3y"}
+    _wait_for_health(url, "ok", auth, timeout_s=120)
+    victim = _replica_pids(log)[-1]
+    os.kill(victim, signal.SIGSTOP)
+    samples = [
+        RewardSample(Image.open(io.BytesIO(raw.image)), Image.open(io.BytesIO(raw.source_image)),
+                     raw.instruction, raw.requirement)  # fmt: skip
+        for raw in items
+    ]
+    retry = RetryPolicy(deadline_s=90, initial_backoff_s=0.2, max_backoff_s=1.0, request_timeout_s=60)
+    client = RewardClient(url.split("://", 1)[1], chunk_size=1, retry=retry, api_key="k3y", image_format="png")
+    hung_before = sum("batch deadline; killed it" in line for line in log)
+    try:
+        started = time.monotonic()
+        scores = client.score(samples)
+        took = time.monotonic() - started
+    finally:
+        client.close()
+        if _running(victim):
+            os.kill(victim, signal.SIGKILL)
+    assert sum("batch deadline; killed it" in line for line in log) == hung_before + 1, "no batch hung"
+    assert scores.tolist() == pytest.approx(reference_scores, abs=1e-5)
+    assert took < BATCH_DEADLINE_S + 60, took
