@@ -98,7 +98,7 @@ REHEARSAL_TORCH ?= $(TORCH_PIN)
 REHEARSAL_PY := $(REHEARSAL_VENV)/bin/python
 # typer 0.28: the lent machine has typer but not pydantic, which typer 0.29 requires.
 GPU_MACHINE_PACKAGES := transformers==5.17.0 tokenizers==0.23.2 huggingface-hub==1.33.0 safetensors==0.8.0 \
-	accelerate==1.15.0 typer==0.28.0 peft pillow absl-py pyyaml regex requests tqdm
+	accelerate==1.15.0 typer==0.28.0 sentencepiece==0.2.2 peft pillow absl-py pyyaml regex requests tqdm protobuf
 gpu-rehearsal: gpu-wheels
 	rm -rf $(REHEARSAL_VENV) $(REHEARSAL_OUT)
 	$(PYTHON) -m venv $(REHEARSAL_VENV)
@@ -106,7 +106,7 @@ gpu-rehearsal: gpu-wheels
 	$(REHEARSAL_PY) scripts/gpu_check_env.py --audit scripts/gpu_machine_packages.txt
 	$(REHEARSAL_PY) -m pip list 2>/dev/null | grep -E "^(torch|transformers|huggingface-hub|diffusers|ml_collections) " || true
 	PYTHON=$(REHEARSAL_PY) GPU_CHECK_TIMEOUT_S=1500 bash scripts/gpu_check.sh $(REHEARSAL_OUT) \
-		--device cpu --size small --repeats 1 --budget-s 1200
+		--device cpu --size small --repeats 1 --budget-s 1200 --kit $(REHEARSAL_OUT)/kit
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -206,9 +206,11 @@ def fsdp_dcp_roundtrip(device: torch.device, width: int = 1024, blocks: int = 4)
 def ensure_kit(kit: Path) -> None:
     """The tiny kit gives the random policies their scheduler and (unused) text encoders."""
     if not kit.is_dir() or not any(kit.iterdir()):
-        subprocess.run(
-            [sys.executable, "-m", "edit_r1.models.tiny", "build", "--out", str(kit)], check=True, cwd=REPO
-        )
+        command = [sys.executable, "-m", "edit_r1.models.tiny", "build", "--out", str(kit)]
+        if subprocess.run(command, cwd=REPO).returncode != 0:
+            print(f"gpu_check: building the tiny kit into {kit} failed (its error is above); nothing was measured",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(2)
 
 
 def train_step(settings) -> dict[str, Any]:
@@ -273,7 +275,7 @@ def stages(args, family: str, backend: str | None):
         yield name, every[name]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory of gpu_check.json")
     parser.add_argument("--device", default="cuda")
@@ -288,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kit", type=Path, default=REPO / ".tiny" / "kit")
     parser.add_argument("--no-fsdp-dcp", action="store_true", help="skip the FSDP2 + DCP round trip")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     no_cuda_exit(args.device)
     require_modules()
     start = time.monotonic()
@@ -296,14 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     features = torch_features()
-    for reason in sorted({reason for reason in features.values() if reason}):
-        needing = [stage for stage in STAGE_NEEDS if missing_for(stage, features) == reason]
-        print(f"gpu_check: {reason}: skipping {', '.join(needing) or 'nothing'}; the other stages run")
-    report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "size": args.size, "dtype": str(dtype),
-        "torch_features": {name: reason or "ok" for name, reason in features.items()}, "families": {},
-    }  # fmt: skip
+    announce_missing(features)
+    report = report_header(device, dtype, args.size, features)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "gpu_check.json"
 
@@ -341,6 +341,22 @@ def main(argv: list[str] | None = None) -> int:
     failed = failed_stages(report)
     print(f"gpu_check: wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def announce_missing(features: dict[str, str | None]) -> None:
+    """One line per torch feature this torch lacks, naming the stages it skips."""
+    for reason in sorted({reason for reason in features.values() if reason}):
+        needing = [stage for stage in STAGE_NEEDS if missing_for(stage, features) == reason]
+        print(f"gpu_check: {reason}: skipping {', '.join(needing) or 'nothing'}; the other stages run")
+
+
+def report_header(device: torch.device, dtype: torch.dtype, size: str, features: dict) -> dict[str, Any]:
+    """The JSON's fixed part: device, torch (and CUDA) version, size, dtype, the features probed."""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "size": size, "dtype": str(dtype),
+        "torch_features": {name: reason or "ok" for name, reason in features.items()}, "families": {},
+    }  # fmt: skip
 
 
 def failed_stages(report: dict[str, Any]) -> list[str]:

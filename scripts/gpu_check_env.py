@@ -45,6 +45,8 @@ REQUIRED = (
     ("regex", "regex"),
     ("requests", "requests"),
     ("tqdm", "tqdm"),
+    ("sentencepiece", "sentencepiece"),  # the tiny kit's T5 tokenizer (edit_r1.models.tiny)
+    ("google.protobuf", "protobuf"),  # sentencepiece's model proto, read by the same build
 )
 PREFIX = "gpu_check"
 
@@ -65,7 +67,15 @@ def missing_modules(extra_path: Path | None = None) -> list[tuple[str, str]]:
     if extra_path is not None:
         sys.path.insert(0, str(extra_path))
         importlib.invalidate_caches()
-    return [(module, dist) for module, dist in REQUIRED if importlib.util.find_spec(module) is None]
+    return [(module, dist) for module, dist in REQUIRED if not _found(module)]
+
+
+def _found(module: str) -> bool:
+    """Whether ``module`` can be imported-to-be (a dotted name whose parent is absent: not found)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def wheels_for(missing: list[tuple[str, str]], wheels: Path) -> tuple[list[Path], list[str]]:
