@@ -27,6 +27,8 @@ import torch
 from edit_r1.checkpoint import list_checkpoints, read_sharded_tensors, verify_checkpoint
 from edit_r1.data.toy import write_toy_dataset
 
+pytestmark = pytest.mark.cluster  # make test-cluster
+
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("node_probe.py")
 GROUPS = ("default", "old", "ema", "optimizer")
@@ -132,7 +134,6 @@ def one_node(root: Path) -> Run:
     return run
 
 
-@pytest.mark.slow
 def test_two_nodes_train_to_the_weights_of_one_node(root: Path, one_node: Run):
     two = Run(root, "two_nodes", nnodes=2, nproc=2, epochs=2)
     two.finish()
@@ -168,7 +169,6 @@ def test_two_nodes_train_to_the_weights_of_one_node(root: Path, one_node: Run):
     ]
 
 
-@pytest.mark.slow
 def test_a_killed_rank_ends_both_nodes_and_the_checkpoint_resumes_on_one_node(root: Path, one_node: Run):
     run = Run(root, "killed", nnodes=2, nproc=2, epochs=2)
     try:

@@ -194,7 +194,9 @@ class _HangsOnceBackend(InstructionScoreBackend):
         with self._lock:
             hang, self.times = self.times > 0, self.times - 1
         if hang:
-            raise ReplicaHung(f"replica did not answer this batch of {len(items)} within the 1 s batch deadline")
+            raise ReplicaHung(
+                f"replica did not answer this batch of {len(items)} within the 1 s batch deadline"
+            )
         return super().score_batch(items)
 
 

@@ -544,7 +544,14 @@ BATCH_DEADLINE_S = 3.0
 @pytest.fixture(scope="module")
 def deadline_server(tiny_judge):
     """The CLI server with two replica processes and a 3 s batch deadline."""
-    extra = ["--data-parallel-size", "2", "--batch-deadline-s", str(BATCH_DEADLINE_S), "--max-batch-size", "4"]
+    extra = [
+        "--data-parallel-size",
+        "2",
+        "--batch-deadline-s",
+        str(BATCH_DEADLINE_S),
+        "--max-batch-size",
+        "4",
+    ]
     with _cli_server_process(tiny_judge, extra) as running:
         yield running
 
@@ -565,7 +572,9 @@ def _stuck_request(url: str, items, pool, auth: dict):
     raise AssertionError("no request reached the frozen replica")
 
 
-def test_a_hung_replica_is_killed_at_the_batch_deadline_and_restarted(deadline_server, items, reference_scores):
+def test_a_hung_replica_is_killed_at_the_batch_deadline_and_restarted(
+    deadline_server, items, reference_scores
+):
     """Fault: a judge replica hangs without dying (SIGSTOP: alive, never answers).
 
     At the batch deadline the server kills it: that batch's item gets a retryable error naming the
@@ -601,7 +610,9 @@ def test_a_hung_replica_is_killed_at_the_batch_deadline_and_restarted(deadline_s
     pool.shutdown()
 
 
-def test_the_client_sends_items_of_a_hung_replica_again_and_loses_none(deadline_server, items, reference_scores):
+def test_the_client_sends_items_of_a_hung_replica_again_and_loses_none(
+    deadline_server, items, reference_scores
+):
     """The trainer's client against the same fault: every item ends with its judge score (the one
     that sat on the hung replica is sent again after the kill), none is NaN."""
     from edit_r1.rewards.base import RewardSample
@@ -613,12 +624,18 @@ def test_the_client_sends_items_of_a_hung_replica_again_and_loses_none(deadline_
     victim = _replica_pids(log)[-1]
     os.kill(victim, signal.SIGSTOP)
     samples = [
-        RewardSample(Image.open(io.BytesIO(raw.image)), Image.open(io.BytesIO(raw.source_image)),
-                     raw.instruction, raw.requirement)  # fmt: skip
+        RewardSample(
+            Image.open(io.BytesIO(raw.image)),
+            Image.open(io.BytesIO(raw.source_image)),
+            raw.instruction,
+            raw.requirement,
+        )  # fmt: skip
         for raw in items
     ]
     retry = RetryPolicy(deadline_s=90, initial_backoff_s=0.2, max_backoff_s=1.0, request_timeout_s=60)
-    client = RewardClient(url.split("://", 1)[1], chunk_size=1, retry=retry, api_key="k3y", image_format="png")
+    client = RewardClient(
+        url.split("://", 1)[1], chunk_size=1, retry=retry, api_key="k3y", image_format="png"
+    )
     hung_before = sum("batch deadline; killed it" in line for line in log)
     try:
         started = time.monotonic()
