@@ -7,7 +7,9 @@ One module per scenario:
 - :mod:`benchmarks.train_step` -- one NFT training timestep (the trainer's own step) vs the
   original release's three separate forwards vs the bare model passes;
 - :mod:`benchmarks.rollout` -- a group of ``k`` edits, condition encoded once per group vs per sample;
-- :mod:`benchmarks.reward` -- the reward server with dynamic batching vs one image per engine call;
+- :mod:`benchmarks.reward` -- the reward server with dynamic batching vs one image per engine call
+  (transformers and/or vLLM backends; a vLLM engine alone runs in its own venv through
+  ``benchmarks/reward_engine.py``);
 - :mod:`benchmarks.epoch` -- a whole tiny epoch with ``torchrun``, time per phase;
 - :mod:`benchmarks.loading` -- parameter bytes per rank while a full-weight policy is built and
   sharded, old/ref deep copies vs built on the meta device (``torchrun``, 2 and 4 processes).
