@@ -104,6 +104,18 @@ def _reward_client_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(RewardClientSettings().as_mapping())
 
 
+def _monitors_config() -> ml_collections.ConfigDict:
+    # Reward-hacking monitors logged at every evaluation (edit_r1/monitors.py, docs/training.md).
+    monitors = ml_collections.ConfigDict()
+    # monitor/changed_share counts a pixel as changed when one of its channels moved by more than
+    # this (pixels in [0, 1]): 0.1 = 25.5 of 255 levels, above JPEG and VAE reconstruction noise
+    monitors.change_threshold = 0.1
+    # also run the reference policy at every evaluation step for monitor/velocity_ratio (one more
+    # transformer forward per step of the evaluation only)
+    monitors.velocity_reference = True
+    return monitors
+
+
 def _wandb_config() -> ml_collections.ConfigDict:
     wandb = ml_collections.ConfigDict()
     wandb.project = "edit_r1"  # wandb project name
@@ -156,5 +168,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample = _sample_config()
     config.train = _train_config()
     config.reward_client = _reward_client_config()
+    config.monitors = _monitors_config()
     config.wandb = _wandb_config()
     return config

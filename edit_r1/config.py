@@ -466,6 +466,14 @@ def _check_dataset(config, problems: list[str]) -> None:
             problems.append(f"dataset file missing: {path}")
 
 
+def _check_monitors(config, problems: list[str]) -> None:
+    threshold = config.monitors.change_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < 1:
+        problems.append(
+            f"monitors.change_threshold={threshold!r} must be a number in [0, 1) (pixels in [0, 1])"
+        )
+
+
 def validate_config(
     config: ml_collections.ConfigDict, world_size: int, check_files: bool = True
 ) -> list[str]:
@@ -477,6 +485,7 @@ def validate_config(
     """
     problems: list[str] = []
     _check_top_level(config, problems)
+    _check_monitors(config, problems)
     _check_sampling(config, problems)
     _check_training(config, problems)
     _check_algorithm(config, problems)

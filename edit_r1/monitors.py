@@ -1,7 +1,8 @@
 """Reward-hacking monitors of an evaluation: numbers that need no ground truth.
 
 A policy that learns to please its judge rather than to edit shows it in quantities the judge
-does not see. Over the held-out edits of an evaluation:
+does not see. At every evaluation the trainer logs, over the held-out edits (``docs/training.md``,
+"Reward hacking: the monitors"):
 
 - ``monitor/source_ssim``, ``monitor/source_psnr``, ``monitor/changed_share``: how similar each
   edit is to its source, at the resolution the judge is sent

@@ -146,6 +146,27 @@ class EvaluationSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """The evaluation's reward-hacking monitors (``edit_r1/monitors.py``).
+
+    ``change_threshold`` (``monitors.change_threshold``): a pixel whose largest channel moved by
+    more than this counts as changed; ``velocity_reference`` (``monitors.velocity_reference``): also
+    evaluate the reference policy at every evaluation step (``monitor/velocity_ratio``).
+    """
+
+    change_threshold: float
+    velocity_reference: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> MonitorSettings:
+        monitors = config.monitors
+        return cls(
+            change_threshold=float(monitors.change_threshold),
+            velocity_reference=bool(monitors.velocity_reference),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
     """AdamW, clipping and the update loop (``train.*``).
 
@@ -305,6 +326,7 @@ class TrainingSettings:
     algorithm: AlgorithmSettings
     optimizer: OptimizerSettings
     evaluation: EvaluationSettings
+    monitors: MonitorSettings
     checkpoints: CheckpointSettings
     rewards: RewardSettings
     wandb: WandbSettings
@@ -332,6 +354,7 @@ class TrainingSettings:
             algorithm=AlgorithmSettings.from_config(config),
             optimizer=OptimizerSettings.from_config(config),
             evaluation=EvaluationSettings.from_config(config),
+            monitors=MonitorSettings.from_config(config),
             checkpoints=CheckpointSettings.from_config(config),
             rewards=RewardSettings.from_config(config),
             wandb=resolve_wandb_settings(config.wandb.mode, config.wandb.project, config.wandb.entity),

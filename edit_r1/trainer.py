@@ -66,6 +66,7 @@ from edit_r1.inference import copy_lora_into_policy, to_pil_batch
 from edit_r1.lora_files import read_lora
 from edit_r1.models.base import EditPolicy
 from edit_r1.models.registry import load_policy, policy_class
+from edit_r1.monitors import VelocityNorms, batch_monitors, same_reward, summarise
 from edit_r1.parallelize import (
     full_tensor,
     gather_to_rank0,
@@ -288,6 +289,10 @@ class Trainer:
             split_reward_spec(rewards.weights)[1], rewards.client, seed=self.settings.seed
         )
         self.eval_reward = build_combined_reward(rewards.eval_weights, self._eval_reward_client())
+        # The training reward of the held-out edits, for monitor/reward_gap: only when it can differ
+        # from the evaluation reward, and not for group rewards (they need a whole group).
+        same = same_reward(rewards.weights, rewards.eval_weights, not os.environ.get("EVAL_REWARD_SERVER"))
+        self.gap_reward = None if same or self.group_rewards else combined
         return combined
 
     def _load_policy(self) -> EditPolicy:
@@ -449,13 +454,22 @@ class Trainer:
 
     @torch.no_grad()
     def rollout(
-        self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool, generator=None
-    ) -> SampleResult:
+        self, cond, *, adapter: str, sigmas: torch.Tensor, solver: str, deterministic: bool, generator=None,
+        observe: VelocityNorms | None = None,
+    ) -> SampleResult:  # fmt: skip
         """One batch rolled out from fresh noise with policy ``adapter`` (states and log-probs kept);
-        noise from the global generator, or from ``generator`` (one ``torch.Generator`` or one per row)."""
+        noise from the global generator, or from ``generator`` (one ``torch.Generator`` or one per row).
+        ``observe`` records the velocity norms of every step (and the reference's at the same points
+        with ``monitors.velocity_reference``) without changing the rollout."""
         z = self.policy.initial_noise(len(cond), generator)
+        velocity = lambda x, s: self.policy.velocity(x, s, cond, adapter=adapter)  # noqa: E731
+        if observe is not None:
+            reference = lambda x, s: self.policy.velocity(x, s, cond, adapter="ref")  # noqa: E731
+            velocity = observe.wrap(
+                velocity, reference if self.settings.monitors.velocity_reference else None
+            )
         result = sample(
-            lambda x, s: self.policy.velocity(x, s, cond, adapter=adapter),
+            velocity,
             z,
             sigmas.to(z.device),
             solver=solver,
@@ -727,7 +741,7 @@ class Trainer:
         if self.parallel.lockstep:  # the same number of (collective) forwards on every rank
             per_rank = -(-len(self.test_set) // self.dist.world_size)
             indices += [indices[-1] if indices else 0] * (per_rank - real)
-        scores, grid = [], []
+        scores, grid, monitors = [], [], []
         context = (
             self.ema.applied(local_shards(self.params)) if self.ema is not None else contextlib.nullcontext()
         )
@@ -744,21 +758,24 @@ class Trainer:
                     if keep == 0:
                         continue
                     items, images, cond = items[:keep], images[:keep], cond.index_select(list(range(keep)))
-                _, samples = self.edit_batch(
+                norms = VelocityNorms()
+                result, samples = self.edit_batch(
                     cond, items, images, adapter="default", sigmas=self.eval_sigmas,
                     solver=evaluation.solver, deterministic=evaluation.deterministic,
-                    generator=[self._eval_generator(epoch, i) for i in batch[: len(items)]],
+                    generator=[self._eval_generator(epoch, i) for i in batch[: len(items)]], observe=norms,
                 )  # fmt: skip
                 samples = samples[:keep]
                 if not samples:
                     continue
                 output = self.eval_reward(samples)
                 scores.append(output)
+                monitors.append(self._monitor_batch(samples, result.latents, norms, output.total))
                 grid.extend(
                     (x.source_image, x.edited_image, float(s) if math.isfinite(s) else None, x.instruction)
                     for x, s in zip(samples, output.total, strict=True)
                 )
         metrics = self._gather_eval_scores(scores)
+        metrics.update(self._gather_monitors(monitors))
         if self.dist.is_main and grid:
             path = save_eval_grid(grid[:8], self.run_dir / "samples" / f"eval_epoch{epoch:05d}.png")
             self.tracker.log_image("eval_grid", path, step=epoch)
@@ -771,6 +788,27 @@ class Trainer:
         or world size that evaluated the item."""
         seed = int(np.random.SeedSequence([self.settings.seed, epoch, index]).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
+
+    def _monitor_batch(
+        self, samples: list[RewardSample], latents: torch.Tensor, norms: VelocityNorms, eval_total: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The reward-hacking monitors of one evaluation batch (``edit_r1/monitors.py``)."""
+        train_reward = (lambda batch: self.gap_reward(batch).total) if self.gap_reward is not None else None
+        return batch_monitors(
+            samples, latents, norms, eval_total,
+            threshold=self.settings.monitors.change_threshold, train_reward=train_reward,
+        )  # fmt: skip
+
+    def _gather_monitors(self, batches: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
+        """``monitor/*`` means over every rank's held-out edits (a rank without edits sends none)."""
+        # Rank 0 always has edits: its names make every rank gather the same arrays.
+        names = distributed.broadcast_object(sorted(batches[0]) if batches else [])
+        gathered = {}
+        for name in names:
+            local = np.concatenate([b[name] for b in batches]) if batches else np.zeros(0)
+            values = distributed.all_gather_tensor(torch.from_numpy(local).to(self.dist.device))
+            gathered[name] = values.cpu().numpy()
+        return summarise(gathered)
 
     def _gather_eval_scores(self, outputs: list[RewardOutput]) -> dict[str, float]:
         names = list(self.eval_reward.weights)
