@@ -96,6 +96,9 @@ def test_two_ranks_train_against_the_reward_server(
         assert math.isfinite(row["total_loss"]) and math.isfinite(row["policy_loss"])
         assert row["reward_failed"] == 0
         assert 0 <= row["reward_mllm_score_continue"] <= 1
+        # the monitors are gathered over both ranks' held-out edits (docs/training.md)
+        assert 0 <= row["monitor/changed_share"] <= 1 and row["monitor/velocity_rms"] > 0
+    assert rows[0]["monitor/velocity_ratio"] == pytest.approx(1.0, abs=1e-6)  # before any update
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     final = run_dir / "checkpoints" / "checkpoint-2"
