@@ -112,6 +112,19 @@ def toy() -> ml_collections.ConfigDict:
     return config
 
 
+def toy_blind() -> ml_collections.ConfigDict:
+    """``toy`` trained on the preservation-blind rule ``toy_color`` of the earlier toy world, the
+    erasable reward (``docs/toyworld.md``, "Reward hacking made visible"). The held-out evaluation
+    is ``toy``'s: the judge through ``REWARD_SERVER``, the ground truth and the monitors.
+
+    Launch: ``REWARD_SERVER=127.0.0.1:PORT python scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:toy_blind``.
+    """
+    config = toy()
+    tiny_common.use_blind_reward(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "kontext_mllm_reward": kontext_mllm_reward,
     "kontext_mllm_reward_ban_prompt": kontext_mllm_reward_ban_prompt,
@@ -120,6 +133,7 @@ NAMED_CONFIGS = {
     "tiny_mllm": tiny_mllm,
     "tiny_grpo": tiny_grpo,
     "toy": toy,
+    "toy_blind": toy_blind,
 }
 
 

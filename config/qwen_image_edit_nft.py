@@ -24,6 +24,8 @@ Named configs (``--config config/qwen_image_edit_nft.py:NAME``; without ``:NAME`
 * ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy editor, 32 px colour edits and
   the trained toy judge through the reward server (``--model
   edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``).
+* ``toy_blind`` -- ``toy`` trained on the preservation-blind rule ``toy_color`` (the erasable reward;
+  evaluation as ``toy``).
 * ``qwen_mllm_reward_grpo`` -- ``qwen_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
 * ``tiny_grpo`` -- ``tiny`` trained with Flow-GRPO.
 
@@ -138,6 +140,19 @@ def tiny_grpo() -> ml_collections.ConfigDict:
     return config
 
 
+def toy_blind() -> ml_collections.ConfigDict:
+    """``toy`` trained on the preservation-blind rule ``toy_color`` of the earlier toy world, the
+    erasable reward (``docs/toyworld.md``, "Reward hacking made visible"). The held-out evaluation
+    is ``toy``'s: the judge through ``REWARD_SERVER``, the ground truth and the monitors.
+
+    Launch: ``REWARD_SERVER=127.0.0.1:PORT python scripts/train_nft_qwen_image_edit.py
+    --config config/qwen_image_edit_nft.py:toy_blind``.
+    """
+    config = toy()
+    tiny_common.use_blind_reward(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "qwen_mllm_reward": qwen_mllm_reward,
     "qwen_mllm_reward_grpo": qwen_mllm_reward_grpo,
@@ -147,6 +162,7 @@ NAMED_CONFIGS = {
     "qwen_2511_mllm_reward": qwen_2511_mllm_reward,
     "tiny_2511": tiny_2511,
     "toy": toy,
+    "toy_blind": toy_blind,
 }
 
 

@@ -83,3 +83,11 @@ def make_toy(config: ml_collections.ConfigDict, model_dir: Path) -> None:
             "toy_color": 0.0,
         }
     )
+
+
+def use_blind_reward(config: ml_collections.ConfigDict) -> None:
+    """Train a ``:toy`` config on the earlier, preservation-blind rule ``toy_color`` (the share of the
+    target region showing the requested colour: a flat field of the colour scores 1). Evaluation is
+    unchanged (judge, ground truth and its parts, the blind rule), so the reward-hacking monitors
+    and the ground truth's preservation show what optimising it does (``docs/toyworld.md``)."""
+    config.reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})

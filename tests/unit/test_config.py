@@ -34,6 +34,7 @@ NAMED = {
         "qwen_2511_mllm_reward",
         "tiny_2511",
         "toy",
+        "toy_blind",
     ),
     KONTEXT: (
         "kontext_mllm_reward",
@@ -79,7 +80,7 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError,
         match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, qwen_mllm_reward_grpo, tiny, "
-        "tiny_2511, tiny_grpo, tiny_mllm, toy",
+        "tiny_2511, tiny_grpo, tiny_mllm, toy, toy_blind",
     ):
         load_config(f"{QWEN}:qwen_typo")
 
@@ -485,3 +486,10 @@ def test_a_config_file_loaded_from_several_threads_at_once_loads_whole_in_each(t
     with ThreadPoolExecutor(max_workers=4) as pool:
         configs = list(pool.map(lambda _: load_config(str(slow)), range(4)))
     assert [c.seed for c in configs] == [7, 7, 7, 7]
+
+
+@pytest.mark.parametrize("path", [QWEN, KONTEXT])
+def test_toy_blind_differs_from_toy_only_in_its_training_reward(path: Path) -> None:
+    toy, blind = load_config(f"{path}:toy").to_dict(), load_config(f"{path}:toy_blind").to_dict()
+    assert blind.pop("reward_fn") == {"toy_color": 1.0} != toy.pop("reward_fn")
+    assert blind == toy  # evaluation (judge, ground truth, monitors) is the same
