@@ -149,3 +149,44 @@ def same_reward(train: Mapping[str, float], evaluation: Mapping[str, float], sam
 
 def _nonzero(weights: Mapping[str, float]) -> dict[str, float]:
     return {name: float(w) for name, w in weights.items() if w != 0}
+
+
+def evaluation_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A text table of the evaluation rows of ``metrics.jsonl``: the epoch, every ``eval_reward_*``
+    and every ``monitor/*`` value (``-`` where a row lacks it), one line per evaluation."""
+    evaluations = [row for row in rows if any(key.startswith(PREFIX) for key in row)]
+    if not evaluations:
+        return "no evaluation with monitors in these metrics"
+    keys = sorted({k for row in evaluations for k in row if k.startswith(("eval_reward_", PREFIX))})
+    short = [key.removeprefix(PREFIX).removeprefix("eval_reward_") for key in keys]
+    short = ["eval_mean" if name == "mean" else name for name in short]
+    widths = [max(len(name), 6) for name in short]
+    lines = ["epoch  " + "  ".join(name.rjust(w) for name, w in zip(short, widths, strict=True))]
+    for row in evaluations:
+        cells = [_cell(row.get(key)).rjust(w) for key, w in zip(keys, widths, strict=True)]
+        lines.append(f"{row.get('step', '?'):>5}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m edit_r1.monitors RUN_DIR``: the evaluations' rewards and monitors of a run."""
+    import argparse
+    from pathlib import Path
+
+    from edit_r1.tracking import METRICS_FILENAME, read_metrics
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help=f"a run directory (holding {METRICS_FILENAME})")
+    args = parser.parse_args(argv)
+    path = args.run_dir / METRICS_FILENAME
+    if not path.is_file():
+        parser.error(f"{path} does not exist: give a run directory (logdir/run_name)")
+    print(evaluation_table(read_metrics(path)))
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,7 @@ ROOM_MAY_IMPORT = {
     "edit_r1/distributed.py": ("edit_r1.distributed",),
     "edit_r1/checkpoint.py": ("edit_r1.checkpoint", "edit_r1.distributed"),
     "edit_r1/tracking.py": ("edit_r1.tracking",),
-    "edit_r1/monitors.py": ("edit_r1.monitors", "edit_r1.rewards"),
+    "edit_r1/monitors.py": ("edit_r1.monitors", "edit_r1.rewards", "edit_r1.tracking"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,20 @@ def test_same_reward_ignores_zero_weights_but_not_a_second_server():
     assert same_reward(train, logged_rule, same_server=True)
     assert not same_reward(train, logged_rule, same_server=False)  # a second judge: a real gap
     assert not same_reward({**train, "source_consistency": 0.3}, logged_rule, same_server=True)
+
+
+def test_the_evaluation_table_reads_a_runs_metrics(tmp_path, capsys):
+    from edit_r1.monitors import main
+
+    rows = [
+        {"step": 0, "eval_reward_mean": 0.5, "monitor/source_ssim": 0.9, "reward_mean": 0.4},
+        {"step": 1, "reward_mean": 0.6},  # no evaluation in this epoch
+        {"step": 2, "eval_reward_mean": 0.7, "monitor/source_ssim": 0.25, "monitor/reward_gap": None},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    main([str(tmp_path)])
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["epoch", "eval_mean", "reward_gap", "source_ssim"]
+    assert [line.split() for line in lines] == [["0", "0.500", "-", "0.900"], ["2", "0.700", "-", "0.250"]]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
