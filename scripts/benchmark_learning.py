@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
         [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
-        [--jobs 1] [--target 0.75] [--json out.json] [--plot curves.png]
+        [--jobs 1] [--set KEY=VALUE ...] [--target 0.75] [--json out.json] [--plot curves.png]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="algorithms trained at the same time, each with its own reward server (default 1)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run, e.g. \"reward_fn={'mllm_score_continue': 1.0, "
+        "'source_consistency': 0.3}\" (passed as --config.KEY=VALUE, after the reward's own flags)",
+    )
     parser.add_argument("--target", type=float, default=0.75, help="held-out score to reach")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the result object here")
@@ -86,13 +94,14 @@ def reach(curve: list[dict], target: float, per_epoch: int, metric: str = "judge
 
 
 def evaluation_overrides(args: argparse.Namespace) -> list[str]:
-    """Evaluate every ``--eval-every`` epochs; a rule-reward run scored by the rule needs no judge."""
+    """Evaluate every ``--eval-every`` epochs; a rule-reward run scored by the rule needs no judge;
+    then the ``--set`` overrides."""
     overrides = [f"--config.eval_freq={args.eval_every}"]
     if args.reward == "rule" and args.metric == "rule":
         overrides.append(
             "--config.eval_reward_fn={'toy_edit': 1.0, 'toy_edit_success': 0.0, 'toy_edit_preservation': 0.0}"
         )
-    return overrides
+    return overrides + [f"--config.{setting}" for setting in args.set]
 
 
 def run(args: argparse.Namespace, root: Path, dataset: Path | None = None) -> dict:

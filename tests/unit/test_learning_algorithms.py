@@ -16,7 +16,7 @@ from edit_r1.toyworld.learning import ALGORITHMS, training_command
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark_learning import format_comparison, median_reach  # noqa: E402
+from benchmark_learning import build_parser, evaluation_overrides, format_comparison, median_reach  # noqa: E402
 
 
 @pytest.mark.parametrize("reward", ["judge", "rule", "pairwise"])
@@ -33,7 +33,7 @@ def test_each_algorithm_runs_the_toy_config_validly(algorithm: str, reward: str,
         dict(config.reward_fn)
         == (
             {
-                "rule": {"toy_color": 1.0},
+                "rule": {"toy_edit": 1.0},
                 "judge": {"mllm_score_continue": 1.0},
                 "pairwise": {"pairwise_mllm": 1.0},
             }[reward]
@@ -86,3 +86,24 @@ def test_jobs_run_the_algorithms_at_the_same_time_on_one_dataset(tmp_path: Path,
     assert list(results) == ["nft", "grpo"] and results["grpo"]["algorithm"] == "grpo"
     assert seen["nft"] == seen["grpo"] == tmp_path / "toyworld_data"
     assert (tmp_path / "toyworld_data" / "train_metadata.jsonl").is_file()
+
+
+def test_set_overrides_come_after_the_rewards_own_flags(tmp_path: Path) -> None:
+    """``--set`` reaches every run's config and wins over the ``--reward`` flags (docs/toyworld.md)."""
+    args = build_parser().parse_args(
+        [
+            "--reward",
+            "judge_blind",
+            "--set",
+            "reward_fn={'mllm_score_continue': 1.0, 'source_consistency': 0.3}",
+        ]
+    )
+    command = training_command(
+        "qwen_image_edit", "nft", tmp_path / "run", tmp_path, 0, 2, 1, args.reward, evaluation_overrides(args)
+    )
+    argv = ["train", *[arg for arg in command if arg.startswith("--config")]]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=values, sys_argv=argv)
+    values(argv)
+    assert dict(values.config.reward_fn) == {"mllm_score_continue": 1.0, "source_consistency": 0.3}
+    assert values.config.eval_freq == 2
