@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
         [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
-        [--jobs 1] [--set KEY=VALUE ...] [--target 0.75] [--json out.json] [--plot curves.png]
+        [--jobs 1] [--set KEY=VALUE ...] [--eval-judge judge|judge_blind|pairwise] [--target 0.75] [--json out.json] [--plot curves.png]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
@@ -27,13 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edit_r1.toyworld.learning import (  # noqa: E402
     ALGORITHMS,
+    BLIND_JUDGE_DIR,
     CONFIGS,
+    JUDGE_DIR,
+    PAIRWISE_JUDGE_DIR,
     REWARD_FLAGS,
     LearningRunError,
     train_in_toy_world,
     write_dataset,
 )
 from edit_r1.toyworld.report import judge_calls_per_epoch  # noqa: E402
+
+EVAL_JUDGES = {"judge": JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR, "pairwise": PAIRWISE_JUDGE_DIR}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a config override for every run, e.g. \"reward_fn={'mllm_score_continue': 1.0, "
         "'source_consistency': 0.3}\" (passed as --config.KEY=VALUE, after the reward's own flags)",
+    )
+    parser.add_argument(
+        "--eval-judge",
+        choices=sorted(EVAL_JUDGES),
+        help="evaluate with this judge on a second server (EVAL_REWARD_SERVER) instead of the training "
+        "judge, so monitor/reward_gap compares the two (docs/training.md)",
     )
     parser.add_argument("--target", type=float, default=0.75, help="held-out score to reach")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
@@ -114,6 +125,7 @@ def run(args: argparse.Namespace, root: Path, dataset: Path | None = None) -> di
             run_dir, family=args.family, algorithm=args.algorithm,
             seed=seed, epochs=args.epochs, nproc=args.nproc, reward=args.reward,
             overrides=evaluation_overrides(args), dataset=dataset,
+            eval_judge=EVAL_JUDGES[args.eval_judge] if args.eval_judge else None,
         )  # fmt: skip
         for point in curve:
             point["samples"] = point["epoch"] * per_epoch

@@ -110,9 +110,12 @@ def training_command(
 def train_in_toy_world(
     run_dir: Path, *, family: str = "qwen_image_edit", algorithm: str = "nft", seed: int = 0, epochs: int = 12,
     nproc: int = 1, reward: str = "judge", dataset: Path | None = None, overrides: Sequence[str] = (),
-    timeout_s: float = 3600.0,
+    timeout_s: float = 3600.0, eval_judge: Path | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Train, then return the run's evaluations (:func:`edit_r1.toyworld.report.eval_curve`)."""
+    """Train, then return the run's evaluations (:func:`edit_r1.toyworld.report.eval_curve`).
+
+    ``eval_judge``: a judge folder served by a second server for the evaluation only
+    (``EVAL_REWARD_SERVER``), so ``monitor/reward_gap`` compares the training judge with another."""
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     dataset = dataset or write_dataset(run_dir.parent / "toyworld_data")
@@ -125,6 +128,10 @@ def train_in_toy_world(
             judge = {"pairwise": PAIRWISE_JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR}.get(reward, JUDGE_DIR)
             env["REWARD_SERVER"] = stack.enter_context(
                 judge_server(run_dir.parent / f"{run_dir.name}_server.log", judge)
+            )
+        if eval_judge is not None:
+            env["EVAL_REWARD_SERVER"] = stack.enter_context(
+                judge_server(run_dir.parent / f"{run_dir.name}_eval_server.log", Path(eval_judge))
             )
         result = subprocess.run(
             command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s

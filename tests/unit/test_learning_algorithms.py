@@ -107,3 +107,22 @@ def test_set_overrides_come_after_the_rewards_own_flags(tmp_path: Path) -> None:
     values(argv)
     assert dict(values.config.reward_fn) == {"mllm_score_continue": 1.0, "source_consistency": 0.3}
     assert values.config.eval_freq == 2
+
+
+def test_eval_judge_names_a_committed_judge_for_a_second_server(monkeypatch, tmp_path: Path) -> None:
+    """``--eval-judge`` hands ``train_in_toy_world`` a judge folder that exists (served on
+    ``EVAL_REWARD_SERVER`` for the evaluation only)."""
+    import benchmark_learning
+
+    seen = {}
+
+    def fake_train(run_dir, **options):
+        seen.update(options)
+        return []
+
+    monkeypatch.setattr(benchmark_learning, "train_in_toy_world", fake_train)
+    monkeypatch.setattr(benchmark_learning, "judge_calls_per_epoch", lambda run_dir: 0.0)
+    args = build_parser().parse_args(["--reward", "judge_blind", "--eval-judge", "judge", "--seeds", "0"])
+    benchmark_learning.run(args, tmp_path, dataset=tmp_path)
+    assert seen["eval_judge"] == benchmark_learning.EVAL_JUDGES["judge"]
+    assert all((folder / "config.json").is_file() for folder in benchmark_learning.EVAL_JUDGES.values())
