@@ -261,9 +261,6 @@ class RewardClient:
             "more_source_images": [image_to_png(image) for image in entry.more_source_images],
         }
 
-    def _encode(self, chunk: Sequence[RewardSample | PairSample]) -> dict:
-        return build_score_request([self._item(entry) for entry in chunk])
-
     def _score_chunk(self, chunk: Sequence[RewardSample | PairSample], chunk_index: int) -> list[float]:
         """The chunk's scores; items failed retryably are posted again (only those) within the
         chunk's deadline, moving on to the next server each round."""

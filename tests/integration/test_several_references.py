@@ -47,14 +47,14 @@ def test_two_reference_images_train_and_reach_the_judge(tiny_kit, two_image_data
     item = EditDataset(two_image_data, "train")[0]
     assert item.num_images == 2 and len(item.group_key) == 3  # (instruction, image 1, image 2)
     sent = []
-    encode = RewardClient._encode
+    encode_item = RewardClient._item
 
-    def recording_encode(self, chunk):
-        body = encode(self, chunk)
-        sent.extend(body["items"])
+    def recording_item(self, entry):
+        body = encode_item(self, entry)
+        sent.append(body)
         return body
 
-    monkeypatch.setattr(RewardClient, "_encode", recording_encode)
+    monkeypatch.setattr(RewardClient, "_item", recording_item)
     config = _config("config/qwen_image_edit_nft.py:tiny_mllm", "qwen_image_edit_2511", tiny_kit,
                      two_image_data, tmp_path)  # fmt: skip
     with start_reward_server(tiny_kit, tmp_path) as address:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from edit_r1.rewards.base import RewardSample
 from edit_r1.rewards.client import RewardClient, RewardClientSettings, encode_image
+from reward_server.protocol import build_score_request
 
 
 def _image() -> Image.Image:
@@ -35,7 +36,7 @@ def test_client_sends_jpeg_by_default_and_png_when_configured() -> None:
     for options, magic in (({}, b"\xff\xd8\xff"), ({"image_format": "png"}, b"\x89PNG")):
         settings = RewardClientSettings.from_mapping(options)
         client = RewardClient("127.0.0.1:1", image_format=settings.image_format)
-        item = client._encode([sample])["items"][0]
+        item = build_score_request([client._item(sample)])["items"][0]  # as posted
         client.close()
         assert base64.b64decode(item["image"]).startswith(magic)
         assert base64.b64decode(item["source_image"]).startswith(magic)
