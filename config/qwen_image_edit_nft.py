@@ -112,14 +112,16 @@ def tiny_mllm() -> ml_collections.ConfigDict:
 
 
 def toy() -> ml_collections.ConfigDict:
-    """DiffusionNFT in the toy world: the trained toy editor, the toy judge, 32 px background edits.
+    """DiffusionNFT in the toy world: the trained toy editor, the toy judge, 32 px shape recolours
+    and background edits.
 
-    Dataset: ``python -m edit_r1.data.toy --out .tiny/toyworld_data --train 256 --test 32 --size 32
-    --tasks background`` (``make demo`` builds it). Judge: ``python reward_server/reward_server.py --backend
-    transformers --model edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``; then
+    Dataset: ``python -m edit_r1.toyworld data --out .tiny/toyworld_data`` (``make demo`` builds it).
+    Judge: ``python reward_server/reward_server.py --backend transformers --model
+    edit_r1/toyworld/checkpoints/judge_qwen2_5_vl --template toy_v1``; then
     ``REWARD_SERVER=127.0.0.1:PORT torchrun --nproc_per_node=2 scripts/train_nft_qwen_image_edit.py
-    --config config/qwen_image_edit_nft.py:toy``. Evaluation logs the judge's reward and the rule
-    score (``toy_color``, weight 0: logged, not optimised) of the same held-out edits.
+    --config config/qwen_image_edit_nft.py:toy``. Evaluation logs the judge's reward and the ground
+    truth (``toy_edit``, its parts ``toy_edit_success`` / ``toy_edit_preservation`` and the blind
+    ``toy_color``, weight 0: logged, not optimised) of the same held-out edits.
     """
     config = tiny_mllm()
     tiny_common.make_toy(config, model_dir=TOYWORLD / "qwen_image_edit_plus")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make demo`: DiffusionNFT visibly improving a trained toy editor on a CPU in a few minutes.
 #
-# 1. writes the toy world's RL dataset (.tiny/toyworld_data: 32 px scenes, "change the background
-#    to {colour}"); the trained toy editor and judge are committed (edit_r1/toyworld/checkpoints);
+# 1. writes the toy world's RL dataset (.tiny/toyworld_data: 32 px scenes, "make the {shape}
+#    {colour}" and "change the background to {colour}", each record with the VAE references of
+#    the ground truth); the trained toy editor and judge are committed (edit_r1/toyworld/checkpoints);
 # 2. starts the reward server with the toy judge on 127.0.0.1 (a free port) and health-checks it;
 # 3. trains the toy Qwen-Image-Edit with DiffusionNFT under `torchrun --nproc_per_node=2` (gloo),
 #    config/qwen_image_edit_nft.py:toy, rewarded by the judge's logits;
-# 4. prints the held-out judge reward and rule score before -> after and writes before_after.png.
+# 4. prints the held-out judge reward and the ground truth (score, success, preservation) before ->
+#    after and writes before_after.png.
 #
 # Usage: bash examples/demo.sh [RUN_DIR]   (default: demo_run). Uses .venv/bin/python.
 set -euo pipefail

@@ -10,11 +10,9 @@ import torch
 
 SIZE = 32  # image side in pixels: shapes stay recognisable, a rollout costs milliseconds
 TASKS = ("recolor", "background")  # colour edits: the rule score and the judge read the same colour
-# The RL experiments (the `:toy` config, `make demo`, the learning benchmark and test) edit backgrounds:
-# the base editor recolours a small shape right only ~7 % of the time (best of 8 samples: 18 %), too
-# little spread within a group for RL to learn from in a CPU budget; backgrounds score 0.56 with a
-# best-of-8 of 0.76 (docs/toyworld.md).
-RL_TASKS = ("background",)
+# The RL experiments (the `:toy` configs, `make demo`, the learning benchmark and test) edit shapes
+# and backgrounds alike: recolouring one shape is the local edit where keeping the rest matters most.
+RL_TASKS = ("recolor", "background")
 JUDGE_TEMPLATE = "toy_v1"  # the reward-server prompt template the toy judge is trained with and served by
 KONTEXT_TEXT_LENGTH = 32  # T5 tokens of the Kontext editor: every toy instruction fits (FLUX has no mask)
 TEXT_DIM = 32  # hidden size of the (frozen, random) Qwen2.5-VL text encoder of the editor

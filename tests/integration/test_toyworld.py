@@ -1,11 +1,13 @@
 """The committed toy world: loads with the standard ``from_pretrained`` calls and means something.
 
 * the editor folder loads as a ``QwenImageEditPlusPipeline`` and as the trainer's policy, and its
-  edits of held-out items score well above the unchanged source under the rule reward;
-* the same for the FLUX.1-Kontext editor folder (``FluxKontextPipeline``, background edits);
+  edits of held-out items keep the scene (ground-truth preservation) while editing partly;
+* the FLUX.1-Kontext editor folder (``FluxKontextPipeline``; the earlier build: background edits
+  under the preservation-blind rule);
 * the VAE reconstructs held-out toy images;
-* the judge, served by the real reward server with the ``toy_v1`` template, scores exactly as in
-  process and ranks held-out edits like the rule score.
+* the judge (still the earlier, preservation-blind one), served by the real reward server with
+  the ``toy_v1`` template, scores exactly as in process and ranks held-out synthetic edits like
+  the preservation-blind rule.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from edit_r1.toyworld import CHECKPOINTS, world
-from edit_r1.toyworld.editor import encode_pairs, generate, rule_scores
+from edit_r1.toyworld.editor import edit_scores, encode_pairs, generate
 from edit_r1.toyworld.images import scene_pairs, to_tensor
 from edit_r1.toyworld.vae import held_out_psnr
 
@@ -43,14 +45,21 @@ def test_vae_reconstructs_held_out_images(held_out) -> None:
     assert held_out_psnr(vae, to_tensor(sources + targets), video=True) > 20.0
 
 
-def test_base_editor_is_partly_competent(held_out) -> None:
-    examples, sources, _ = held_out
-    policy = world.load_policy(QWEN, use_lora=False)
+def _base_editor_scores(policy, examples, sources) -> tuple[np.ndarray, np.ndarray]:
+    """(edits, unchanged sources) as (N, 3) ground truth rows (success, preservation, score)."""
     cond, _ = encode_pairs(policy, examples, sources, sources)
-    edited = rule_scores(generate(policy, cond, num_steps=4, seed=0), examples)
-    unchanged = rule_scores(to_tensor(sources) * 0.5 + 0.5, examples)
-    assert unchanged.mean() < 0.05, unchanged  # the rule gives (almost) nothing for no edit
-    assert 0.15 < edited.mean() < 0.9, edited  # partly competent: headroom left for RL
+    edited = edit_scores(generate(policy, cond, num_steps=4, seed=0), examples)
+    return edited, edit_scores(to_tensor(sources) * 0.5 + 0.5, examples)
+
+
+def test_base_editor_keeps_the_scene_and_edits_partly(held_out) -> None:
+    """The base editor preserves the scene (ground-truth preservation >= 0.8 on average) while
+    its instruction success is partial: headroom for RL (docs/toyworld.md)."""
+    examples, sources, _ = held_out
+    edited, unchanged = _base_editor_scores(world.load_policy(QWEN, use_lora=False), examples, sources)
+    assert unchanged[:, 0].mean() < 0.05 and unchanged[:, 1].mean() > 0.99, unchanged.mean(0)
+    assert edited[:, 1].mean() >= 0.8, edited.mean(0)
+    assert 0.05 < edited[:, 0].mean() < 0.8, edited.mean(0)
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +177,6 @@ def test_auxiliary_facts_state_the_requested_colour_and_what_the_edit_shows(held
 KONTEXT = CHECKPOINTS / "flux_kontext"
 
 
-@pytest.fixture(scope="module")
-def held_out_backgrounds():
-    return scene_pairs(16, world.SIZE, seed=424242, tasks=world.RL_TASKS)
-
-
 def test_kontext_folder_loads_as_the_stock_pipeline() -> None:
     from diffusers import FluxKontextPipeline
 
@@ -190,15 +194,22 @@ def test_kontext_vae_reconstructs_held_out_images(held_out) -> None:
     assert held_out_psnr(vae, to_tensor(sources + targets), video=False) > 20.0
 
 
-def test_kontext_base_editor_is_partly_competent_on_backgrounds(held_out_backgrounds) -> None:
-    """Loaded as the trainer loads it, the base editor's 4-step edits of held-out background items
-    score clearly above the unchanged source, with headroom left for RL (docs/toyworld.md;
-    measured: 0.67 on average against 0.001, every item above its source by > 0.2)."""
-    examples, sources, _ = held_out_backgrounds
+def test_kontext_base_editor_is_partly_competent_on_backgrounds() -> None:
+    """Loaded as the trainer loads it, the (earlier, not yet rebuilt) Kontext base editor's 4-step
+    edits of held-out background items show the requested colour clearly more than the unchanged
+    source under the preservation-blind rule, with headroom left (docs/toyworld.md; measured:
+    0.67 on average against 0.001). It does not keep the shapes: its ground-truth preservation is
+    low, which is why it is to be rebuilt with the Qwen editor's recipe."""
+    from edit_r1.data.toy import metadata_record, toy_target_color_score
+    from edit_r1.toyworld.images import to_images
+
+    examples, sources, _ = scene_pairs(16, world.SIZE, seed=424242, tasks=("background",))
     policy = world.load_kontext_policy(KONTEXT, use_lora=False)
     cond, _ = encode_pairs(policy, examples, sources, sources)
-    edited = rule_scores(generate(policy, cond, num_steps=4, seed=0), examples)
-    unchanged = rule_scores(to_tensor(sources) * 0.5 + 0.5, examples)
+    records = [metadata_record(scene, task, "") for scene, task in examples]
+    edits = to_images(generate(policy, cond, num_steps=4, seed=0))
+    edited = np.array([toy_target_color_score(np.asarray(e), r) for e, r in zip(edits, records, strict=True)])
+    unchanged = np.array([toy_target_color_score(s, r) for s, r in zip(sources, records, strict=True)])
     assert unchanged.mean() < 0.05, unchanged
     assert 0.35 < edited.mean() < 0.9, edited
     assert (edited > unchanged + 0.2).mean() >= 0.8, edited
