@@ -62,7 +62,7 @@ def framework_step(policy, loss: NFTSettings, inputs: TrainStepInputs) -> dict[s
     the policy bound as the trainer binds it, then a backward. Returns the detached loss terms (a
     ``float()`` here would sync the GPU)."""
     from edit_r1.algo import NFT
-    from edit_r1.trainer import BoundPolicy
+    from edit_r1.training.updater import BoundPolicy
 
     algorithm = NFT(timestep_fraction=1.0, **loss.as_kwargs())
     value, info = algorithm.loss_at(

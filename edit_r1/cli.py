@@ -1,4 +1,4 @@
-"""Command-line entry shared by ``scripts/train_nft_*.py``: flags -> config -> Trainer.
+"""Command-line entry shared by ``scripts/train_nft_*.py``: flags -> config -> trainer.
 
 ``--config path.py:name`` selects a named config (absl ``config_flags``); any key can then be
 overridden, e.g. ``--config.train.learning_rate=1e-4``. Works under ``torchrun`` and as a plain
@@ -84,7 +84,7 @@ def make_main(default_config: str, model_family: str):
     def main(argv) -> None:
         del argv
         from edit_r1.data import DatasetError
-        from edit_r1.trainer import Trainer, TrainingError
+        from edit_r1.trainer import TrainingError, trainer_from_config
 
         config = flags.FLAGS.config
         if config.model_family != model_family:
@@ -96,7 +96,7 @@ def make_main(default_config: str, model_family: str):
         dist = distributed.init_distributed()
         code = 0
         try:
-            Trainer(config, dist).run()
+            trainer_from_config(config, dist).run()
         except (ConfigError, TrainingError, DatasetError, FileNotFoundError) as error:
             print(f"[rank {dist.rank}] error: {error}", file=sys.stderr)
             code = 1

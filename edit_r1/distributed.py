@@ -1,7 +1,7 @@
 """Distributed glue: process-group setup, tensor collectives, seeding and RNG state.
 
-Everything that knows about ``torch.distributed`` lives here (and in the trainer), so the algorithm
-modules stay pure tensor code.
+Process groups and collectives live here; sharding (FSDP2) lives in ``edit_r1/parallelize.py``;
+the algorithm modules stay pure tensor code.
 
 Launch modes, all handled by :func:`init_distributed`:
 
@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 __all__ = [
     "DistInfo",
@@ -45,7 +43,6 @@ __all__ = [
     "seed_everything",
     "get_rng_state",
     "set_rng_state",
-    "sharded_frozen_module",
 ]
 
 _MAX_NDIM = 8  # shapes are exchanged as fixed-size int64 descriptors of this many dims
@@ -361,57 +358,3 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
                 "devices are visible; resume on the same hardware layout"
             )
         torch.cuda.set_rng_state_all([state[k].to(torch.uint8).cpu() for k in cuda_keys])
-
-
-def default_shard_units(module: nn.Module) -> list[nn.Module]:
-    """Every element of every ``nn.ModuleList`` (transformer blocks), outermost lists only."""
-    units: list[nn.Module] = []
-
-    def visit(m: nn.Module) -> None:
-        for child in m.children():
-            if isinstance(child, nn.ModuleList):
-                units.extend(child)
-            else:
-                visit(child)
-
-    visit(module)
-    return units
-
-
-def sharded_frozen_module(
-    module: nn.Module,
-    dist_info: DistInfo,
-    shard_unit: Callable[[nn.Module], bool] | None = None,
-) -> nn.Module:
-    """Shard a frozen module (e.g. a text encoder) with FSDP2 ``fully_shard`` across all ranks.
-
-    Each rank keeps ``1/world_size`` of the weights and gathers one unit at a time during forward,
-    so a large encoder no longer needs a full copy per GPU. Units are the modules selected by
-    ``shard_unit`` (default: the blocks inside ``nn.ModuleList``s), then the root. Parameters are
-    set to ``requires_grad=False`` and the shards placed on ``dist_info.device``. Returns ``module``
-    itself (moved to ``dist_info.device``) when ``world_size == 1`` or no process group exists.
-
-    The module must already be in the dtype it will run in. Call it only through its own ``forward`` (``module(...)``: FSDP2 gathers the
-    root's parameters in the root's forward hook), under ``torch.no_grad()``, on every rank the
-    same number of times (each forward is a collective). Every unit, the root included, is
-    resharded after its forward, since no backward ever follows.
-    """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    module.requires_grad_(False)
-    if dist_info.world_size == 1 or not is_dist_active():
-        return module.to(dist_info.device)
-    # No .to(device) first: fully_shard moves only this rank's shard to the mesh device, so the
-    # full weights never have to fit on one GPU.
-    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
-    units = (
-        [m for m in module.modules() if m is not module and shard_unit(m)]
-        if shard_unit
-        else default_shard_units(module)
-    )
-    for unit in units:
-        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
-    # The root too: nothing runs backward through a frozen module, so keep it sharded between calls.
-    fully_shard(module, mesh=mesh, reshard_after_forward=True)
-    return module

@@ -60,8 +60,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edit_r1.distributed import default_shard_units
 from edit_r1.models.registry import POLICY_FAMILIES, policy_class
+from edit_r1.parallelize import default_shard_units
 
 GIB = 1024**3
 OVERHEAD_BYTES = 3 * GIB  # CUDA context, cuBLAS/attention workspaces, allocator fragmentation

@@ -28,7 +28,7 @@ hands it to :func:`parallelize_policy`, which (as torchtitan's ``parallelize``) 
 4. **CPU offload** (``fsdp_offload_frozen``, CUDA only): the shards of frozen modules (old/ref
    copies, sharded text encoders) live in pinned host memory and are copied in per block.
 5. The frozen **text encoders** (``fsdp_text_encoder``) are sharded per layer
-   (:func:`edit_r1.distributed.sharded_frozen_module`).
+   (:func:`sharded_frozen_module`).
 
 A sharded module's forward is a collective: every rank must call it the same number of times.
 :class:`ParallelPlan` tells the trainer so (``lockstep``).
@@ -42,7 +42,7 @@ gradients would cost a full float32 copy of the model per rank.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +60,8 @@ __all__ = [
     "like_param",
     "materialise_shards",
     "resident_bytes",
+    "default_shard_units",
+    "sharded_frozen_module",
 ]
 
 
@@ -110,7 +112,7 @@ def _offload(options: ParallelOptions, device: torch.device):
 def shard_units(module: nn.Module) -> list[nn.Module]:
     """The FSDP units of a transformer: every block of its outermost ``nn.ModuleList``s
     (``transformer_blocks``, and Flux's ``single_transformer_blocks``)."""
-    return distributed.default_shard_units(module)
+    return default_shard_units(module)
 
 
 def _shard(module: nn.Module, mesh, *, to_float32: set[int], mp_policy, offload_policy) -> None:
@@ -150,7 +152,7 @@ def parallelize_policy(
         for name in ("text_encoder", "text_encoder_2"):
             module = getattr(policy, name, None)
             if module is not None:
-                setattr(policy, name, distributed.sharded_frozen_module(module, dist_info))
+                setattr(policy, name, sharded_frozen_module(module, dist_info))
                 sharded_text = True
     return ParallelPlan(sharded_transformer=options.fsdp_transformer, sharded_text_encoders=sharded_text)
 
@@ -277,3 +279,57 @@ def gather_to_rank0(tensors: Sequence[torch.Tensor], is_main: bool) -> list[torc
             out.append(whole.to("cpu", copy=True))
         del whole
     return out if is_main else None
+
+
+def default_shard_units(module: nn.Module) -> list[nn.Module]:
+    """Every element of every ``nn.ModuleList`` (transformer blocks), outermost lists only."""
+    units: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            if isinstance(child, nn.ModuleList):
+                units.extend(child)
+            else:
+                visit(child)
+
+    visit(module)
+    return units
+
+
+def sharded_frozen_module(
+    module: nn.Module,
+    dist_info: distributed.DistInfo,
+    shard_unit: Callable[[nn.Module], bool] | None = None,
+) -> nn.Module:
+    """Shard a frozen module (e.g. a text encoder) with FSDP2 ``fully_shard`` across all ranks.
+
+    Each rank keeps ``1/world_size`` of the weights and gathers one unit at a time during forward,
+    so a large encoder no longer needs a full copy per GPU. Units are the modules selected by
+    ``shard_unit`` (default: the blocks inside ``nn.ModuleList``s), then the root. Parameters are
+    set to ``requires_grad=False`` and the shards placed on ``dist_info.device``. Returns ``module``
+    itself (moved to ``dist_info.device``) when ``world_size == 1`` or no process group exists.
+
+    The module must already be in the dtype it will run in. Call it only through its own ``forward`` (``module(...)``: FSDP2 gathers the
+    root's parameters in the root's forward hook), under ``torch.no_grad()``, on every rank the
+    same number of times (each forward is a collective). Every unit, the root included, is
+    resharded after its forward, since no backward ever follows.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    module.requires_grad_(False)
+    if dist_info.world_size == 1 or not distributed.is_dist_active():
+        return module.to(dist_info.device)
+    # No .to(device) first: fully_shard moves only this rank's shard to the mesh device, so the
+    # full weights never have to fit on one GPU.
+    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
+    units = (
+        [m for m in module.modules() if m is not module and shard_unit(m)]
+        if shard_unit
+        else default_shard_units(module)
+    )
+    for unit in units:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
+    # The root too: nothing runs backward through a frozen module, so keep it sharded between calls.
+    fully_shard(module, mesh=mesh, reshard_after_forward=True)
+    return module

@@ -19,6 +19,7 @@ The valid enumerations are declared once, by the code that uses them, and collec
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ import ml_collections
 import torch
 
 from edit_r1.algo import ALGORITHMS, DECAY_TYPES, AlgorithmSettings
-from edit_r1.rewards.client import RewardClientSettings
+from edit_r1.rewards.client import EVAL_SERVER_ENV, RewardClientSettings
 from edit_r1.rewards.registry import parse_reward_spec
 from edit_r1.sampling import DPM_SOLVERS, SOLVERS
 from edit_r1.tracking import WANDB_MODES, WandbSettings, resolve_wandb_settings
@@ -293,19 +294,29 @@ class RewardSettings:
     """What scores the edits.
 
     ``weights`` (``reward_fn``) and ``eval_weights`` (``eval_reward_fn``): reward name -> weight;
-    ``client`` (``reward_client``): how the judge is reached (:class:`RewardClientSettings`).
+    ``client`` (``reward_client``, completed from ``REWARD_SERVER`` and ``REWARD_SERVER_API_KEY``):
+    how the judge is reached (:class:`RewardClientSettings`); ``eval_client``: the same with the
+    server ``EVAL_REWARD_SERVER`` when that is set (a held-out judge for evaluation;
+    ``separate_eval_judge`` says so). The environment is read here, at the boundary, and nowhere
+    below it.
     """
 
     weights: Mapping[str, float]
     eval_weights: Mapping[str, float]
     client: RewardClientSettings
+    eval_client: RewardClientSettings
+    separate_eval_judge: bool
 
     @classmethod
-    def from_config(cls, config: Any) -> RewardSettings:
+    def from_config(cls, config: Any, environ: Mapping[str, str] = os.environ) -> RewardSettings:
+        client = RewardClientSettings.from_mapping(config.reward_client).resolved(environ)
+        eval_server = environ.get(EVAL_SERVER_ENV)
         return cls(
             weights=MappingProxyType(parse_reward_spec(_plain(config.reward_fn))),
             eval_weights=MappingProxyType(parse_reward_spec(_plain(config.eval_reward_fn))),
-            client=RewardClientSettings.from_mapping(config.reward_client),
+            client=client,
+            eval_client=dataclasses.replace(client, server=eval_server) if eval_server else client,
+            separate_eval_judge=bool(eval_server),
         )
 
 

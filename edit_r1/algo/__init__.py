@@ -1,7 +1,14 @@
 """Training algorithms (pure tensor code): DiffusionNFT and Flow-GRPO behind one interface,
 plus the shared group statistics and policy synchronisation (``docs/algorithm.md``)."""
 
-from .advantages import GroupStats, global_advantages, group_advantages, group_filter, group_ids
+from .advantages import (
+    GroupStats,
+    global_advantages,
+    group_advantages,
+    group_filter,
+    group_ids,
+    zero_std_ratio,
+)
 from .base import Algorithm, PolicyForward, TrainBatch
 from .grpo import GRPO, GRPOSettings, clipped_policy_loss, transition_kl
 from .nft import ADV_MODES, NFT, NFTSettings, nft_loss, positive_weight, transform_advantages
@@ -36,4 +43,5 @@ __all__ = [
     "transform_advantages",
     "transition_kl",
     "update_old_policy",
+    "zero_std_ratio",
 ]

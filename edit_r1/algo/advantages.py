@@ -111,3 +111,16 @@ def group_filter(
     solved = (stats.group_std < std_threshold) & (stats.group_mean > mean_threshold)
     banned = {key for key, is_solved in zip(group_keys, solved.tolist(), strict=True) if is_solved}
     return keep, banned
+
+
+def zero_std_ratio(rewards: torch.Tensor, group_ids: Sequence[int]) -> float:
+    """Fraction of the epoch's groups whose finite rewards are all equal (std exactly 0, as the
+    original's ``zero_std_ratio``); groups without a finite reward are left out."""
+    ids, finite = torch.tensor(group_ids), torch.isfinite(rewards)
+    flat = total = 0
+    for gid in set(group_ids):
+        scored = rewards[(ids == gid) & finite]
+        if scored.numel():
+            total += 1
+            flat += int(scored.max() == scored.min())
+    return flat / total if total else 0.0

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from reward_server.protocol import build_score_request, parse_retryable, parse_s
 
 SERVER_ENV = "REWARD_SERVER"
 API_KEY_ENV = "REWARD_SERVER_API_KEY"
+EVAL_SERVER_ENV = "EVAL_REWARD_SERVER"  # a held-out judge for evaluation (read by edit_r1.settings)
 DEFAULT_SERVER = "127.0.0.1:12341"
 DEFAULT_CHUNK_SIZE = 32  # images per request (the original sent 64 per request)
 IMAGE_FORMATS = ("jpeg", "png")
@@ -85,6 +86,7 @@ class RewardClientSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pairs_per_sample: int = 0
     image_format: str = DEFAULT_IMAGE_FORMAT
+    api_key: str | None = field(default=None, repr=False)  # None: REWARD_SERVER_API_KEY when connecting
 
     def __post_init__(self) -> None:
         if self.image_format not in IMAGE_FORMATS:
@@ -108,6 +110,13 @@ class RewardClientSettings:
             pairs_per_sample=int(options.get("pairs_per_sample", 0)),
             image_format=str(options.get("image_format", DEFAULT_IMAGE_FORMAT)),
         )
+
+    def resolved(self, environ: Mapping[str, str]) -> RewardClientSettings:
+        """These settings completed from ``environ`` (the training boundary passes ``os.environ``):
+        an empty ``server`` becomes ``REWARD_SERVER`` (else the default server) and the API key
+        ``REWARD_SERVER_API_KEY`` ("" = none), so the client reads no environment of its own."""
+        server = self.server or environ.get(SERVER_ENV) or DEFAULT_SERVER
+        return replace(self, server=server, api_key=environ.get(API_KEY_ENV) or "")
 
     def as_mapping(self) -> dict[str, Any]:
         """The flat ``reward_client`` keys (what a config holds)."""
@@ -205,11 +214,13 @@ class RewardClient:
 
     @classmethod
     def from_settings(cls, settings: RewardClientSettings) -> RewardClient:
-        """A client for ``settings.server`` (``REWARD_SERVER`` when it is empty)."""
+        """A client for ``settings.server`` (``REWARD_SERVER`` when it is empty: settings not
+        :meth:`~RewardClientSettings.resolved`, as a tool builds them)."""
         options = {
             "chunk_size": settings.chunk_size,
             "retry": settings.retry,
             "image_format": settings.image_format,
+            "api_key": settings.api_key,
         }
         if settings.server:
             return cls(settings.server, **options)

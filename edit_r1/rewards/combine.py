@@ -71,6 +71,12 @@ def parse_reward_spec(spec: Mapping[str, object] | Sequence[str] | str) -> dict[
     return weights
 
 
+def mean_ignoring_nan(values: np.ndarray) -> float | None:
+    """The mean of the finite values (a failed score is NaN); None when there is none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
 @dataclass(frozen=True)
 class RewardOutput:
     """The weighted total and each function's own scores (for logging), all aligned with the batch."""

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from edit_r1.rewards.base import RewardFn, RewardSample
-from edit_r1.rewards.client import RewardClientSettings
+from edit_r1.rewards.client import RewardClient, RewardClientSettings
 from edit_r1.rewards.combine import CombinedReward, parse_reward_spec
+from reward_server.protocol import PROMPT_FIELDS
 
 
 def _mllm_score(settings: RewardClientSettings) -> RewardFn:
@@ -151,3 +152,34 @@ def build_combined_reward(spec, options: ClientOptions = None) -> CombinedReward
     weights, _group = split_reward_spec(spec)
     settings = client_settings(options)
     return CombinedReward(weights, {name: build_reward_fn(name, settings) for name in weights})
+
+
+def judge_templates(
+    reward: CombinedReward, ask: bool = True, group_rewards: Mapping[str, tuple[float, Any]] | None = None
+) -> dict[str, Any]:
+    """``{"judge_templates": {reward name: {"template", "template_sha256", "pairwise_template",
+    "pairwise_template_sha256"}}}`` of every reward that a judge server computes (the per-batch
+    rewards and the group rewards such as ``pairwise_mllm``), from its ``/health``, for the run's
+    logged config: a reward curve can then be traced to the judge's prompt. A judge that does not
+    answer yet is noted (``{"error": ...}``), not fatal; ``{}`` when no reward is a judge's or
+    ``ask`` is false (ranks other than 0)."""
+    found: dict[str, Any] = {}
+    for name, client in _judge_clients(reward, group_rewards or {}) if ask else ():
+        try:
+            health = client.health()
+            found[name] = {key: health.get(key) for key in PROMPT_FIELDS}
+        except Exception as error:  # noqa: BLE001 - any transport error: log it, training may still wait
+            found[name] = {"error": f"{type(error).__name__}: {error}"}
+    return {"judge_templates": found} if found else {}
+
+
+def _judge_clients(
+    reward: CombinedReward, group_rewards: Mapping[str, tuple[float, Any]]
+) -> list[tuple[str, RewardClient]]:
+    """(name, client) of every reward scored by a judge server: a per-batch reward is a client's
+    bound ``score``, a group reward (:class:`edit_r1.rewards.pairwise.PairwiseJudgeReward`) holds a
+    client's bound ``compare``."""
+    bound = [*reward.functions.items()]
+    bound += [(name, getattr(group, "compare", None)) for name, (_, group) in group_rewards.items()]
+    clients = [(name, getattr(function, "__self__", None)) for name, function in bound]
+    return [(name, client) for name, client in clients if isinstance(client, RewardClient)]

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from edit_r1 import distributed
-from edit_r1 import trainer as trainer_module
 from edit_r1.config import load_config
 from edit_r1.parallelize import full_tensor, like_param, parallelize_policy, resident_bytes
-from edit_r1.trainer import Trainer
+from edit_r1.trainer import Trainer, trainer_from_config
+from edit_r1.training import build as build_module
 
 
 def apply_overrides(config, overrides: dict) -> None:
@@ -37,10 +37,11 @@ def apply_overrides(config, overrides: dict) -> None:
 
 
 def loaded_tensors(trainer: Trainer) -> dict:
-    names = trainer.policy.trainable_parameter_names()
-    groups = {"default": trainer.params, "old": trainer.policy.old_parameters()}
-    if trainer.ema is not None:
-        groups["ema"] = [like_param(s, p) for s, p in zip(trainer.ema.shadow, trainer.params, strict=True)]
+    updater = trainer.updater
+    names = updater.policy.trainable_parameter_names()
+    groups = {"default": updater.params, "old": updater.policy.old_parameters()}
+    if updater.ema is not None:
+        groups["ema"] = [like_param(s, p) for s, p in zip(updater.ema.shadow, updater.params, strict=True)]
     return {
         f"{group}.{name}": full_tensor(t.detach()).cpu().contiguous()
         for group, tensors in groups.items()
@@ -88,8 +89,8 @@ def main() -> None:
         config = load_config(case["spec"])
         apply_overrides(config, {**case["overrides"], "logdir": str(out / "runs"), "run_name": case["name"]})
         record: dict = {}
-        trainer_module.parallelize_policy = recording_parallelize(record)
-        trainer = Trainer(config, dist)
+        build_module.parallelize_policy = recording_parallelize(record)
+        trainer = trainer_from_config(config, dist)
         (out / f"{case['name']}-rank{dist.rank}-loading.json").write_text(json.dumps(record))
         if config.resume_from:
             tensors = loaded_tensors(trainer)
@@ -99,9 +100,9 @@ def main() -> None:
         if dist.is_main:
             info = {
                 "world_size": dist.world_size,
-                "sharded": trainer.parallel.sharded_transformer,
+                "sharded": trainer.updater.sharded_transformer,
                 "first_epoch": trainer.first_epoch,
-                "is_dtensor": type(trainer.params[0]).__name__ == "DTensor",
+                "is_dtensor": type(trainer.updater.params[0]).__name__ == "DTensor",
             }
             (out / f"{case['name']}.json").write_text(json.dumps(info))
         distributed.barrier()

@@ -24,8 +24,8 @@ from trainer_probe import apply_overrides
 
 from edit_r1 import distributed
 from edit_r1.config import load_config
-from edit_r1.rewards import AsyncRewardScorer, CombinedReward
-from edit_r1.trainer import Trainer
+from edit_r1.rewards import CombinedReward
+from edit_r1.trainer import trainer_from_config
 
 
 def _digest(tensors) -> str:
@@ -46,37 +46,45 @@ def _distinct_rewards(samples) -> np.ndarray:
     return np.array([0.1 + 0.6 * (i % 3) / 2 + 0.01 * i for i in range(len(samples))])
 
 
-def install_reward(trainer: Trainer, mode: str) -> None:
-    if mode == "rank0_failed":
+class NoEvaluation:
+    """Epoch 0 would evaluate first; not what this probe checks."""
 
-        def score(samples):
-            if trainer.dist.rank == 0:
-                return np.full(len(samples), np.nan)
-            return _distinct_rewards(samples)
+    def due(self, epoch: int) -> bool:
+        return False
 
-    elif mode == "one_group_flat":
-        original_items = trainer._items
 
-        def items_with_group(indices):  # the group id travels to the reward in item.extra
-            items, images = original_items(indices)
-            for item in items:
-                item.extra["_gid"] = trainer.group_id[item.index]
-            return items, images
+def group_id_of(collector):
+    """A reward sample's group id, from its instruction and the toy fields that tell items apart."""
 
-        trainer._items = items_with_group
+    def fingerprint(instruction, extra) -> str:
+        return json.dumps([instruction, dict(extra)], sort_keys=True)
 
-        draw = trainer.sampler.global_batch(0, 0)  # epoch 0's only draw, identical on every rank
-        learnable = min(trainer.group_id[i] for i in draw)
+    dataset = collector.dataset
+    ids = {fingerprint(dataset[i].prompt, dataset[i].extra): gid for i, gid in enumerate(collector.group_id)}
+    return lambda sample: ids[fingerprint(sample.instruction, sample.extra)]
 
-        def score(samples):
-            distinct = _distinct_rewards(samples)
-            return np.array(
-                [d if s.extra["_gid"] == learnable else 0.5 for d, s in zip(distinct, samples, strict=True)]
-            )
 
-    else:
+def build(config, dist, mode: str):
+    """The trainer with the probe's reward handed in; the reward reads the built trainer's draw."""
+    built: dict = {}
+
+    def score(samples):
+        if mode == "rank0_failed":
+            return np.full(len(samples), np.nan) if dist.rank == 0 else _distinct_rewards(samples)
+        distinct = _distinct_rewards(samples)
+        gid = built["group_id_of"]
+        return np.array(
+            [d if gid(s) == built["learnable"] else 0.5 for d, s in zip(distinct, samples, strict=True)]
+        )
+
+    if mode not in ("rank0_failed", "one_group_flat"):
         raise SystemExit(f"unknown mode {mode!r}")
-    trainer.reward = AsyncRewardScorer(CombinedReward({"probe": 1.0}, {"probe": score}))
+    reward = CombinedReward({"probe": 1.0}, {"probe": score})
+    trainer = trainer_from_config(config, dist, reward=reward, evaluator=NoEvaluation())
+    collector = trainer.collector
+    draw = collector.sampler.global_batch(0, 0)  # epoch 0's only draw, identical on every rank
+    built.update(group_id_of=group_id_of(collector), learnable=min(collector.group_id[i] for i in draw))
+    return trainer
 
 
 def main() -> None:
@@ -84,27 +92,25 @@ def main() -> None:
     config = load_config(spec)
     apply_overrides(config, overrides)
     dist = distributed.init_distributed()
-    trainer = Trainer(config, dist)
-    install_reward(trainer, mode)
-    trainer.evaluate = lambda epoch: {}  # epoch 0 would evaluate first; not what this probe checks
-    trainer.sampler.set_epoch(0)
-    metrics = trainer.train_epoch(0)
-    stats = trainer.last_epoch_stats
-    n = len(stats["all_mask"]) // dist.world_size
-    state = [*trainer.params, *trainer.policy.old_parameters()]
-    state += list(trainer.ema.shadow) if trainer.ema is not None else []
+    trainer = build(config, dist, mode)
+    trainer.collector.sampler.set_epoch(0)
+    epoch = trainer.train_epoch(0)
+    metrics, stats, updater = epoch.metrics, epoch.stats, trainer.updater
+    n = len(stats.mask) // dist.world_size
+    state = [*updater.params, *updater.policy.old_parameters()]
+    state += list(updater.ema.shadow) if updater.ema is not None else []
     result = {
-        "global_step": trainer.global_step,
+        "global_step": updater.global_step,
         "metrics": {
             key: metrics[key] for key in ("total_loss", "policy_loss", "group_size", "trained_prompt_num")
         },
-        "local_mask": stats["all_mask"][dist.rank * n : (dist.rank + 1) * n].tolist(),
-        "state_sha256": _digest([*state, *_optimizer_tensors(trainer.optimizer)]),
-        "optimizer_steps": [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()][:1],
+        "local_mask": stats.mask[dist.rank * n : (dist.rank + 1) * n].tolist(),
+        "state_sha256": _digest([*state, *_optimizer_tensors(updater.optimizer)]),
+        "optimizer_steps": [int(s["step"]) for s in updater.optimizer.state_dict()["state"].values()][:1],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(result))
-    trainer.reward.close()
+    trainer.collector.close(wait=True)
     trainer.tracker.finish()
     distributed.shutdown()
 

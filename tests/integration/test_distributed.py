@@ -13,6 +13,7 @@ import torch
 
 from edit_r1 import distributed
 from edit_r1.checkpoint import CheckpointState, load_checkpoint, save_checkpoint
+from edit_r1.parallelize import sharded_frozen_module
 
 _WORKER = textwrap.dedent(
     """
@@ -24,6 +25,7 @@ _WORKER = textwrap.dedent(
 
     from edit_r1 import distributed as D
     from edit_r1.checkpoint import CheckpointState, load_checkpoint, save_checkpoint
+    from edit_r1.parallelize import sharded_frozen_module
 
     out_dir = Path(sys.argv[1])
     info = D.init_distributed()
@@ -102,7 +104,7 @@ _WORKER = textwrap.dedent(
     with torch.no_grad():
         full = enc(x).clone()
         local_numel = sum(p.numel() for p in enc.parameters())
-        sharded = D.sharded_frozen_module(enc, info)
+        sharded = sharded_frozen_module(enc, info)
         result["fsdp_matches"] = torch.allclose(sharded(x), full, atol=1e-6)
     result["fsdp_local_numel"] = sum(p.to_local().numel() for p in sharded.parameters())
     result["full_numel"] = local_numel
@@ -212,7 +214,7 @@ def test_single_process_without_torchrun(tmp_path: Path, monkeypatch: pytest.Mon
     assert distributed.broadcast_object([["a", "b.png"]]) == [["a", "b.png"]]
     assert distributed.all_gather_json({"x": (1, 2)}) == [{"x": [1, 2]}]
     module = torch.nn.Linear(2, 2)
-    assert distributed.sharded_frozen_module(module, info) is module
+    assert sharded_frozen_module(module, info) is module
     assert not any(p.requires_grad for p in module.parameters())
     distributed.barrier()
     path = save_checkpoint(tmp_path, 0, CheckpointState(rng=distributed.get_rng_state()), dist_info=info)

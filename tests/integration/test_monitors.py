@@ -10,7 +10,7 @@ import pytest
 from edit_r1 import distributed
 from edit_r1.config import load_config
 from edit_r1.data.toy import write_toy_dataset
-from edit_r1.trainer import Trainer
+from edit_r1.trainer import trainer_from_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def evaluations(tiny_kit: Path, toy_data: Path, run_dir: Path, **keys) -> list[d
     for dotted, value in keys.items():
         section, _, leaf = dotted.rpartition(".")
         (config[section] if section else config)[leaf] = value
-    Trainer(config, distributed.init_distributed(device="cpu")).run()
+    trainer_from_config(config, distributed.init_distributed(device="cpu")).run()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [row for row in rows if "eval_reward_mean" in row]
 

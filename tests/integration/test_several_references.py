@@ -16,7 +16,7 @@ from edit_r1.config import load_config
 from edit_r1.data import DatasetError, EditDataset
 from edit_r1.data.toy import write_toy_dataset
 from edit_r1.rewards.client import RewardClient
-from edit_r1.trainer import Trainer
+from edit_r1.trainer import trainer_from_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_two_reference_images_train_and_reach_the_judge(tiny_kit, two_image_data
                      two_image_data, tmp_path)  # fmt: skip
     with start_reward_server(tiny_kit, tmp_path) as address:
         monkeypatch.setenv("REWARD_SERVER", address)
-        trainer = Trainer(config, distributed.init_distributed(device="cpu"))
+        trainer = trainer_from_config(config, distributed.init_distributed(device="cpu"))
         trainer.run()
     metrics = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["reward_failed"] == 0 and np.isfinite(metrics[-1]["reward_mean"])
@@ -73,4 +73,4 @@ def test_a_one_image_model_refuses_the_dataset_by_line(tiny_kit, two_image_data,
     with pytest.raises(
         DatasetError, match=r"train_metadata.jsonl:1: 2 source images, but KontextPolicy takes one"
     ):
-        Trainer(config, distributed.init_distributed(device="cpu"))
+        trainer_from_config(config, distributed.init_distributed(device="cpu"))

@@ -13,8 +13,8 @@ from edit_r1 import distributed
 from edit_r1.checkpoint import read_sharded_tensors
 from edit_r1.config import ConfigError, load_config
 from edit_r1.data.toy import write_toy_dataset
-from edit_r1.rewards import AsyncRewardScorer, CombinedReward
-from edit_r1.trainer import Trainer, TrainingError
+from edit_r1.rewards import CombinedReward
+from edit_r1.trainer import Trainer, TrainingError, trainer_from_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,10 +45,36 @@ def make_config(tiny_kit: Path, toy_data: Path, tmp_path: Path):
     return make
 
 
-def train(config) -> Trainer:
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
+def cpu() -> distributed.DistInfo:
+    return distributed.init_distributed(device="cpu")
+
+
+class NoEvaluation:
+    """An evaluator handed in where a test checks training only (epoch 0 would evaluate first)."""
+
+    def due(self, epoch: int) -> bool:
+        return False
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        raise AssertionError("never due")
+
+
+def train(config, **parts) -> Trainer:
+    trainer = trainer_from_config(config, cpu(), **parts)
     trainer.run()
     return trainer
+
+
+def group_of(dataset):
+    """The group key of a reward sample: its instruction and the toy task's measured fields, which
+    tell every item of the toy dataset apart (checked), so a reward can be constant per group."""
+
+    def fingerprint(instruction: str, extra) -> tuple:
+        return instruction, json.dumps(dict(extra), sort_keys=True)
+
+    keys = {fingerprint(dataset[i].prompt, dataset[i].extra): key for i, key in enumerate(dataset.group_keys)}
+    assert len(keys) == len(set(dataset.group_keys)), "toy items must be told apart by their fields"
+    return lambda sample: keys[fingerprint(sample.instruction, sample.extra)]
 
 
 def metrics_without_times(run_dir: Path) -> list[dict]:
@@ -87,7 +113,7 @@ def test_resume_continues_bit_for_bit(make_config, capsys):
         for name in a[group]:
             assert torch.equal(a[group][name], b[group][name]), f"{group}/{name} differs after resume"
     assert metrics_without_times(straight.run_dir) == metrics_without_times(resumed.run_dir)
-    assert straight.sampler.state_dict() == resumed.sampler.state_dict()
+    assert straight.collector.sampler.state_dict() == resumed.collector.sampler.state_dict()
 
 
 def redness(samples) -> np.ndarray:
@@ -108,9 +134,7 @@ def test_policy_learns_a_rule_reward(make_config):
     dips to 0.457 at epoch 11), so the late epochs are compared as a block, not the last three."""
     config = make_config("learn", num_epochs=12, save_freq=100, eval_freq=100, train__learning_rate=3e-2)
     config.sample.num_groups_per_epoch = 4
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    trainer.reward = AsyncRewardScorer(CombinedReward({"redness": 1.0}, {"redness": redness}))
-    trainer.run()
+    trainer = train(config, reward=CombinedReward({"redness": 1.0}, {"redness": redness}))
     rewards = [row["reward_mean"] for row in metrics_without_times(trainer.run_dir)]
     early, late = rewards[:2], rewards[4:]
     assert np.mean(late) - np.mean(early) > 0.006 and min(late) > max(early), rewards
@@ -123,65 +147,59 @@ def constant_by_group(value_of_prompt):
     return reward
 
 
-def test_group_filter_masks_and_bans_exactly(make_config):
+def test_group_filter_masks_and_bans_exactly(make_config, toy_data):
     config = make_config("filter", num_epochs=1, save_freq=100, eval_freq=100)
     config.sample.ban_prompt = True
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    keys = sorted(set(trainer.train_set.group_keys))
+    from edit_r1.data import EditDataset
+
+    dataset = EditDataset(str(toy_data), "train")
+    key_of = group_of(dataset)
+    keys = sorted(set(dataset.group_keys))
     solved, flat = keys[0], keys[1]  # std 0 and mean 1 -> banned; std 0, mean 0.5 -> masked only
     rng = np.random.default_rng(0)
 
     def value(sample):
-        key = (sample.instruction, sample.extra["_relpath"])
+        key = key_of(sample)
         if key == solved:
             return 1.0
         if key == flat:
             return 0.5
         return float(rng.uniform(0, 0.8))
 
-    trainer.reward = AsyncRewardScorer(CombinedReward({"rule": 1.0}, {"rule": constant_by_group(value)}))
-    original_items = trainer._items
-
-    def items_with_relpath(indices):
-        items, images = original_items(indices)
-        for item in items:
-            item.extra["_relpath"] = item.image_relpath
-        return items, images
-
-    trainer._items = items_with_relpath
+    reward = CombinedReward({"rule": 1.0}, {"rule": constant_by_group(value)})
+    trainer = trainer_from_config(config, cpu(), reward=reward, evaluator=NoEvaluation())
     for epoch in range(3):
-        trainer.train_epoch(epoch)
-        stats = trainer.last_epoch_stats
-        for gid, keep in zip(stats["group_ids"], stats["all_mask"].tolist(), strict=True):
-            key = trainer.train_set.group_keys[gid]
+        stats = trainer.train_epoch(epoch).stats
+        for gid, keep in zip(stats.group_ids, stats.mask.tolist(), strict=True):
+            key = dataset.group_keys[gid]
             assert keep == (key not in (solved, flat)), (epoch, key, keep)
-    assert solved in trainer.sampler.banned and flat not in trainer.sampler.banned
-    drawn = {trainer.train_set.group_keys[g] for g in trainer.last_epoch_stats["group_ids"]}
-    assert solved not in drawn  # banned groups are never sampled again
+    sampler = trainer.collector.sampler
+    assert solved in sampler.banned and flat not in sampler.banned
+    assert solved not in {dataset.group_keys[g] for g in stats.group_ids}  # banned: never sampled again
 
 
 def test_all_samples_filtered_still_runs_the_update(make_config):
     """As the original: a zero masked loss still backpropagates, AdamW and global_step advance."""
     config = make_config("skip", num_epochs=1, save_freq=100, eval_freq=100)
     config.sample.ban_prompt = True
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    trainer.reward = AsyncRewardScorer(CombinedReward({"c": 1.0}, {"c": lambda s: np.full(len(s), 0.3)}))
-    metrics = trainer.train_epoch(0)
-    assert not trainer.last_epoch_stats["all_mask"].any()
-    assert trainer.global_step == 1 and metrics["total_loss"] == 0.0 and metrics["grad_norm"] == 0.0
-    assert all(int(s["step"]) == 1 for s in trainer.optimizer.state_dict()["state"].values())
+    reward = CombinedReward({"c": 1.0}, {"c": lambda s: np.full(len(s), 0.3)})
+    trainer = trainer_from_config(config, cpu(), reward=reward)
+    epoch = trainer.train_epoch(0)
+    assert not epoch.stats.mask.any()
+    updater = trainer.updater
+    assert (
+        updater.global_step == 1 and epoch.metrics["total_loss"] == 0.0 and epoch.metrics["grad_norm"] == 0.0
+    )
+    assert all(int(s["step"]) == 1 for s in updater.optimizer.state_dict()["state"].values())
 
 
 def test_failed_rewards_are_masked_not_zero(make_config):
     config = make_config("nan", num_epochs=1, save_freq=100, eval_freq=100)
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    trainer.reward = AsyncRewardScorer(
-        CombinedReward(
-            {"c": 1.0}, {"c": lambda s: np.where(np.arange(len(s)) % 2, np.nan, np.linspace(0, 1, len(s)))}
-        )
+    reward = CombinedReward(
+        {"c": 1.0}, {"c": lambda s: np.where(np.arange(len(s)) % 2, np.nan, np.linspace(0, 1, len(s)))}
     )
-    metrics = trainer.train_epoch(0)
-    mask = trainer.last_epoch_stats["all_mask"]
+    epoch = trainer_from_config(config, cpu(), reward=reward, evaluator=NoEvaluation()).train_epoch(0)
+    metrics, mask = epoch.metrics, epoch.stats.mask
     assert metrics["reward_failed"] == mask.numel() // 2
     assert not mask[1::2].any()
 
@@ -197,7 +215,7 @@ def test_failed_rewards_are_masked_not_zero(make_config):
 )
 def test_bad_config_gives_one_clear_message(make_config, overrides, message):
     with pytest.raises(ConfigError) as error:
-        Trainer(make_config("bad", **overrides), distributed.init_distributed(device="cpu"))
+        trainer_from_config(make_config("bad", **overrides), cpu())
     assert message in str(error.value)
 
 
@@ -212,27 +230,25 @@ def test_dead_reward_server_stops_training_with_a_message(make_config, monkeypat
     config.reward_fn = {"mllm_score_continue": 1.0}
     config.reward_client.request_timeout_s = 1.0
     config.reward_client.deadline_s = 2.0
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
+    trainer = trainer_from_config(config, cpu(), evaluator=NoEvaluation())
     with pytest.raises(TrainingError, match=f"127.0.0.1:{port}"):
         trainer.train_epoch(0)
 
 
 def test_non_finite_loss_stops_before_the_update(make_config):
-    trainer = Trainer(
-        make_config("nan_loss", num_epochs=1, save_freq=100, eval_freq=100),
-        distributed.init_distributed(device="cpu"),
-    )
-    velocity = trainer.policy.velocity
+    trainer = trainer_from_config(make_config("nan_loss", num_epochs=1, save_freq=100, eval_freq=100), cpu())
+    policy, params = trainer.updater.policy, trainer.updater.params
+    velocity = policy.velocity
 
     def broken_velocity(z, sigma, cond, *, adapter="default"):
         v = velocity(z, sigma, cond, adapter=adapter)
         return v * float("nan") if adapter == "default" else v
 
-    trainer.policy.velocity = broken_velocity
-    before = [p.detach().clone() for p in trainer.params]
+    policy.velocity = broken_velocity  # the model breaks: a fault injected into the policy itself
+    before = [p.detach().clone() for p in params]
     with pytest.raises(TrainingError, match="non-finite loss before optimizer step 1"):
         trainer.train_epoch(0)
-    assert all(torch.equal(b, p) for b, p in zip(before, trainer.params, strict=True))
+    assert all(torch.equal(b, p) for b, p in zip(before, params, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -244,13 +260,16 @@ def test_non_finite_loss_stops_before_the_update(make_config):
 )
 def test_full_weight_training_and_groups_of_one_run(make_config, name, overrides):
     """Both ended in ``assert False`` in the original release."""
-    trainer = train(make_config(name, num_epochs=1, save_freq=100, eval_freq=1, **overrides))
+    trainer = trainer_from_config(
+        make_config(name, num_epochs=1, save_freq=100, eval_freq=1, **overrides), cpu()
+    )
+    last = trainer.run()
     final = trainer.run_dir / "checkpoints" / "checkpoint-1"
     assert (final / ("transformer" if name == "full" else "lora")).is_dir()
     row = metrics_without_times(trainer.run_dir)[0]
     assert np.isfinite(row["total_loss"]) and row["global_step"] == 1
     if name == "k1":  # standardised over the epoch, as the original's k = 1 branch
-        advantages = trainer.last_epoch_stats["all_advantages"]
+        advantages = last.stats.advantages
         assert advantages.abs().sum() > 0 and abs(float(advantages.mean())) < 1e-9
 
 
@@ -261,7 +280,7 @@ def test_speed_switches_reach_the_policy(make_config):
         compile_transformer=True,
         compile_mode="max-autotune-no-cudagraphs",
     )
-    policy = Trainer(config, distributed.init_distributed(device="cpu")).policy
+    policy = trainer_from_config(config, cpu()).updater.policy
     assert policy.attention_backend == "_native_math"
     attention = [m for m in policy.transformer.modules() if hasattr(m, "processor")]
     assert attention and all(m.processor._attention_backend == "_native_math" for m in attention)
@@ -276,8 +295,8 @@ def test_rollouts_use_true_cfg_and_training_forwards_do_not(make_config, monkeyp
     training forwards (v, v_old, v_ref) are plain conditional passes."""
     config = make_config("cfg", num_epochs=1, save_freq=100, eval_freq=100)
     config.sample.guidance_scale = 3.0
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    policy = trainer.policy
+    trainer = trainer_from_config(config, cpu(), evaluator=NoEvaluation())
+    policy = trainer.updater.policy
     assert policy.true_cfg_scale == 3.0 and policy.max_text_length == 256
     seen: list[tuple[bool, bool]] = []  # (guided, gradient enabled) of each transformer pass
     forward_rows = policy._forward_rows
@@ -287,7 +306,6 @@ def test_rollouts_use_true_cfg_and_training_forwards_do_not(make_config, monkeyp
         return forward_rows(module, z, sigma, cond, rows)
 
     monkeypatch.setattr(policy, "_forward_rows", spy)
-    trainer.evaluate = lambda epoch: {}
     trainer.train_epoch(0)
     rollout_passes = [guided for guided, grad in seen if not grad and guided]
     training_passes = [(guided, grad) for guided, grad in seen if not guided]
@@ -310,19 +328,14 @@ def test_save_dir_epoch_zero_checkpoint_backend_flags_and_warm_start(make_config
     torch.backends.cuda.matmul.allow_tf32 = False  # leave the process as other tests expect
 
     exported = root / "checkpoints" / "checkpoint-1" / "lora"
-    warm = Trainer(
-        make_config("warm", train__lora_path=str(exported)), distributed.init_distributed(device="cpu")
-    )
-    names = [name for name, _, _ in warm.policy._parameter_pairs()]
-    ema = {name: t for name, t in zip(names, first.ema.shadow, strict=True)}
-    for name, param, old in warm.policy._parameter_pairs():
+    warm = trainer_from_config(make_config("warm", train__lora_path=str(exported)), cpu()).updater.policy
+    names = [name for name, _, _ in warm._parameter_pairs()]
+    ema = {name: t for name, t in zip(names, first.updater.ema.shadow, strict=True)}
+    for name, param, old in warm._parameter_pairs():
         assert torch.equal(param.detach(), ema[name]) and torch.equal(old.detach(), ema[name]), name
 
     with pytest.raises(ConfigError, match=r"train.lora_path=.*rank 8 / alpha 16 but train.lora_rank=4"):
-        Trainer(
-            make_config("bad", train__lora_path=str(exported), train__lora_rank=4),
-            distributed.init_distributed(device="cpu"),
-        )
+        trainer_from_config(make_config("bad", train__lora_path=str(exported), train__lora_rank=4), cpu())
 
 
 @pytest.mark.parametrize("family", ["qwen", "kontext"])
@@ -337,23 +350,23 @@ def test_bf16_policy_keeps_float32_masters_and_a_tiny_step_moves_them(make_confi
         config.pretrained.model = str(tiny_kit / "flux_kontext")
     config.sample.num_steps = 2
     config.train.timestep_fraction = 0.5
-    trainer = Trainer(config, distributed.init_distributed(device="cpu"))
-    trainer.evaluate = lambda epoch: {}
-    policy = trainer.policy
+    trainer = trainer_from_config(config, cpu(), evaluator=NoEvaluation())
+    updater = trainer.updater
+    policy = updater.policy
     assert policy.dtype == torch.bfloat16
     assert next(p for p in policy.transformer.parameters() if not p.requires_grad).dtype == torch.bfloat16
-    assert {p.dtype for p in trainer.params} == {p.dtype for p in policy.old_parameters()} == {torch.float32}
+    assert {p.dtype for p in updater.params} == {p.dtype for p in policy.old_parameters()} == {torch.float32}
     with torch.no_grad():  # weights of order 0.01 everywhere (LoRA B starts at 0), old = theta
-        for p in trainer.params:
+        for p in updater.params:
             p.add_(0.01 * torch.randn_like(p))
         policy.copy_default_to_old()
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in updater.params]
     trainer.train_epoch(0)
-    assert trainer.global_step == 1
-    states = trainer.optimizer.state_dict()["state"].values()
+    assert updater.global_step == 1
+    states = updater.optimizer.state_dict()["state"].values()
     assert {s["exp_avg"].dtype for s in states} == {s["exp_avg_sq"].dtype for s in states} == {torch.float32}
-    assert {t.dtype for t in trainer.ema.shadow} == {torch.float32}
-    pairs = list(zip(before, trainer.params, strict=True))
+    assert {t.dtype for t in updater.ema.shadow} == {torch.float32}
+    pairs = list(zip(before, updater.params, strict=True))
     moved = [not torch.equal(b, p.detach()) for b, p in pairs]
     assert sum(moved) >= 0.8 * len(moved), f"only {sum(moved)} of {len(moved)} trained tensors moved"
     # The same step on bf16 weights would round away almost everywhere: |step| ~ 1e-6 << 0.01 * 2^-8.

@@ -15,7 +15,7 @@ import torch
 
 from edit_r1 import distributed
 from edit_r1.config import load_config
-from edit_r1.trainer import Trainer
+from edit_r1.trainer import trainer_from_config
 
 
 def apply_overrides(config, overrides: dict) -> None:
@@ -32,17 +32,15 @@ def main() -> None:
     config = load_config(spec)
     apply_overrides(config, overrides)
     dist = distributed.init_distributed()
-    trainer = Trainer(config, dist)
-    before = [p.detach().clone() for p in trainer.params]
-    trainer.run()
-    stats = trainer.last_epoch_stats
+    trainer = trainer_from_config(config, dist)
+    params = trainer.updater.params
+    before = [p.detach().clone() for p in params]
+    stats = trainer.run().stats  # the last epoch's
     result = {
-        "advantages": stats["all_advantages"].tolist(),
-        "mask": stats["all_mask"].tolist(),
-        "changed": [
-            bool(not torch.equal(b, p.detach())) for b, p in zip(before, trainer.params, strict=True)
-        ],
-        "names": [name for name, _, _ in trainer.policy._parameter_pairs()],
+        "advantages": stats.advantages.tolist(),
+        "mask": stats.mask.tolist(),
+        "changed": [bool(not torch.equal(b, p.detach())) for b, p in zip(before, params, strict=True)],
+        "names": [name for name, _, _ in trainer.updater.policy._parameter_pairs()],
         "run_dir": str(trainer.run_dir),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

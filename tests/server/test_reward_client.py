@@ -19,7 +19,7 @@ from reward_helpers import (
 from edit_r1.rewards import CombinedReward, RewardSample
 from edit_r1.rewards.client import RetryPolicy, RewardClient, RewardRequestRejected, RewardServerUnavailable
 from edit_r1.rewards.pairwise import PairwiseJudgeReward
-from edit_r1.trainer import judge_templates
+from edit_r1.rewards.registry import judge_templates
 from reward_server.prompt_template import (
     judge_prompt_info,
     pairwise_template_id_for_file,

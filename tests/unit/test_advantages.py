@@ -156,7 +156,7 @@ def test_global_advantages_standardise_over_the_epoch_and_mask_failures() -> Non
 
 
 def test_zero_std_ratio_counts_groups_with_identical_rewards() -> None:
-    from edit_r1.trainer import _zero_std_ratio
+    from edit_r1.algo import zero_std_ratio as _zero_std_ratio
 
     rewards = torch.tensor([0.3, 0.3, 0.3, 0.1, 0.9, float("nan"), float("nan")], dtype=torch.float64)
     assert _zero_std_ratio(rewards, [0, 0, 0, 1, 1, 2, 2]) == 0.5  # group 2 has no finite reward

@@ -69,6 +69,11 @@ def test_the_maths_imports_no_models_distributed_code_or_trainer():
     )
 
 
+COMPONENTS_MAY_IMPORT = (
+    "edit_r1.training", "edit_r1.algo", "edit_r1.sampling", "edit_r1.data", "edit_r1.rewards",
+    "edit_r1.models.base", "edit_r1.parallelize", "edit_r1.distributed", "edit_r1.settings",
+    "edit_r1.tracking", "edit_r1.inference", "edit_r1.monitors",
+)  # fmt: skip
 # The lower rooms and what of this repository each may import (docs/architecture.md, "Rooms").
 ROOM_MAY_IMPORT = {
     "edit_r1/models": ("edit_r1.models", "reward_server.qwen_vl_processor"),
@@ -78,6 +83,28 @@ ROOM_MAY_IMPORT = {
     "edit_r1/checkpoint.py": ("edit_r1.checkpoint", "edit_r1.distributed"),
     "edit_r1/tracking.py": ("edit_r1.tracking",),
     "edit_r1/monitors.py": ("edit_r1.monitors", "edit_r1.rewards", "edit_r1.tracking"),
+    # The loop: only its components, the boundary (typed settings) and the glue.
+    "edit_r1/trainer.py": (
+        "edit_r1.training",
+        "edit_r1.config",
+        "edit_r1.settings",
+        "edit_r1.distributed",
+        "edit_r1.tracking",
+    ),  # fmt: skip
+    # The components get what they use handed in: no model registry, no config, no other component's
+    # builder; only the checkpointer writes checkpoints. edit_r1/training/build.py wires them.
+    **{
+        f"edit_r1/training/{name}.py": COMPONENTS_MAY_IMPORT + extra
+        for name, extra in {
+            "editing": (),
+            "rollout_collector": (),
+            "epoch_scorer": (),
+            "updater": (),
+            "evaluator": (),
+            "checkpointer": ("edit_r1.checkpoint",),
+            "errors": (),
+        }.items()
+    },  # fmt: skip
 }
 
 
@@ -226,6 +253,54 @@ def test_the_algorithm_rule_sees_an_algorithm_name():
     assert sorted(hits) == ["NFTSettings", "grpo"]
 
 
+# One place for parallelism (docs/architecture.md, "Why these shapes"): FSDP is applied only by
+# edit_r1/parallelize.py.
+PARALLEL_HOME = "edit_r1/parallelize.py"
+
+
+def test_only_parallelize_shards():
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in python_files("edit_r1")
+        if path != REPO / PARALLEL_HOME
+        for line, module in imported_modules(path)
+        if within(module, ("torch.distributed.fsdp",)) or module.endswith(".fully_shard")
+    ]
+    assert not bad, f"FSDP is applied in {PARALLEL_HOME} only:\n" + "\n".join(bad)
+
+
+# The environment is read at the settings boundary (edit_r1/settings.py: REWARD_SERVER,
+# EVAL_REWARD_SERVER, REWARD_SERVER_API_KEY, WANDB_*) or by the launch glue (distributed.py:
+# torchrun's RANK / WORLD_SIZE), never by the code that runs a training step.
+ENVIRONMENT_FREE = (
+    "edit_r1/trainer.py", "edit_r1/training", "edit_r1/algo", "edit_r1/sampling", "edit_r1/data",
+    "edit_r1/parallelize.py", "edit_r1/checkpoint.py",
+)  # fmt: skip
+
+
+def environment_reads(tree: ast.AST) -> Iterator[int]:
+    """Lines of ``os.environ`` / ``os.getenv`` uses and ``from os import environ, getenv``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+            yield node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            yield from (node.lineno for alias in node.names if alias.name in ("environ", "getenv"))
+
+
+def test_the_training_code_reads_no_environment():
+    bad = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in python_files(*ENVIRONMENT_FREE)
+        for line in environment_reads(ast.parse(path.read_text(), str(path)))
+    ]
+    assert not bad, "read environment variables in edit_r1/settings.py (the boundary):\n" + "\n".join(bad)
+
+
+def test_the_environment_rule_sees_a_read():
+    source = "import os\nx = os.environ.get('EVAL_REWARD_SERVER')\nfrom os import getenv\n"
+    assert sorted(environment_reads(ast.parse(source))) == [2, 3]
+
+
 # Short functions (docs/architecture.md, "Rooms"): a longer one names its pieces instead. A
 # function that is mostly a table may stay longer: list it here as "path:name" with its reason.
 MAX_FUNCTION_LINES = 60
@@ -260,7 +335,10 @@ def test_the_length_rule_counts_a_long_function():
 # The typed-settings boundary (docs/architecture.md, "Typed settings"): the trainer reads
 # edit_r1.settings dataclasses; of the user's config it only logs and checkpoints the whole
 # (to_dict) and records a generated run name.
-TYPED_READERS = ("edit_r1/trainer.py",)
+TYPED_READERS = (
+    "edit_r1/trainer.py",
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "edit_r1/training").glob("*.py")),
+)
 CONFIG_USES_ALLOWED = {"to_dict", "run_name"}
 
 
