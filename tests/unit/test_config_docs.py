@@ -47,7 +47,9 @@ def documented() -> dict[str, str]:
             continue
         keys = re.findall(r"`([\w.]+)`", cells[0])
         defaults = cells[1].split(", ") if len(keys) > 1 else [cells[1]]
-        for key, default in zip(keys, defaults if len(defaults) == len(keys) else [cells[1]] * len(keys)):
+        if len(defaults) != len(keys):  # one default for several keys
+            defaults = [cells[1]] * len(keys)
+        for key, default in zip(keys, defaults, strict=True):
             rows[prefix + key] = default
     return rows
 
