@@ -101,6 +101,7 @@ def _reward_client_config() -> ml_collections.ConfigDict:
     # chunk_size         images per request; each chunk carries only its own prompts
     # pairs_per_sample   pairwise_mllm: partners drawn per edit (seeded); 0 = all k-1 (2 judge calls a pair)
     # image_format       "jpeg" (the original's: quality 75, what its judge saw) or "png" (lossless)
+    # wait_deadline_s    the trainer's total wait for one epoch's rewards after sampling; then it stops
     return ml_collections.ConfigDict(RewardClientSettings().as_mapping())
 
 
@@ -142,6 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.attention_backend = ""  # diffusers attention kernel, e.g. "_native_cudnn"; "" = torch SDPA's pick
     config.compile_transformer = False  # torch.compile the blocks; off: each new graph costs compile time
     config.compile_mode = ""  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"; "" = torch's default
+    config.dist_timeout_s = 1800.0  # process-group timeout: a collective some rank has not joined by then
+    # fails (names the collective and the ranks that never reached it), so a hung rank ends the run
     config.use_lora = True  # LoRA adapters (old/ref via adapter switching); False = full-weight training
     config.resume_from = (
         ""  # checkpoint dir to resume (weights, EMA, old policy, optimizer, RNG, sampler, bans)

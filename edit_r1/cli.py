@@ -93,12 +93,25 @@ def make_main(default_config: str, model_family: str):
                 f"{config.model_family!r}; use the other train_nft_*.py script"
             )
         signal.signal(signal.SIGTERM, _interrupt)  # clean shutdown on the scheduler's SIGTERM too
-        dist = distributed.init_distributed()
+        timeout_s = config.dist_timeout_s  # the process group exists before the config is checked
+        if not isinstance(timeout_s, int | float) or not timeout_s > 0:
+            raise app.UsageError(f"dist_timeout_s={timeout_s!r} must be a number of seconds > 0")
+        dist = distributed.init_distributed(timeout_s=float(timeout_s))
         code = 0
         try:
             trainer_from_config(config, dist).run()
         except (ConfigError, TrainingError, DatasetError, FileNotFoundError) as error:
             print(f"[rank {dist.rank}] error: {error}", file=sys.stderr)
+            code = 1
+        except RuntimeError as error:  # a collective that timed out or lost a peer: say which
+            message = distributed.describe_collective_failure(error, dist.rank, timeout_s)
+            if message is None:
+                raise
+            print(message, file=sys.stderr, flush=True)  # first: a launcher may stop this rank soon
+            absent = distributed.ranks_not_reporting(dist.rank, dist.world_size)
+            if absent:
+                print(f"[rank {dist.rank}] rank(s) {absent} never reached that collective (hung or dead: see "
+                      "their logs)", file=sys.stderr, flush=True)  # fmt: skip
             code = 1
         except KeyboardInterrupt:
             distributed.rank0_print("interrupted: stopping (the last complete checkpoint is intact)")

@@ -440,6 +440,15 @@ def _check_top_level(config, problems: list[str]) -> None:
     _one_of(problems, "reward_client.image_format", client.image_format, IMAGE_FORMATS)
 
 
+def _check_cluster(config, problems: list[str]) -> None:
+    """The two timeouts of a long run: the process group's and the wait for an epoch's rewards."""
+    if not isinstance(config.dist_timeout_s, int | float) or not config.dist_timeout_s > 0:
+        problems.append(f"dist_timeout_s={config.dist_timeout_s!r} must be a number of seconds > 0")
+    wait = config.reward_client.wait_deadline_s
+    if not isinstance(wait, int | float) or not wait > 0:
+        problems.append(f"reward_client.wait_deadline_s={wait!r} must be a number of seconds > 0")
+
+
 def _check_speed(config, problems: list[str]) -> None:
     """The transformer speed switches; the valid names are diffusers' and torch's own lists."""
     from edit_r1.models.base import check_speed_options  # torch and peft: not at config import time
@@ -490,6 +499,7 @@ def validate_config(
     _check_training(config, problems)
     _check_algorithm(config, problems)
     _check_speed(config, problems)
+    _check_cluster(config, problems)
     if check_files:
         _check_dataset(config, problems)
     if not problems:

@@ -17,9 +17,12 @@ tensor, never pickle, so a rank can only ever receive data, never code.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +86,19 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from err
 
 
-def init_distributed(backend: str | None = None, device: str | None = None) -> DistInfo:
+def init_distributed(
+    backend: str | None = None, device: str | None = None, timeout_s: float | None = None
+) -> DistInfo:
     """Initialise the process group from torchrun's environment, or fall back to one process.
 
     ``backend`` defaults to ``"nccl"`` when CUDA is available and ``"gloo"`` otherwise.
     ``device`` (``"cpu"``/``"cuda"``) forces the device type; by default CUDA is used when present,
-    with ``cuda:LOCAL_RANK`` made the current device. Calling it again after the group exists just
-    returns the current ``DistInfo``.
+    with ``cuda:LOCAL_RANK`` (the node-local index torchrun gives, not the global rank) made the
+    current device. ``timeout_s`` is the process group's timeout (the trainer passes the config's
+    ``dist_timeout_s``; None = torch's default): a collective that some rank does not join within it
+    fails on the ranks waiting in it (gloo raises; NCCL's watchdog aborts the process), so a rank
+    that hangs without dying ends the run too. Calling it again after the group exists just returns
+    the current ``DistInfo``.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -108,10 +117,94 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     if launched_by_torchrun and not is_dist_active():
         chosen = backend or ("nccl" if use_cuda else "gloo")
         kwargs: dict[str, Any] = {"backend": chosen, "rank": rank, "world_size": world_size}
+        if timeout_s is not None:
+            if timeout_s <= 0:
+                raise ValueError(f"the process-group timeout must be > 0 s, got {timeout_s!r}")
+            kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
         if chosen == "nccl":
             kwargs["device_id"] = dev  # binds the communicator to this rank's GPU up front
         dist.init_process_group(**kwargs)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+# torch.distributed's collectives, as they appear in a traceback (the innermost one is reported).
+_COLLECTIVES = frozenset({
+    "all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce", "all_to_all",
+    "all_to_all_single", "barrier", "broadcast", "broadcast_object_list", "gather", "monitored_barrier",
+    "recv", "reduce", "reduce_scatter", "reduce_scatter_tensor", "scatter", "send",
+})  # fmt: skip
+_FAILURE_KEY = "edit_r1/collective_failure"
+REPORT_GRACE_S = 5.0  # how long a failing rank waits for the others' reports (they time out together)
+
+
+def failed_collective(error: BaseException) -> tuple[str, list[str]] | None:
+    """``(collective, callers)`` when ``error`` was raised inside a torch.distributed collective:
+    its name and the nearest three frames outside torch that called it (``file:function``), from the
+    traceback; None for any other error."""
+    frames = traceback.extract_tb(error.__traceback__)
+    in_torch = [os.sep + "torch" + os.sep in frame.filename for frame in frames]
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        if frame.name in _COLLECTIVES and in_torch[index] and "distributed" in frame.filename:
+            callers = [
+                f"{_short(f.filename)}:{f.name}"
+                for f, t in zip(frames[:index], in_torch[:index], strict=True)
+                if not t
+            ]
+            return frame.name, callers[::-1][:3]
+    return None
+
+
+def _short(filename: str) -> str:
+    """``.../edit_r1/trainer.py`` -> ``edit_r1/trainer.py`` (the path from the package folder on)."""
+    parts = filename.split(os.sep)
+    for anchor in ("edit_r1", "scripts", "tests", "benchmarks"):
+        if anchor in parts:
+            return "/".join(parts[len(parts) - parts[::-1].index(anchor) - 1 :])
+    return os.path.basename(filename)
+
+
+def ranks_not_reporting(rank: int, world_size: int, grace_s: float = REPORT_GRACE_S) -> list[int] | None:
+    """After a collective failed here: post this rank's report to torchrun's store and wait up to
+    ``grace_s`` for the other ranks' (every rank waiting in the same collective fails within about
+    the same second); the ranks that did not report are the ones that never reached it — hung or
+    dead. None when there is no torchrun store to ask (a plain process, or node 0 is gone)."""
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port or world_size < 2:
+        return None
+    prefix = f"{_FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=grace_s))
+        store.set(f"{prefix}/{rank}", "1")
+        deadline = time.monotonic() + grace_s
+        while True:
+            missing = [r for r in range(world_size) if not store.check([f"{prefix}/{r}"])]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(0.2)
+    except (RuntimeError, OSError, ValueError):  # the store went away with its node: say nothing
+        return None
+
+
+def describe_collective_failure(error: BaseException, rank: int, timeout_s: float | None) -> str | None:
+    """One line for a collective that failed on this rank: which collective, called from where,
+    whether it timed out (``dist_timeout_s``) or a peer dropped out, and torch's own message; None
+    for an error that did not come from a collective. (:func:`ranks_not_reporting` then says which
+    ranks never reached it.)"""
+    found = failed_collective(error)
+    if found is None:
+        return None
+    collective, callers = found
+    said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    timed_out = "timed out" in said.lower() or "timeout" in said.lower()
+    limit = f" of {timeout_s:g} s (dist_timeout_s)" if timeout_s else ""
+    how = (
+        f"did not complete within the process-group timeout{limit}"
+        if timed_out
+        else "failed: a peer rank dropped out"
+    )
+    where = f" (called from {' <- '.join(callers)})" if callers else ""
+    return f"[rank {rank}] error: collective {collective}{where} {how}; torch: {said}"
 
 
 def current_dist_info() -> DistInfo:

@@ -323,13 +323,15 @@ class RewardSettings:
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings:
     """Everything a training run reads, by section. ``seed``; ``num_epochs``; ``dataset`` (its
-    directory); ``run_name`` and ``logdir`` (the run directory ``logdir/run_name``)."""
+    directory); ``run_name`` and ``logdir`` (the run directory ``logdir/run_name``);
+    ``dist_timeout_s`` (the process group's timeout, set when the group is made: ``edit_r1.cli``)."""
 
     seed: int
     num_epochs: int
     dataset: str
     logdir: str
     run_name: str
+    dist_timeout_s: float
     model: ModelSettings
     parallel: ParallelOptions
     rollout: RolloutSettings
@@ -353,6 +355,7 @@ class TrainingSettings:
             dataset=str(config.dataset),
             logdir=str(config.logdir),
             run_name=str(config.run_name),
+            dist_timeout_s=float(config.dist_timeout_s),
             model=ModelSettings.from_config(config),
             parallel=ParallelOptions(
                 fsdp_transformer=bool(config.fsdp_transformer),

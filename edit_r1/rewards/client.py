@@ -45,6 +45,8 @@ DEFAULT_CHUNK_SIZE = 32  # images per request (the original sent 64 per request)
 IMAGE_FORMATS = ("jpeg", "png")
 DEFAULT_IMAGE_FORMAT = "jpeg"  # the original sent JPEG at PIL's default quality 75; "png" is lossless
 RETRYABLE_STATUS = frozenset({503})
+# Four chunk deadlines: a judge may be slow for a while (a restart, a burst) without ending the run.
+DEFAULT_WAIT_DEADLINE_S = 3600.0
 
 
 class RewardServerUnavailable(RuntimeError):
@@ -78,6 +80,9 @@ class RewardClientSettings:
     ``pairs_per_sample``: partners per edit of the pairwise reward (0 = every other edit of its group).
     ``image_format``: how source and edit travel, ``"jpeg"`` (the original's: PIL's default
     quality 75, so the judge sees what it saw) or ``"png"`` (lossless).
+    ``wait_deadline_s``: the longest the trainer waits, after sampling an epoch, for all of that
+    epoch's rewards (a judge slower than training for that long stops the run, naming the servers
+    and what was still unscored; a shorter stall is ridden out).
     The config keeps the flat keys (``reward_client.deadline_s``, ...): :meth:`from_mapping`.
     """
 
@@ -86,6 +91,7 @@ class RewardClientSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pairs_per_sample: int = 0
     image_format: str = DEFAULT_IMAGE_FORMAT
+    wait_deadline_s: float = DEFAULT_WAIT_DEADLINE_S
     api_key: str | None = field(default=None, repr=False)  # None: REWARD_SERVER_API_KEY when connecting
 
     def __post_init__(self) -> None:
@@ -98,7 +104,7 @@ class RewardClientSettings:
     def from_mapping(cls, options: Mapping[str, Any]) -> RewardClientSettings:
         """From the flat keys of ``reward_client`` (any subset); an unknown key is an error."""
         retry_keys = {f.name for f in fields(RetryPolicy)}
-        known = retry_keys | {"server", "chunk_size", "pairs_per_sample", "image_format"}
+        known = retry_keys | {"server", "chunk_size", "pairs_per_sample", "image_format", "wait_deadline_s"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"reward_client: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -109,6 +115,7 @@ class RewardClientSettings:
             retry=retry,
             pairs_per_sample=int(options.get("pairs_per_sample", 0)),
             image_format=str(options.get("image_format", DEFAULT_IMAGE_FORMAT)),
+            wait_deadline_s=float(options.get("wait_deadline_s", DEFAULT_WAIT_DEADLINE_S)),
         )
 
     def resolved(self, environ: Mapping[str, str]) -> RewardClientSettings:
@@ -127,6 +134,7 @@ class RewardClientSettings:
             "chunk_size": self.chunk_size,
             "pairs_per_sample": self.pairs_per_sample,
             "image_format": self.image_format,
+            "wait_deadline_s": self.wait_deadline_s,
         }
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +112,19 @@ class CombinedReward:
         return RewardOutput(total=total, components=components)
 
 
+class RewardWaitTimeout(RuntimeError):
+    """The rewards of an epoch were not all scored within ``reward_client.wait_deadline_s``."""
+
+
+def _waiting_on(reward: Callable) -> str:
+    """What a reward waits on, for messages: the judge servers of its clients, else its names."""
+    functions = getattr(reward, "functions", {})
+    servers = [s for f in functions.values() for s in getattr(getattr(f, "__self__", None), "servers", ())]
+    if servers:
+        return f"the reward server(s) {', '.join(dict.fromkeys(servers))} (reward {', '.join(functions)})"
+    return f"the reward function(s) {', '.join(functions) or getattr(reward, '__name__', repr(reward))}"
+
+
 class AsyncRewardScorer:
     """Runs a reward on a background thread: ``submit`` after each rollout batch, ``result()`` later.
 
@@ -125,7 +140,33 @@ class AsyncRewardScorer:
 
     def submit(self, samples: Sequence[RewardSample]) -> Future:
         """A future resolving to the reward's output for ``samples`` (a copy of the list is scored)."""
-        return self._pool.submit(self.reward, list(samples))
+        future = self._pool.submit(self.reward, list(samples))
+        future.edits = len(samples)  # for the wait's message
+        return future
+
+    def wait(
+        self, futures: Sequence[Future], deadline_s: float, on_each: Callable[[], None] | None = None
+    ) -> list[RewardOutput]:
+        """Every future's output, in order, all within ``deadline_s`` from now (``on_each`` after
+        each); else :class:`RewardWaitTimeout` naming what was waited on and what is unscored. A
+        future that failed raises its own error."""
+        started = time.monotonic()
+        outputs = []
+        for index, future in enumerate(futures):
+            remaining = deadline_s - (time.monotonic() - started)
+            try:
+                outputs.append(future.result(timeout=max(remaining, 0.0)))
+            except FutureTimeout:
+                unscored = sum(getattr(f, "edits", 0) for f in futures[index:])
+                raise RewardWaitTimeout(
+                    f"waited {deadline_s:g} s (reward_client.wait_deadline_s) for this epoch's rewards from "
+                    f"{_waiting_on(self.reward)}: {index} of {len(futures)} batches scored, {len(futures) - index} "
+                    f"({unscored} edits) not yet; the judge has been slower than training for that long "
+                    "(add judge replicas or servers, or raise reward_client.wait_deadline_s)"
+                ) from None
+            if on_each is not None:
+                on_each()
+        return outputs
 
     def close(self, wait: bool = True) -> None:
         """Stop the worker; ``wait=False`` drops queued batches and returns at once (a batch being

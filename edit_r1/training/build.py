@@ -98,6 +98,7 @@ def build_components(
         editor=editor, dataset=train_set, sampler=sampler, algorithm=algorithm, reward=AsyncRewardScorer(reward),
         sigmas=sigmas, rollout=settings.rollout, batches_per_epoch=plan.batches_per_epoch,
         lockstep_encoding=parallel.sharded_text_encoders, keep_samples=bool(group_rewards), show_progress=dist.is_main,
+        reward_wait_s=settings.rewards.client.wait_deadline_s,
     )  # fmt: skip
     scorer = EpochScorer(
         dataset=train_set, sampler=sampler, group_rewards=group_rewards, filtering=settings.group_filter,

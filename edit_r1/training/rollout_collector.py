@@ -49,7 +49,8 @@ class RolloutCollector:
 
     ``lockstep_encoding``: every rank encodes the global batch's new groups in the same order
     (a sharded text encoder's forwards are collectives); ``keep_samples``: rollouts keep their
-    edits for the group rewards scored after sampling.
+    edits for the group rewards scored after sampling; ``reward_wait_s``: the longest the epoch's
+    rewards are waited for, in all (``reward_client.wait_deadline_s``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class RolloutCollector:
         lockstep_encoding: bool,
         keep_samples: bool,
         show_progress: bool,
+        reward_wait_s: float,
     ) -> None:
         self.editor, self.dataset, self.sampler = editor, dataset, sampler
         self.algorithm, self.reward, self.sigmas, self.settings = algorithm, reward, sigmas, rollout
@@ -76,6 +78,7 @@ class RolloutCollector:
             show_progress,
         )
         self.group_id = canonical_group_ids(dataset.group_keys)
+        self.reward_wait_s = reward_wait_s
 
     def collect(self, epoch: int) -> list[Rollout]:
         """This rank's rollouts of ``epoch`` (the sampler already set to it), rewards submitted."""
@@ -108,15 +111,14 @@ class RolloutCollector:
         return rollouts
 
     def wait_for_rewards(self, rollouts: list[Rollout]) -> list[RewardOutput]:
-        """Each rollout's rewards, in order; a :class:`TrainingError` when scoring failed."""
+        """Each rollout's rewards, in order, all within ``reward_wait_s``; a :class:`TrainingError`
+        when scoring failed or the wait ran out (naming the servers and what is unscored)."""
         bar = progress(total=len(rollouts), desc="waiting for rewards", enabled=self.show_progress)
-        outputs = []
-        for rollout in rollouts:
-            try:
-                outputs.append(rollout.rewards.result())
-            except Exception as error:  # the client already retried within its deadline
-                raise TrainingError(f"reward scoring failed: {error}") from error
-            bar.update(1)
+        futures = [rollout.rewards for rollout in rollouts]
+        try:  # all within reward_wait_s: a judge slower than training for longer stops the run
+            outputs = self.reward.wait(futures, self.reward_wait_s, on_each=lambda: bar.update(1))
+        except Exception as error:  # the client already retried within its deadline
+            raise TrainingError(f"reward scoring failed: {error}") from error
         bar.close()
         return outputs
 

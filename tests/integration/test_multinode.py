@@ -198,3 +198,35 @@ def test_a_killed_rank_ends_both_nodes_and_the_checkpoint_resumes_on_one_node(ro
     end, theirs = tensors(one_node.checkpoint(2)), tensors(resumed.checkpoint(2))
     for group in GROUPS:
         assert max_difference(end[group], theirs[group]) <= TOLERANCE, group
+
+
+def test_a_rank_that_hangs_in_a_collective_ends_the_run_at_the_process_group_timeout(root: Path):
+    """Fault: rank 2 (local rank 0 of the second node) sleeps inside ``all_gather`` without dying.
+    With ``dist_timeout_s=5`` the ranks waiting in that collective fail, name it, where it was
+    called from, and rank 2 as the one that never arrived; both launchers end, the last complete
+    checkpoint verifies."""
+    run = Run(root, "hung", nnodes=2, nproc=2, epochs=2, extra=["--config.dist_timeout_s=5"])
+    try:
+        deadline = time.monotonic() + 600
+        while len(list_checkpoints(run.run_dir)) < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in run.launchers), run.output()[-4000:]
+            time.sleep(0.2)
+        (run.out / "hang-rank-2").touch()
+        hung_at = time.monotonic()
+        codes = [p.wait(timeout=180) for p in run.launchers]
+        stopped_after = time.monotonic() - hung_at
+    finally:
+        run.kill()
+    output = run.output()
+    assert all(code != 0 for code in codes), output[-4000:]
+    assert "[probe] rank 2 hangs inside all_gather" in output
+    assert "error: collective all_gather (called from " in output, output[-4000:]
+    assert "did not complete within the process-group timeout of 5 s (dist_timeout_s)" in output
+    assert "rank(s) [2] never reached that collective (hung or dead" in output, output[-4000:]
+    assert stopped_after < STOP_WITHIN_S, f"the launchers took {stopped_after:.1f}s to stop"
+    time.sleep(0.5)
+    assert [session_members(p.pid) for p in run.launchers] == [[], []], "processes outlived their launcher"
+    last = list_checkpoints(run.run_dir)[-1]
+    verify_checkpoint(last)
+    print(f"rank 2 hung: both launchers stopped {stopped_after:.1f} s later; last complete: {last.name}")
+    print("".join(line for log in run.logs for line in log if "collective" in line))

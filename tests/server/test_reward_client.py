@@ -223,3 +223,62 @@ def test_a_replica_that_hangs_on_every_try_leaves_nan_at_the_deadline():
         elapsed = time.monotonic() - started
     assert np.isnan(scores).all()
     assert 1.0 <= elapsed < 5.0
+
+
+class _SlowBackend(InstructionScoreBackend):
+    """A judge that takes ``delay_s`` per engine batch (slower than training)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def score_batch(self, items):
+        time.sleep(self.delay_s)
+        return super().score_batch(items)
+
+
+def _scorer_for(url: str):
+    from edit_r1.rewards import AsyncRewardScorer
+
+    client = RewardClient(url, chunk_size=4, retry=RetryPolicy(deadline_s=120, request_timeout_s=60))
+    return AsyncRewardScorer(
+        CombinedReward({"mllm_score_continue": 1.0}, {"mllm_score_continue": client.score})
+    ), client
+
+
+def test_the_trainers_wait_rides_out_a_short_stall():
+    """A judge 0.5 s per batch, three batches queued behind each other (1.5 s in all), a 20 s total
+    wait: every reward arrives, in order."""
+    with reward_app_server([_SlowBackend(0.5)], max_batch_size=4) as url:
+        scorer, client = _scorer_for(url)
+        futures = [scorer.submit(_samples([0.1 * k, 0.2])) for k in range(1, 4)]
+        started = time.monotonic()
+        outputs = scorer.wait(futures, deadline_s=20)
+        took = time.monotonic() - started
+        scorer.close()
+        client.close()
+    got = [value for output in outputs for value in output.total.tolist()]
+    assert got == pytest.approx([value for k in range(1, 4) for value in (0.1 * k, 0.2)])
+    assert 1.0 <= took < 20
+
+
+def test_a_judge_slower_than_training_for_too_long_stops_the_wait_naming_the_server():
+    """A judge 30 s per batch against a 2 s total wait: the wait ends at 2 s with an error naming
+    the server, the reward and how much was still unscored."""
+    from edit_r1.rewards.combine import RewardWaitTimeout
+
+    with reward_app_server([_SlowBackend(30.0)], max_batch_size=4) as url:
+        scorer, client = _scorer_for(url)
+        futures = [scorer.submit(_samples([0.3, 0.4, 0.5])) for _ in range(2)]
+        started = time.monotonic()
+        with pytest.raises(RewardWaitTimeout) as raised:
+            scorer.wait(futures, deadline_s=2.0)
+        took = time.monotonic() - started
+        scorer.close(wait=False)
+        client.close()
+    message = str(raised.value)
+    assert message.startswith(
+        f"waited 2 s (reward_client.wait_deadline_s) for this epoch's rewards from the reward server(s) {url}"
+    )
+    assert "(reward mllm_score_continue): 0 of 2 batches scored, 2 (6 edits) not yet" in message
+    assert 2.0 <= took < 4.0
