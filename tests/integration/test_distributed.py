@@ -237,3 +237,26 @@ def test_bad_environment_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK=2"):
         distributed.init_distributed()
+
+
+def test_a_gpu_process_of_the_second_node_uses_its_local_rank_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Global rank 3 of two nodes x 2 GPUs is local rank 1: it must take cuda:1 (its node has GPUs
+    0 and 1 only), bind NCCL to it and get the config's timeout; recorded through fakes of the
+    CUDA and process-group calls (no GPU here)."""
+    import datetime
+
+    calls: dict = {}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.setdefault("set_device", index))
+    monkeypatch.setattr(distributed, "is_dist_active", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.update(kwargs))
+    info = distributed.init_distributed(timeout_s=90)
+    assert (info.rank, info.local_rank, info.world_size, info.is_main) == (3, 1, 4, False)
+    assert info.device == torch.device("cuda", 1) and calls["set_device"] == 1
+    assert calls["backend"] == "nccl" and calls["device_id"] == torch.device("cuda", 1)
+    assert calls["rank"] == 3 and calls["timeout"] == datetime.timedelta(seconds=90)
+    with pytest.raises(ValueError, match="process-group timeout must be > 0 s"):
+        distributed.init_distributed(timeout_s=0)
