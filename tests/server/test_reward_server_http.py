@@ -598,9 +598,12 @@ def test_a_hung_replica_is_killed_at_the_batch_deadline_and_restarted(
     assert answer["scores"] == [None] and answer["retryable"] == [True], answer
     assert "within the 3 s batch deadline (--batch-deadline-s); it was killed" in answer["errors"][0]
     assert BATCH_DEADLINE_S <= answered_after < BATCH_DEADLINE_S + 10, answered_after
+    print(f"hung replica: the stuck request was answered {answered_after:.2f} s after it was sent")
     assert served_meanwhile["retryable"] == [False] * 3
     assert _wait_for_health(url, "degraded", auth)["replicas_alive"] == 1
+    degraded_at = time.monotonic()
     assert _wait_for_health(url, "ok", auth, timeout_s=120)["replicas_alive"] == 2
+    print(f"hung replica: /health was ok again {time.monotonic() - degraded_at:.1f} s after 'degraded'")
     assert not _running(victim), "the hung replica was not killed"
     for pick, done in others:
         assert done.result(timeout=60).json()["scores"] == pytest.approx([reference_scores[pick]], abs=1e-5)
@@ -648,3 +651,4 @@ def test_the_client_sends_items_of_a_hung_replica_again_and_loses_none(
     assert sum("batch deadline; killed it" in line for line in log) == hung_before + 1, "no batch hung"
     assert scores.tolist() == pytest.approx(reference_scores, abs=1e-5)
     assert took < BATCH_DEADLINE_S + 60, took
+    print(f"hung replica: the client had all {len(scores)} scores after {took:.1f} s")
