@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_tree import session_members
 
 from edit_r1.checkpoint import list_checkpoints, read_sharded_tensors, verify_checkpoint
 from edit_r1.data.toy import write_toy_dataset
@@ -45,18 +46,6 @@ def _launch(
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(process.stdout), daemon=True).start()
     return process, log
-
-
-def _session_members(session: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # state, ppid, pgrp, session
-            members.append(int(stat.parent.name))
-    return members
 
 
 def _finish(process, log, timeout_s: float = 600) -> None:
@@ -90,7 +79,7 @@ def _interrupt_after_first_checkpoint(tiny_kit, toy_data, logdir: Path, run_name
     assert stopped_after < STOP_WITHIN_S, f"torchrun took {stopped_after:.1f}s to stop"
     assert code != 0, "".join(log[-40:])  # interrupted, not finished
     time.sleep(0.5)
-    assert _session_members(process.pid) == [], "processes of the run outlived torchrun"
+    assert session_members(process.pid) == [], "processes of the run outlived torchrun"
     output = "".join(log)
     assert "interrupted: stopping (the last complete checkpoint is intact)" in output, output[-3000:]
     last = list_checkpoints(run_dir)[-1]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_tree import session_members
 
 from edit_r1.checkpoint import list_checkpoints, read_sharded_tensors, verify_checkpoint
 from edit_r1.data.toy import write_toy_dataset
@@ -104,18 +105,6 @@ def tensors(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
 def max_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def session_members(session: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 @pytest.fixture(scope="module")
