@@ -27,6 +27,7 @@ computes the per-item arrays on each rank, gathers them and calls :func:`summari
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,9 @@ class VelocityNorms:
         out = {"velocity_rms": np.mean(self.rms, axis=0)} if self.rms else {}
         if self.rms_ref:
             out["velocity_rms_ref"] = np.mean(self.rms_ref, axis=0)
-            out["velocity_ratio"] = np.nanmean(np.stack(self.ratio), axis=0)
+            with warnings.catch_warnings():  # a row whose reference never moved is NaN, as documented
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out["velocity_ratio"] = np.nanmean(np.stack(self.ratio), axis=0)
         return out
 
 

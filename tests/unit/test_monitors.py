@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -86,3 +87,12 @@ def test_the_evaluation_table_reads_a_runs_metrics(tmp_path, capsys):
     assert [line.split() for line in lines] == [["0", "0.500", "-", "0.900"], ["2", "0.700", "-", "0.250"]]
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
+
+
+def test_a_reference_that_never_moved_gives_a_nan_ratio_without_a_warning() -> None:
+    meter = VelocityNorms()
+    meter.observe(torch.ones(2, 4), torch.stack([torch.zeros(4), torch.full((4,), 2.0)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ratio = meter.per_row()["velocity_ratio"]
+    assert np.isnan(ratio[0]) and ratio[1] == pytest.approx(0.5)
