@@ -6,7 +6,8 @@ The configs themselves live in ``config/*.py`` (ml_collections, the ``file.py:na
 * :func:`plan_batches` -- the batch arithmetic (docs/configs.md#batch-planning), computed at start from the real
   ``WORLD_SIZE`` (the original release hard-coded it for 8 GPUs inside the config);
 * :func:`apply_batch_plan` -- writes a plan into the ``0 = auto`` batch fields of a config;
-* :func:`validate_config` -- one :class:`ConfigError` listing every problem at once;
+* :func:`validate_config` -- one :class:`ConfigError` listing every problem at once: each key's own
+  checks from the key table (``edit_r1/config_keys.py``), then the rules over several keys here;
 * :func:`prepare_training` -- the boundary: validate, plan, then the typed
   :class:`~edit_r1.settings.TrainingSettings` the trainer reads;
 * :func:`load_config` -- ``"config/<file>.py:tiny"`` -> ``ConfigDict`` without absl flags;
@@ -27,21 +28,10 @@ from types import ModuleType
 import ml_collections
 
 from edit_r1.algo import ALGORITHMS, algorithm_class
-from edit_r1.rewards.client import IMAGE_FORMATS
-from edit_r1.rewards.registry import GROUP_REWARD_FACTORIES, KNOWN_REWARDS
-from edit_r1.settings import (
-    DETERMINISTIC_ONLY_SOLVERS,
-    VALID_ALGORITHMS,
-    VALID_DECAY_TYPES,
-    VALID_LORA_INITS,
-    VALID_MIXED_PRECISION,
-    VALID_SOLVERS,
-    VALID_WANDB_MODES,
-    TrainingSettings,
-)
-
-# The latent grid is packed 2x2 on an 8x VAE downsampling, so the image side must divide by 16.
-RESOLUTION_MULTIPLE = 16
+from edit_r1.config_keys import config_key_problems
+from edit_r1.rewards.registry import GROUP_REWARD_FACTORIES
+from edit_r1.sampling import DPM_SOLVERS
+from edit_r1.settings import TrainingSettings
 
 
 class ConfigError(ValueError):
@@ -294,61 +284,35 @@ def apply_batch_plan(config: ml_collections.ConfigDict, plan: BatchPlan) -> None
 # ----------------------------------------------------------------------------------------------
 
 
-def _one_of(problems: list[str], key: str, value, valid) -> None:
-    if value not in valid:
-        problems.append(f"{key}={value!r} is not one of {list(valid)}")
-
-
-def _in_range(problems: list[str], key: str, value, low, high, low_open=False) -> None:
-    ok = isinstance(value, int | float) and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        problems.append(f"{key}={value!r} must lie in {bracket}{low}, {high}]")
+# The per-key checks (choices, ranges, types; their messages name the key and the value) are the
+# key table's (edit_r1/config_keys.py). Written here are only the rules that involve several keys,
+# a model family (its config_problems), an algorithm (its config_problems) or the file system.
 
 
 def _check_sampling(config, problems: list[str]) -> None:
+    """The solvers against the determinism switches and the step count; filtering against k."""
     sample = config.sample
-    _one_of(problems, "sample.solver", sample.solver, VALID_SOLVERS)
-    _one_of(problems, "sample.eval_solver", sample.eval_solver, VALID_SOLVERS)
-    if sample.solver in DETERMINISTIC_ONLY_SOLVERS and not sample.deterministic:
+    if sample.solver in DPM_SOLVERS and not sample.deterministic:
         problems.append(
             f"sample.solver={sample.solver!r} is deterministic only; set sample.deterministic=True"
         )
-    if sample.eval_solver in DETERMINISTIC_ONLY_SOLVERS and not sample.eval_deterministic:
+    if sample.eval_solver in DPM_SOLVERS and not sample.eval_deterministic:
         problems.append(
             f"sample.eval_solver={sample.eval_solver!r} is deterministic only; "
             "set sample.eval_deterministic=True"
         )
-    for key in ("num_steps", "eval_num_steps", "num_image_per_prompt", "num_groups_per_epoch"):
-        if not isinstance(sample[key], int) or sample[key] < 1:
-            problems.append(f"sample.{key}={sample[key]!r} must be a positive integer")
-    if (
-        isinstance(sample.num_steps, int)
-        and sample.num_steps < 2
-        and sample.solver in DETERMINISTIC_ONLY_SOLVERS
-    ):
+    if isinstance(sample.num_steps, int) and sample.num_steps < 2 and sample.solver in DPM_SOLVERS:
         problems.append("sample.num_steps must be >= 2 for the multistep dpm solvers")
-    _in_range(problems, "sample.noise_level", sample.noise_level, 0.0, 10.0)
-    _in_range(problems, "sample.ban_std_thres", sample.ban_std_thres, 0.0, 1.0)
-    _in_range(problems, "sample.ban_mean_thres", sample.ban_mean_thres, 0.0, 1.0)
     if sample.ban_prompt and sample.num_image_per_prompt == 1:
         problems.append(
             "sample.ban_prompt with sample.num_image_per_prompt=1: a one-sample group has std 0 < "
             "ban_std_thres, so every sample would be masked and nothing would train"
         )
-    if sample.guidance_scale < 0 or sample.true_cfg_scale < 0:
-        problems.append("sample.guidance_scale and sample.true_cfg_scale must be >= 0")
-    for key in ("train_batch_size", "num_batches_per_epoch", "test_batch_size", "max_train_batch_size"):
-        if not isinstance(sample[key], int) or sample[key] < 0:
-            problems.append(f"sample.{key}={sample[key]!r} must be a non-negative integer (0 = auto)")
-    if sample.max_train_batch_size == 0:
-        problems.append("sample.max_train_batch_size must be >= 1")
 
 
 def _check_training(config, problems: list[str]) -> None:
+    """The trained timesteps against the rollout steps; LoRA's three keys when LoRA is on."""
     train = config.train
-    _one_of(problems, "train.lora_init", train.lora_init, VALID_LORA_INITS)
-    _in_range(problems, "train.timestep_fraction", train.timestep_fraction, 0.0, 1.0, low_open=True)
     if (
         isinstance(train.timestep_fraction, float)
         and int(config.sample.num_steps * train.timestep_fraction) < 1
@@ -357,111 +321,31 @@ def _check_training(config, problems: list[str]) -> None:
             f"int(sample.num_steps * train.timestep_fraction) = "
             f"int({config.sample.num_steps} * {train.timestep_fraction}) = 0 timesteps: nothing would train"
         )
-    _in_range(problems, "train.adam_beta1", train.adam_beta1, 0.0, 1.0)
-    _in_range(problems, "train.adam_beta2", train.adam_beta2, 0.0, 1.0)
-    for key in ("learning_rate", "adam_epsilon", "max_grad_norm"):
-        if not train[key] > 0:
-            problems.append(f"train.{key}={train[key]!r} must be > 0")
-    if train.adam_weight_decay < 0:
-        problems.append(f"train.adam_weight_decay={train.adam_weight_decay!r} must be >= 0")
     if config.use_lora and (train.lora_rank < 1 or train.lora_alpha <= 0 or not train.lora_target_modules):
         problems.append("use_lora needs train.lora_rank >= 1, train.lora_alpha > 0 and lora_target_modules")
-    if train.gradient_step_per_epoch < 1:
-        problems.append(f"train.gradient_step_per_epoch={train.gradient_step_per_epoch!r} must be >= 1")
-    if not isinstance(train.num_inner_epochs, int) or train.num_inner_epochs < 1:
-        problems.append(f"train.num_inner_epochs={train.num_inner_epochs!r} must be a positive integer")
 
 
-def _check_algorithm(config, problems: list[str]) -> None:
-    """``algorithm`` names a registered one, then that algorithm's own problems
-    (``Algorithm.config_problems``: its keys, and what it needs of the rollouts)."""
-    _one_of(problems, "algorithm", config.algorithm, VALID_ALGORITHMS)
-    if config.algorithm in ALGORITHMS:
-        problems.extend(algorithm_class(config.algorithm).config_problems(config))
-
-
-def _check_top_level(config, problems: list[str]) -> None:
+def _check_choices(config, problems: list[str]) -> None:
+    """The chosen algorithm's and model family's own problems (``config_problems``: their keys, and
+    what the algorithm needs of the rollouts); an unknown name is the key table's problem."""
     from edit_r1.models.registry import family_names, policy_class  # the model stack, when validating
 
-    _one_of(problems, "model_family", config.model_family, family_names())
+    if config.algorithm in ALGORITHMS:
+        problems.extend(algorithm_class(config.algorithm).config_problems(config))
     if config.model_family in family_names():
         problems.extend(policy_class(config.model_family).config_problems(config))
-    _one_of(problems, "decay_type", config.decay_type, VALID_DECAY_TYPES)
-    _one_of(problems, "mixed_precision", config.mixed_precision, VALID_MIXED_PRECISION)
-    _one_of(problems, "wandb.mode", config.wandb.mode, VALID_WANDB_MODES)
-    if (
-        not isinstance(config.resolution, int)
-        or config.resolution <= 0
-        or config.resolution % RESOLUTION_MULTIPLE
-    ):
-        problems.append(
-            f"resolution={config.resolution!r} must be a positive multiple of {RESOLUTION_MULTIPLE}"
-        )
-    for key in ("num_epochs", "save_freq", "eval_freq"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            problems.append(f"{key}={config[key]!r} must be a positive integer")
-    if not isinstance(config.num_checkpoint_limit, int) or config.num_checkpoint_limit < 0:
-        problems.append(
-            f"num_checkpoint_limit={config.num_checkpoint_limit!r} must be a non-negative integer (0 = keep all)"
-        )
-    if not config.pretrained.model:
-        problems.append("pretrained.model is empty")
-    for key in ("reward_fn", "eval_reward_fn"):
-        weights = dict(config[key])
-        if not weights:
-            problems.append(f"{key} is empty: name at least one reward function and its weight")
-        bad = {name: w for name, w in weights.items() if not isinstance(w, int | float)}
-        if bad:
-            problems.append(f"{key} weights must be numbers, got {bad}")
-        unknown = sorted(set(weights) - KNOWN_REWARDS)
-        if unknown:
-            problems.append(
-                f"{key} names unknown reward function(s) {unknown}; known: {sorted(KNOWN_REWARDS)}"
-            )
+
+
+def _check_rewards(config, problems: list[str]) -> None:
+    """A group reward against the group size; the judge client's two timeouts."""
     if set(dict(config.reward_fn)) & set(GROUP_REWARD_FACTORIES) and config.sample.num_image_per_prompt < 2:
         problems.append(
             "reward_fn names a pairwise group reward with sample.num_image_per_prompt="
             f"{config.sample.num_image_per_prompt}: an edit needs another edit of its group to be compared with"
         )
-    grouped = sorted(set(dict(config.eval_reward_fn)) & set(GROUP_REWARD_FACTORIES))
-    if grouped:
-        problems.append(
-            f"eval_reward_fn names group reward(s) {grouped}: evaluation scores single edits, "
-            "use a pointwise reward there (e.g. mllm_score_continue)"
-        )
     client = config.reward_client
-    for key in ("request_timeout_s", "deadline_s", "initial_backoff_s", "max_backoff_s"):
-        if not client[key] > 0:
-            problems.append(f"reward_client.{key}={client[key]!r} must be > 0")
     if client.deadline_s < client.request_timeout_s:
         problems.append("reward_client.deadline_s must be >= reward_client.request_timeout_s")
-    if not isinstance(client.chunk_size, int) or client.chunk_size < 1:
-        problems.append(f"reward_client.chunk_size={client.chunk_size!r} must be a positive integer")
-    _one_of(problems, "reward_client.image_format", client.image_format, IMAGE_FORMATS)
-
-
-def _check_cluster(config, problems: list[str]) -> None:
-    """The two timeouts of a long run: the process group's and the wait for an epoch's rewards."""
-    if not isinstance(config.dist_timeout_s, int | float) or not config.dist_timeout_s > 0:
-        problems.append(f"dist_timeout_s={config.dist_timeout_s!r} must be a number of seconds > 0")
-    wait = config.reward_client.wait_deadline_s
-    if not isinstance(wait, int | float) or not wait > 0:
-        problems.append(f"reward_client.wait_deadline_s={wait!r} must be a number of seconds > 0")
-
-
-def _check_speed(config, problems: list[str]) -> None:
-    """The transformer speed switches; the valid names are diffusers' and torch's own lists."""
-    from edit_r1.models.base import check_speed_options  # torch and peft: not at config import time
-
-    for key in ("attention_backend", "compile_mode"):
-        value = config[key]
-        if not isinstance(value, str):
-            problems.append(f"{key}={value!r} must be a string ('' = the default)")
-            continue
-        try:
-            check_speed_options(**{key: value})
-        except ValueError as error:
-            problems.append(str(error))
 
 
 def _check_dataset(config, problems: list[str]) -> None:
@@ -475,14 +359,6 @@ def _check_dataset(config, problems: list[str]) -> None:
             problems.append(f"dataset file missing: {path}")
 
 
-def _check_monitors(config, problems: list[str]) -> None:
-    threshold = config.monitors.change_threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < 1:
-        problems.append(
-            f"monitors.change_threshold={threshold!r} must be a number in [0, 1) (pixels in [0, 1])"
-        )
-
-
 def validate_config(
     config: ml_collections.ConfigDict, world_size: int, check_files: bool = True
 ) -> list[str]:
@@ -492,14 +368,9 @@ def validate_config(
     groups of one have no spread, so rewards are standardised over the whole epoch instead (the
     original's fallback). ``check_files`` also checks the dataset files.
     """
-    problems: list[str] = []
-    _check_top_level(config, problems)
-    _check_monitors(config, problems)
-    _check_sampling(config, problems)
-    _check_training(config, problems)
-    _check_algorithm(config, problems)
-    _check_speed(config, problems)
-    _check_cluster(config, problems)
+    problems = config_key_problems(config)  # each key on its own: the key table's checks
+    for check in (_check_sampling, _check_training, _check_choices, _check_rewards):
+        check(config, problems)
     if check_files:
         _check_dataset(config, problems)
     if not problems:

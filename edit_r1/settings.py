@@ -13,7 +13,9 @@ config. An algorithm's own keys are read by its settings dataclass in ``edit_r1/
 naming every bad key and value), plan the batches, write the plan into the config's ``0 = auto``
 fields (the logged config records what ran) and build :class:`TrainingSettings` here.
 
-The valid enumerations are declared once, by the code that uses them, and collected here.
+The valid values of an enumerated key are declared once, by the code that uses them (the solvers
+in ``edit_r1.sampling``, the mixed-precision dtypes and LoRA inits here, ...), and the key table
+``edit_r1/config_keys.py`` names where each lives.
 """
 
 from __future__ import annotations
@@ -27,32 +29,24 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 import torch
 
-from edit_r1.algo import ALGORITHMS, DECAY_TYPES, AlgorithmSettings
+from edit_r1.algo import AlgorithmSettings
 from edit_r1.rewards.client import EVAL_SERVER_ENV, RewardClientSettings
 from edit_r1.rewards.registry import parse_reward_spec
-from edit_r1.sampling import DPM_SOLVERS, SOLVERS
-from edit_r1.tracking import WANDB_MODES, WandbSettings, resolve_wandb_settings
+from edit_r1.tracking import WandbSettings, resolve_wandb_settings
 
 if TYPE_CHECKING:  # the model stack (diffusers, peft) loads when settings are built, not on import
     from edit_r1.models.lora import LoraSettings
     from edit_r1.parallelize import ParallelOptions
 
 # ------------------------------------------------------------------------------------------------
-# The valid enumerations (each declared once; config validation checks a config against these)
+# The two enumerations the settings convert (the key table checks a config against them)
 # ------------------------------------------------------------------------------------------------
-VALID_SOLVERS = SOLVERS  # sample.solver, sample.eval_solver (edit_r1.sampling)
-DETERMINISTIC_ONLY_SOLVERS = DPM_SOLVERS
-VALID_DECAY_TYPES = DECAY_TYPES  # decay_type (edit_r1.algo.policy_sync)
-VALID_ALGORITHMS = tuple(ALGORITHMS)  # algorithm (edit_r1.algo.registry)
-VALID_WANDB_MODES = WANDB_MODES  # wandb.mode (edit_r1.tracking)
 # mixed_precision -> the compute dtype (fp16 only on CUDA: compute_dtype).
 MIXED_PRECISION_DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 )
-VALID_MIXED_PRECISION = tuple(MIXED_PRECISION_DTYPES)
 # train.lora_init -> peft's init_lora_weights ("default" is peft's True: Kaiming-uniform A).
 LORA_INITS: Mapping[str, str | bool] = MappingProxyType({"gaussian": "gaussian", "default": True})
-VALID_LORA_INITS = tuple(LORA_INITS)
 
 
 def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
