@@ -66,7 +66,8 @@ _AUTO = "0 = auto"
 POSITIVE, NON_NEGATIVE, AUTO = Integer(1), Integer(0), Integer(0, " (0 = auto)")
 ABOVE_0, AT_LEAST_0, SECONDS = Bound(0), Bound(0, inclusive=True), Bound(0, what="a number of seconds")
 FRACTION = InRange(0.0, 1.0)
-SPEED = CheckedBy("edit_r1.models.base:check_speed_options", "diffusers / torch names")
+BACKEND = CheckedBy("edit_r1.models.base:check_speed_options", 'a diffusers attention backend name or `""`')
+COMPILE_MODE = CheckedBy("edit_r1.models.base:check_speed_options", 'a `torch.compile` mode or `""`')
 
 # fmt: off
 # One entry per key: Key(name, default, help, checks, doc=longer docs text, doc_default=docs cell).
@@ -86,7 +87,7 @@ TOP_LEVEL = (
     Key("save_dir", "", 'checkpoint root (save_dir/checkpoints/checkpoint-N); "" = logdir/run_name',
         doc='checkpoint root: `save_dir/checkpoints/checkpoint-N`; `""` = `logdir/run_name` (the '
         "original's key, separate from `logdir`)"),
-    Key("mixed_precision", "bf16", "no | fp16 | bf16: autocast dtype of rollouts and training (upstream bf16)",
+    Key("mixed_precision", "bf16", "no / fp16 / bf16: autocast dtype of rollouts and training (upstream bf16)",
         (OneOf("edit_r1.settings:MIXED_PRECISION_DTYPES"),),
         doc="`no` / `fp16` / `bf16`: compute dtype of the frozen weights and the autocast of every "
         "transformer forward (bf16 on CUDA and CPU; fp16 on CUDA only); trained weights, old policy, "
@@ -96,13 +97,13 @@ TOP_LEVEL = (
         "`torch.backends.cudnn.allow_tf32`); cuDNN runs deterministic without autotuning "
         "(`deterministic = True`, `benchmark = False`), as the original"),
     Key("attention_backend", "", 'diffusers attention kernel, e.g. "_native_cudnn"; "" = torch SDPA\'s pick',
-        (IsString(" ('' = the default)"), SPEED),
+        (IsString(" ('' = the default)"), BACKEND),
         doc='diffusers attention backend of the transformer, e.g. `"_native_cudnn"`; `""` = '
         "diffusers' default (torch SDPA) — see [Speed switches](#speed-switches)"),
     Key("compile_transformer", False, "torch.compile the blocks; off: each new graph costs compile time",
         doc="`torch.compile` the transformer blocks for rollouts and training"),
     Key("compile_mode", "", 'torch.compile mode, e.g. "max-autotune-no-cudagraphs"; "" = torch\'s default',
-        (IsString(" ('' = the default)"), SPEED),
+        (IsString(" ('' = the default)"), COMPILE_MODE),
         doc="`torch.compile` mode (`default`, `reduce-overhead`, `max-autotune`, "
         '`max-autotune-no-cudagraphs`, ...); `""` = torch\'s default'),
     Key("dist_timeout_s", 1800.0, "process-group timeout: a collective some rank has not joined by then fails "
@@ -121,7 +122,7 @@ TOP_LEVEL = (
         (PositiveMultiple(RESOLUTION_MULTIPLE),)),
     Key("dataset", "", "directory with {train,test}_metadata.jsonl and the images they name",
         doc="directory with `{train,test}_metadata.jsonl` (checked, with its files, when training starts)"),
-    Key("model_family", "qwen_image_edit", "qwen_image_edit | kontext: picks the model adapter",
+    Key("model_family", "qwen_image_edit", "qwen_image_edit / kontext: picks the model adapter",
         (OneOf("edit_r1.models.registry:family_names"),)),
     Key("max_sequence_length", 0, "text tokens of the condition; 0 = the family's original length",
         doc="text condition length (padded/truncated); 0 = the family's original length: Qwen 256 "
@@ -138,7 +139,7 @@ TOP_LEVEL = (
     Key("fsdp_offload_frozen", False, "with fsdp_transformer on a GPU: frozen old/ref shards in host memory",
         doc="with `fsdp_transformer` on a GPU: keep the frozen old/ref shards in pinned host memory "
         "(`python -m edit_r1.memory_plan --offload-frozen` shows the saving)"),
-    Key("algorithm", "nft", "nft | grpo: the training algorithm behind the shared loop (docs/algorithm.md)",
+    Key("algorithm", "nft", "nft / grpo: the training algorithm behind the shared loop (docs/algorithm.md)",
         (OneOf("edit_r1.algo:ALGORITHMS"),),
         doc="`nft` / `grpo`: the training algorithm behind the shared loop (`docs/algorithm.md` "
         "sections 8-9)"),
@@ -224,7 +225,7 @@ TRAIN = (
     Key("train.clip_range", 1e-4, "GRPO only: PPO clip range of the likelihood ratio (Flow-GRPO's default)"),
     Key("train.num_inner_epochs", 1, "passes over each epoch's rollouts per update (upstream 1; GRPO may use more)",
         (POSITIVE,), doc="passes over each epoch's rollouts, each reshuffled (upstream 1)"),
-    Key("train.adv_mode", "all", 'all | positive_only | negative_only | one_only | binary; "all" uses both signs',
+    Key("train.adv_mode", "all", 'all / positive_only / negative_only / one_only / binary; "all" uses both signs',
         doc="`all`, `positive_only`, `negative_only`, `one_only`, `binary` (NFT; checked by it)"),
     Key("train.timestep_fraction", 0.99, "train on int(N * fraction) of the N grid timesteps: 5 of 6 (upstream)",
         (InRange(0.0, 1.0, low_open=True),),
@@ -235,7 +236,7 @@ TRAIN = (
     Key("train.ema", True, "EMA of trained weights, used for evaluation and the saved default weights (upstream)"),
     Key("train.lora_rank", 32, "LoRA rank r (upstream)"),
     Key("train.lora_alpha", 64, "LoRA alpha; scale alpha/r = 2 must survive export (upstream-differences entry 11)"),
-    Key("train.lora_init", "gaussian", "gaussian | default: peft init of the LoRA A matrices (upstream: gaussian)",
+    Key("train.lora_init", "gaussian", "gaussian / default: peft init of the LoRA A matrices (upstream: gaussian)",
         (OneOf("edit_r1.settings:LORA_INITS"),), doc="peft `init_lora_weights` (`gaussian` / `default`)"),
     Key("train.lora_target_modules", LORA_TARGET_MODULES, "attention projections of image and text streams",
         doc="LoRA targets",
