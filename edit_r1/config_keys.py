@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -317,7 +318,7 @@ def config_key_problems(config: Any) -> list[str]:
     return key_problems(KEYS, config)
 
 
-def read_settings(cls: type[T], config: Any, *, names: dict[str, str] | None = None, **given: Any) -> T:
+def read_settings(cls: type[T], config: Any, *, names: Mapping[str, str] | None = None, **given: Any) -> T:
     """A settings dataclass read from ``config``: :func:`edit_r1.config_schema.read_fields` over this
     table (fields name their key; ``given`` holds the derived ones)."""
     return read_fields(cls, config, KEYS_BY_NAME, names=names, **given)

@@ -1,13 +1,16 @@
 """Typed settings: the config sections the code consumes, read once at the boundary.
 
-A config (``config/*.py``, ml_collections) keeps the original release's keys for users, and
-``config/base.py`` holds every default (the one place; its ``reward_client`` section is built from
-:class:`RewardClientSettings`' defaults), so the section dataclasses here have none. The code below the boundary receives the
-frozen dataclasses here instead; their field names say what each value is
-(``sample.num_image_per_prompt`` is the ``group_size``) and each field's docstring line names the
-key it comes from. Each ``from_config`` is the only place that knows where its values live in a
-config. An algorithm's own keys are read by its settings dataclass in ``edit_r1/algo/``
-(:class:`~edit_r1.algo.AlgorithmSettings` holds the chosen one's).
+A config (``config/*.py``, ml_collections) keeps the original release's keys for users; every
+key's default, checks and help are written once, in the key table ``edit_r1/config_keys.py``, so
+the section dataclasses here have no defaults. The code below the boundary receives the frozen
+dataclasses here instead; their field names say what each value is (``sample.num_image_per_prompt``
+is the ``group_size``). A field that is one config key is declared with it
+(``steps: int = config_field("sample.num_steps")``) and read by the one helper
+:func:`~edit_r1.config_keys.read_settings`, cast to the key's type; a ``from_config`` is written
+out only for what is real logic: derived values (``OptimizerSettings.betas``, ``ModelSettings.lora``),
+the reward specs and the environment (``RewardSettings``, wandb). An algorithm's own keys are read by
+its settings dataclass in ``edit_r1/algo/`` (the maths room imports nothing of the boundary;
+:class:`~edit_r1.algo.AlgorithmSettings` holds the chosen one's).
 
 :func:`edit_r1.config.prepare_training` is the boundary itself: validate (one ``ConfigError``
 naming every bad key and value), plan the batches, write the plan into the config's ``0 = auto``
@@ -24,12 +27,14 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ml_collections
 import torch
 
 from edit_r1.algo import AlgorithmSettings
+from edit_r1.config_keys import read_settings
+from edit_r1.config_schema import config_field
 from edit_r1.rewards.client import EVAL_SERVER_ENV, RewardClientSettings
 from edit_r1.rewards.registry import parse_reward_spec
 from edit_r1.tracking import WandbSettings, resolve_wandb_settings
@@ -47,6 +52,16 @@ MIXED_PRECISION_DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
 )
 # train.lora_init -> peft's init_lora_weights ("default" is peft's True: Kaiming-uniform A).
 LORA_INITS: Mapping[str, str | bool] = MappingProxyType({"gaussian": "gaussian", "default": True})
+# ParallelOptions (edit_r1/parallelize.py, below the boundary) field -> its config key.
+PARALLEL_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "fsdp_transformer": "fsdp_transformer",
+        "fsdp_text_encoder": "fsdp_text_encoder",
+        "offload_frozen": "fsdp_offload_frozen",
+        "mixed_precision": "mixed_precision",
+    }
+)
+S = TypeVar("S")
 
 
 def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
@@ -59,174 +74,112 @@ def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 # ------------------------------------------------------------------------------------------------
 # The sections
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class RolloutSettings:
-    """How training rollouts are sampled (``sample.*``).
-
-    ``steps`` (``sample.num_steps``): solver steps ``N``; ``solver`` (``sample.solver``);
-    ``deterministic`` (``sample.deterministic``): an ODE solve, no injected noise; ``noise_level``
-    (``sample.noise_level``): eta of the stochastic solvers; ``group_size``
-    (``sample.num_image_per_prompt``): ``k`` rollouts per (instruction, image).
-    """
-
-    steps: int
-    solver: str
-    deterministic: bool
-    noise_level: float
-    group_size: int
+class _ReadFromKeys:
+    """A section whose every field is one config key (:func:`~edit_r1.config_schema.config_field`):
+    ``from_config`` reads them through the key table, cast to each key's type."""
 
     @classmethod
-    def from_config(cls, config: Any) -> RolloutSettings:
-        sample = config.sample
-        return cls(
-            steps=int(sample.num_steps),
-            solver=str(sample.solver),
-            deterministic=bool(sample.deterministic),
-            noise_level=float(sample.noise_level),
-            group_size=int(sample.num_image_per_prompt),
-        )
+    def from_config(cls: type[S], config: Any) -> S:
+        return read_settings(cls, config)
 
 
 @dataclasses.dataclass(frozen=True)
-class GroupFilterSettings:
+class RolloutSettings(_ReadFromKeys):
+    """How training rollouts are sampled: ``steps`` of the solver (``N``), ``deterministic`` (an
+    ODE solve, no injected noise), ``noise_level`` (eta of the stochastic solvers) and ``group_size``
+    (``k`` rollouts per (instruction, image))."""
+
+    steps: int = config_field("sample.num_steps")
+    solver: str = config_field("sample.solver")
+    deterministic: bool = config_field("sample.deterministic")
+    noise_level: float = config_field("sample.noise_level")
+    group_size: int = config_field("sample.num_image_per_prompt")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupFilterSettings(_ReadFromKeys):
     """Advantages and the low-variance group filter (``docs/algorithm.md``, advantages and filtering).
 
-    ``global_std`` (``sample.global_std``): divide by the std of all the epoch's rewards;
-    ``enabled`` (``sample.ban_prompt``): mask and ban groups; ``std_threshold``
-    (``sample.ban_std_thres``) and ``mean_threshold`` (``sample.ban_mean_thres``): a group with
-    ``std <= std_threshold`` or ``mean >= mean_threshold`` is masked, with both it is banned.
+    ``global_std``: divide by the std of all the epoch's rewards; ``enabled``: mask and ban groups;
+    a group with ``std <= std_threshold`` or ``mean >= mean_threshold`` is masked, with both it is
+    banned.
     """
 
-    global_std: bool
-    enabled: bool
-    std_threshold: float
-    mean_threshold: float
-
-    @classmethod
-    def from_config(cls, config: Any) -> GroupFilterSettings:
-        sample = config.sample
-        return cls(
-            global_std=bool(sample.global_std),
-            enabled=bool(sample.ban_prompt),
-            std_threshold=float(sample.ban_std_thres),
-            mean_threshold=float(sample.ban_mean_thres),
-        )
+    global_std: bool = config_field("sample.global_std")
+    enabled: bool = config_field("sample.ban_prompt")
+    std_threshold: float = config_field("sample.ban_std_thres")
+    mean_threshold: float = config_field("sample.ban_mean_thres")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationSettings:
-    """Evaluation of the EMA policy on the test split.
+class EvaluationSettings(_ReadFromKeys):
+    """Evaluation of the EMA policy on the test split; ``batch_per_gpu`` is read after the batch
+    plan filled its ``0 = auto``."""
 
-    ``every_epochs`` (``eval_freq``); ``steps`` (``sample.eval_num_steps``); ``solver``
-    (``sample.eval_solver``); ``deterministic`` (``sample.eval_deterministic``); ``batch_per_gpu``
-    (``sample.test_batch_size``, after the batch plan filled its ``0 = auto``).
-    """
-
-    every_epochs: int
-    steps: int
-    solver: str
-    deterministic: bool
-    batch_per_gpu: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> EvaluationSettings:
-        sample = config.sample
-        return cls(
-            every_epochs=int(config.eval_freq),
-            steps=int(sample.eval_num_steps),
-            solver=str(sample.eval_solver),
-            deterministic=bool(sample.eval_deterministic),
-            batch_per_gpu=int(sample.test_batch_size),
-        )
+    every_epochs: int = config_field("eval_freq")
+    steps: int = config_field("sample.eval_num_steps")
+    solver: str = config_field("sample.eval_solver")
+    deterministic: bool = config_field("sample.eval_deterministic")
+    batch_per_gpu: int = config_field("sample.test_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
-class MonitorSettings:
-    """The evaluation's reward-hacking monitors (``edit_r1/monitors.py``).
+class MonitorSettings(_ReadFromKeys):
+    """The evaluation's reward-hacking monitors (``edit_r1/monitors.py``): a pixel whose largest
+    channel moved by more than ``change_threshold`` counts as changed; ``velocity_reference`` also
+    evaluates the reference policy at every evaluation step (``monitor/velocity_ratio``)."""
 
-    ``change_threshold`` (``monitors.change_threshold``): a pixel whose largest channel moved by
-    more than this counts as changed; ``velocity_reference`` (``monitors.velocity_reference``): also
-    evaluate the reference policy at every evaluation step (``monitor/velocity_ratio``).
-    """
-
-    change_threshold: float
-    velocity_reference: bool
-
-    @classmethod
-    def from_config(cls, config: Any) -> MonitorSettings:
-        monitors = config.monitors
-        return cls(
-            change_threshold=float(monitors.change_threshold),
-            velocity_reference=bool(monitors.velocity_reference),
-        )
+    change_threshold: float = config_field("monitors.change_threshold")
+    velocity_reference: bool = config_field("monitors.velocity_reference")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
-    """AdamW, clipping and the update loop (``train.*``).
+    """AdamW, clipping and the update loop: ``betas`` (``train.adam_beta1``, ``train.adam_beta2``);
+    ``inner_epochs``: passes over an epoch's rollouts; ``ema``: keep an EMA of the trained weights;
+    ``old_policy_decay_type``: the schedule of ``old <- d old + (1 - d) theta``."""
 
-    ``learning_rate`` (``train.learning_rate``); ``betas`` (``train.adam_beta1``,
-    ``train.adam_beta2``); ``weight_decay`` (``train.adam_weight_decay``); ``epsilon``
-    (``train.adam_epsilon``); ``max_grad_norm`` (``train.max_grad_norm``); ``inner_epochs``
-    (``train.num_inner_epochs``): passes over an epoch's rollouts; ``ema`` (``train.ema``): keep an
-    EMA of the trained weights; ``old_policy_decay_type`` (``decay_type``): the schedule of
-    ``old <- d old + (1 - d) theta``.
-    """
-
-    learning_rate: float
-    betas: tuple[float, float]
-    weight_decay: float
-    epsilon: float
-    max_grad_norm: float
-    inner_epochs: int
-    ema: bool
-    old_policy_decay_type: int
+    learning_rate: float = config_field("train.learning_rate")
+    betas: tuple[float, float]  # the two Adam keys as one pair: from_config
+    weight_decay: float = config_field("train.adam_weight_decay")
+    epsilon: float = config_field("train.adam_epsilon")
+    max_grad_norm: float = config_field("train.max_grad_norm")
+    inner_epochs: int = config_field("train.num_inner_epochs")
+    ema: bool = config_field("train.ema")
+    old_policy_decay_type: int = config_field("decay_type")
 
     @classmethod
     def from_config(cls, config: Any) -> OptimizerSettings:
-        train = config.train
-        return cls(
-            learning_rate=float(train.learning_rate),
-            betas=(float(train.adam_beta1), float(train.adam_beta2)),
-            weight_decay=float(train.adam_weight_decay),
-            epsilon=float(train.adam_epsilon),
-            max_grad_norm=float(train.max_grad_norm),
-            inner_epochs=int(train.num_inner_epochs),
-            ema=bool(train.ema),
-            old_policy_decay_type=int(config.decay_type),
-        )
+        betas = (float(config.train.adam_beta1), float(config.train.adam_beta2))
+        return read_settings(cls, config, betas=betas)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """The policy to load and how it computes.
 
-    ``family`` (``model_family``); ``pretrained`` (``pretrained.model``); ``resolution``;
-    ``use_lora``; ``lora`` (``train.lora_rank``, ``train.lora_alpha``, ``train.lora_init``,
-    ``train.lora_target_modules``); ``warm_start_lora`` (``train.lora_path``, "" = none);
-    ``gradient_checkpointing`` (``train.gradient_checkpointing``); ``mixed_precision``;
-    ``allow_tf32``; ``max_text_length`` (``max_sequence_length``, None = the family's);
-    ``attention_backend`` and ``compile_mode`` (None = the default); ``compile_transformer``;
-    the family options ``condition_area``, ``guidance_scale`` (``sample.guidance_scale``) and
-    ``true_cfg_scale`` (``sample.true_cfg_scale``), read by the family's ``options_from_settings``.
+    ``lora``: ``train.lora_rank`` / ``lora_alpha`` / ``lora_init`` / ``lora_target_modules`` as
+    ``LoraSettings``; ``warm_start_lora``: "" = none; ``max_text_length``, ``attention_backend`` and
+    ``compile_mode``: None = the family's / the default. The family options ``condition_area``,
+    ``guidance_scale`` and ``true_cfg_scale`` are read by the family's ``options_from_settings``.
     """
 
-    family: str
-    pretrained: str
-    resolution: int
-    use_lora: bool
-    lora: LoraSettings
-    warm_start_lora: str
-    gradient_checkpointing: bool
-    mixed_precision: str
-    allow_tf32: bool
-    max_text_length: int | None
-    attention_backend: str | None
-    compile_transformer: bool
-    compile_mode: str | None
-    condition_area: int
-    guidance_scale: float
-    true_cfg_scale: float
+    family: str = config_field("model_family")
+    pretrained: str = config_field("pretrained.model")
+    resolution: int = config_field("resolution")
+    use_lora: bool = config_field("use_lora")
+    lora: LoraSettings  # four train.lora_* keys, converted: from_config
+    warm_start_lora: str = config_field("train.lora_path")
+    gradient_checkpointing: bool = config_field("train.gradient_checkpointing")
+    mixed_precision: str = config_field("mixed_precision")
+    allow_tf32: bool = config_field("allow_tf32")
+    max_text_length: int | None = config_field("max_sequence_length", empty_is_none=True)
+    attention_backend: str | None = config_field("attention_backend", empty_is_none=True)
+    compile_transformer: bool = config_field("compile_transformer")
+    compile_mode: str | None = config_field("compile_mode", empty_is_none=True)
+    condition_area: int = config_field("condition_area")
+    guidance_scale: float = config_field("sample.guidance_scale")
+    true_cfg_scale: float = config_field("sample.true_cfg_scale")
 
     @classmethod
     def from_config(cls, config: Any) -> ModelSettings:
@@ -239,48 +192,18 @@ class ModelSettings:
             init=LORA_INITS[train.lora_init],
             target_modules=tuple(train.lora_target_modules),
         )
-        return cls(
-            family=str(config.model_family),
-            pretrained=str(config.pretrained.model),
-            resolution=int(config.resolution),
-            use_lora=bool(config.use_lora),
-            lora=lora,
-            warm_start_lora=str(train.lora_path),
-            gradient_checkpointing=bool(train.gradient_checkpointing),
-            mixed_precision=str(config.mixed_precision),
-            allow_tf32=bool(config.allow_tf32),
-            max_text_length=int(config.max_sequence_length) or None,
-            attention_backend=config.attention_backend or None,
-            compile_transformer=bool(config.compile_transformer),
-            compile_mode=config.compile_mode or None,
-            condition_area=int(config.condition_area),
-            guidance_scale=float(config.sample.guidance_scale),
-            true_cfg_scale=float(config.sample.true_cfg_scale),
-        )
+        return read_settings(cls, config, lora=lora)
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointSettings:
-    """Checkpoints and resuming.
+class CheckpointSettings(_ReadFromKeys):
+    """Checkpoints and resuming: ``root`` None = the run directory; ``keep_last`` None = keep every
+    checkpoint; ``resume_from`` "" = a fresh run."""
 
-    ``every_epochs`` (``save_freq``); ``root`` (``save_dir``, None = the run directory);
-    ``keep_last`` (``num_checkpoint_limit``, None = keep every checkpoint); ``resume_from``
-    (``resume_from``, "" = a fresh run).
-    """
-
-    every_epochs: int
-    root: str | None
-    keep_last: int | None
-    resume_from: str
-
-    @classmethod
-    def from_config(cls, config: Any) -> CheckpointSettings:
-        return cls(
-            every_epochs=int(config.save_freq),
-            root=str(config.save_dir) or None,
-            keep_last=int(config.num_checkpoint_limit) or None,
-            resume_from=str(config.resume_from),
-        )
+    every_epochs: int = config_field("save_freq")
+    root: str | None = config_field("save_dir", empty_is_none=True)
+    keep_last: int | None = config_field("num_checkpoint_limit", empty_is_none=True)
+    resume_from: str = config_field("resume_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,12 +243,12 @@ class TrainingSettings:
     directory); ``run_name`` and ``logdir`` (the run directory ``logdir/run_name``);
     ``dist_timeout_s`` (the process group's timeout, set when the group is made: ``edit_r1.cli``)."""
 
-    seed: int
-    num_epochs: int
-    dataset: str
-    logdir: str
-    run_name: str
-    dist_timeout_s: float
+    seed: int = config_field("seed")
+    num_epochs: int = config_field("num_epochs")
+    dataset: str = config_field("dataset")
+    logdir: str = config_field("logdir")
+    run_name: str = config_field("run_name")
+    dist_timeout_s: float = config_field("dist_timeout_s")
     model: ModelSettings
     parallel: ParallelOptions
     rollout: RolloutSettings
@@ -343,23 +266,14 @@ class TrainingSettings:
         """The typed view of a validated, planned config (``edit_r1.config.prepare_training``)."""
         from edit_r1.parallelize import ParallelOptions
 
-        return cls(
-            seed=int(config.seed),
-            num_epochs=int(config.num_epochs),
-            dataset=str(config.dataset),
-            logdir=str(config.logdir),
-            run_name=str(config.run_name),
-            dist_timeout_s=float(config.dist_timeout_s),
+        return read_settings(
+            cls,
+            config,
             model=ModelSettings.from_config(config),
-            parallel=ParallelOptions(
-                fsdp_transformer=bool(config.fsdp_transformer),
-                fsdp_text_encoder=bool(config.fsdp_text_encoder),
-                offload_frozen=bool(config.fsdp_offload_frozen),
-                mixed_precision=str(config.mixed_precision),
-            ),
+            parallel=read_settings(ParallelOptions, config, names=PARALLEL_KEYS),
             rollout=RolloutSettings.from_config(config),
             group_filter=GroupFilterSettings.from_config(config),
-            algorithm=AlgorithmSettings.from_config(config),
+            algorithm=AlgorithmSettings.from_config(config),  # edit_r1/algo reads its own keys
             optimizer=OptimizerSettings.from_config(config),
             evaluation=EvaluationSettings.from_config(config),
             monitors=MonitorSettings.from_config(config),
