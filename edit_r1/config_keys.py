@@ -64,7 +64,7 @@ LORA_TARGET_MODULES = (
 RESOLUTION_MULTIPLE = 16
 _CLIENT = RewardClientSettings().as_mapping()  # the reward_client defaults (edit_r1/rewards/client.py)
 _AUTO = "0 = auto"
-POSITIVE, NON_NEGATIVE, AUTO = Integer(1), Integer(0), Integer(0, " (0 = auto)")
+POSITIVE, AUTO = Integer(1), Integer(0, " (0 = auto)")
 ABOVE_0, AT_LEAST_0, SECONDS = Bound(0), Bound(0, inclusive=True), Bound(0, what="a number of seconds")
 FRACTION = InRange(0.0, 1.0)
 BACKEND = CheckedBy("edit_r1.models.base:check_speed_options", 'a diffusers attention backend name or `""`')

@@ -11,7 +11,14 @@ import ml_collections
 import pytest
 
 from edit_r1.config import load_config
-from edit_r1.config_keys import KEYS, KEYS_BY_NAME, config_key_problems, default_config, read_settings
+from edit_r1.config_keys import (
+    KEYS,
+    KEYS_BY_NAME,
+    config_key_problems,
+    default_config,
+    listing,
+    read_settings,
+)
 from edit_r1.config_schema import OneOf, by_name, config_field, lookup
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +100,8 @@ def test_every_key_has_help_and_base_py_is_the_table():
         value = lookup(base, key.name)
         value = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
         assert value == key.default and type(value) is type(key.default), key.name
+    lines = listing().splitlines()
+    assert len(lines) == len(KEYS) and lines[1].startswith("seed = 42  # base seed")
     with pytest.raises(ValueError, match="'seed' is written twice"):
         by_name([KEYS_BY_NAME["seed"], KEYS_BY_NAME["seed"]])
 
