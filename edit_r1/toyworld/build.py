@@ -77,11 +77,9 @@ FAMILIES = {
         QWEN_DIR, qwen_vae, True, _qwen_stats, world.untrained_policy, world.save_pipeline, "", EDITOR,
         EDITOR_DECAY,
     ),
-    # The committed Kontext editor (the earlier recipe: 300 steps, stopped while partly competent;
-    # not yet rebuilt with the Qwen editor's, docs/toyworld.md).
     "kontext": ToyFamily(
         KONTEXT_DIR, flux_vae, False, _flux_stats, world.untrained_kontext_policy,
-        world.save_kontext_pipeline, "kontext_", EditorTraining(stop_after=300),
+        world.save_kontext_pipeline, "kontext_", EDITOR, EDITOR_DECAY,
     ),
 }  # fmt: skip
 

@@ -74,10 +74,15 @@ def qwen_transformer(seed: int, text_dim: int) -> torch.nn.Module:
 
 
 def flux_transformer(seed: int, text_dim: int) -> torch.nn.Module:
-    """The toy FLUX transformer: 2 double + 2 single blocks, 4 heads x 16 (width 64), patch 1 on
-    2x2-packed latents of 4 channels (in 16), guidance embedding as FLUX.1-Kontext-dev. (The
-    committed Kontext editor; it has the rotary problem :func:`qwen_transformer` describes and is
-    not yet rebuilt with its fix, docs/toyworld.md.)"""
+    """The toy FLUX transformer: 2 double + 2 single blocks, 2 heads x 32 (width 64), patch 1 on
+    2x2-packed latents of 4 channels (in 16), guidance embedding as FLUX.1-Kontext-dev.
+
+    Rotary dims (8, 12, 12) over (image index, height, width), for the reason
+    :func:`qwen_transformer` gives: FLUX's rotary base is 1e4 too, and the earlier 4 heads x 16
+    with dims (4, 6, 6) left each image axis the frequencies 1 and 0.046 rad per token (0.002 is
+    flat), so over the 8 x 8 token grid rows 6 apart looked alike; 12 dims add 0.22 and 0.01 rad
+    (docs/toyworld.md, "The FLUX.1-Kontext editor"). The first axis tells the target (0) from the
+    reference image (1) that Kontext appends."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
@@ -86,12 +91,12 @@ def flux_transformer(seed: int, text_dim: int) -> torch.nn.Module:
         in_channels=16,
         num_layers=2,
         num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=4,
+        attention_head_dim=32,
+        num_attention_heads=2,
         joint_attention_dim=text_dim,
         pooled_projection_dim=text_dim,
         guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
+        axes_dims_rope=(8, 12, 12),
     )
 
 

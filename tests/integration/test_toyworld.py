@@ -2,8 +2,8 @@
 
 * the editor folder loads as a ``QwenImageEditPlusPipeline`` and as the trainer's policy, and its
   edits of held-out items keep the scene (ground-truth preservation) while editing partly;
-* the FLUX.1-Kontext editor folder (``FluxKontextPipeline``; the earlier build: background edits
-  under the preservation-blind rule);
+* the FLUX.1-Kontext editor folder (``FluxKontextPipeline``) and its edits, which keep the scene
+  and edit partly as the Qwen editor's do;
 * the VAE reconstructs held-out toy images;
 * the judge (still the earlier, preservation-blind one), served by the real reward server with
   the ``toy_v1`` template, scores exactly as in process and ranks held-out synthetic edits like
@@ -182,6 +182,9 @@ def test_kontext_folder_loads_as_the_stock_pipeline() -> None:
 
     pipe = FluxKontextPipeline.from_pretrained(KONTEXT)
     assert pipe.transformer.config.num_layers == 2 and pipe.transformer.config.guidance_embeds
+    # 2 heads x 32 with 12 rotary dims per image axis (docs/toyworld.md: 6 left rows 6 apart alike)
+    assert pipe.transformer.config.num_attention_heads == 2
+    assert list(pipe.transformer.config.axes_dims_rope) == [8, 12, 12]
     assert pipe.vae.config.latent_channels == 4 and len(pipe.vae.config.block_out_channels) == 2
     assert pipe.tokenizer("Change the background to red").input_ids  # the world's words tokenize
 
@@ -194,22 +197,17 @@ def test_kontext_vae_reconstructs_held_out_images(held_out) -> None:
     assert held_out_psnr(vae, to_tensor(sources + targets), video=False) > 20.0
 
 
-def test_kontext_base_editor_is_partly_competent_on_backgrounds() -> None:
-    """Loaded as the trainer loads it, the (earlier, not yet rebuilt) Kontext base editor's 4-step
-    edits of held-out background items show the requested colour clearly more than the unchanged
-    source under the preservation-blind rule, with headroom left (docs/toyworld.md; measured:
-    0.67 on average against 0.001). It does not keep the shapes: its ground-truth preservation is
-    low, which is why it is to be rebuilt with the Qwen editor's recipe."""
-    from edit_r1.data.toy import metadata_record, toy_target_color_score
-    from edit_r1.toyworld.images import to_images
-
-    examples, sources, _ = scene_pairs(16, world.SIZE, seed=424242, tasks=("background",))
+def test_kontext_base_editor_keeps_the_scene_and_edits_partly() -> None:
+    """Loaded as the trainer loads it, the Kontext base editor preserves the scene (ground-truth
+    preservation >= 0.8 on average) while its instruction success is partial, on the build's
+    held-out items (48, seed 3000: 16 held-out items hold too few backgrounds for a stable mean;
+    docs/toyworld.md, "The FLUX.1-Kontext editor", measured success 0.164, preservation 0.832;
+    backgrounds 0.28 / 0.82, recolours 0.01 / 0.85)."""
+    examples, sources, _ = scene_pairs(48, world.SIZE, seed=3000, tasks=world.TASKS)
     policy = world.load_kontext_policy(KONTEXT, use_lora=False)
-    cond, _ = encode_pairs(policy, examples, sources, sources)
-    records = [metadata_record(scene, task, "") for scene, task in examples]
-    edits = to_images(generate(policy, cond, num_steps=4, seed=0))
-    edited = np.array([toy_target_color_score(np.asarray(e), r) for e, r in zip(edits, records, strict=True)])
-    unchanged = np.array([toy_target_color_score(s, r) for s, r in zip(sources, records, strict=True)])
-    assert unchanged.mean() < 0.05, unchanged
-    assert 0.35 < edited.mean() < 0.9, edited
-    assert (edited > unchanged + 0.2).mean() >= 0.8, edited
+    edited, unchanged = _base_editor_scores(policy, examples, sources)
+    assert unchanged[:, 0].mean() < 0.05 and unchanged[:, 1].mean() > 0.99, unchanged.mean(0)
+    assert edited[:, 1].mean() >= 0.8, edited.mean(0)
+    assert 0.05 < edited[:, 0].mean() < 0.8, edited.mean(0)
+    backgrounds = np.array([task.kind == "background" for _, task in examples])
+    assert 0.1 < edited[backgrounds, 0].mean() < 0.8, edited[backgrounds].mean(0)
