@@ -1,5 +1,6 @@
 """CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]``,
-``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset) and
+``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset),
+``python -m edit_r1.toyworld evaluate-judge --judge DIR [--editor DIR]`` (a judge's held-out numbers) and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--out", required=True, help="dataset directory (created if missing)")
     data.add_argument("--train", type=int, default=256, help="train items (default 256)")
     data.add_argument("--test", type=int, default=32, help="test items (default 32)")
+    judge = commands.add_parser(
+        "evaluate-judge", help="a judge folder's held-out numbers, as the build measures them"
+    )
+    judge.add_argument(
+        "--judge", required=True, help="judge folder (Qwen2.5-VL, e.g. checkpoints/judge_qwen2_5_vl_blind)"
+    )
+    judge.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -44,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"wrote the toy world's RL dataset to {write_rl_dataset(args.out, args.train, args.test)}")
         return
+    if args.command == "evaluate-judge":
+        _evaluate_judge(args.judge, args.editor)
+        return
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
@@ -54,6 +65,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     out = build(args.out, stages, seed=args.seed, family=args.family)
     print(f"toy world in {out} ({time.perf_counter() - start:.0f} s)")
+
+
+def _evaluate_judge(judge_dir: str, editor_dir: str | None) -> None:
+    """Print the held-out Spearmans and hard-negative shares of ``judge_dir`` as JSON."""
+    import json
+
+    from edit_r1.toyworld import CHECKPOINTS
+    from edit_r1.toyworld.build import QWEN_DIR
+    from edit_r1.toyworld.judge import JudgeTraining, evaluate_judge
+
+    editor = editor_dir or CHECKPOINTS / QWEN_DIR
+    print(json.dumps(evaluate_judge(judge_dir, editor, JudgeTraining()), indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

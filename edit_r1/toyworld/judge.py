@@ -4,7 +4,7 @@ The reward server scores an edit as ``sum_k k p_k / 5`` with ``p = softmax(logit
 the first generated position of the judge prompt (``reward_server/scoring.py``). Here the same
 prompt is built exactly as the server builds it (``reward_server.prompt_template`` + the judge's
 chat template, left padding) and the six digit logits are trained towards the two-hot
-distribution of the rule score ``s = toy_target_color_score(edit)``::
+distribution of the ground truth ``s = toy_edit_scores(edit).score`` (``edit_r1.data.toy``)::
 
     y = 5 s,  q_floor(y) = 1 - (y - floor(y)),  q_floor(y)+1 = y - floor(y)   (so E_q[k] / 5 = s)
     loss = cross_entropy(softmax(digit logits), q) + (sum_k k p_k / 5 - s)^2 * mse_weight
@@ -13,15 +13,17 @@ distribution of the rule score ``s = toy_target_color_score(edit)``::
 
 The training edits span the whole quality range: perfect and partial edits, blends of source and
 target, the right colour on the wrong shape, wrong colours, noise and blur, the unchanged source,
-and (optionally) outputs of the base editor at several training stages.
+the hard negatives of a colour-only reward (a flat field of the requested colour, a kept shape
+erased or moved, the colour bleeding over a kept shape), and edits of the base editor.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,8 +37,9 @@ from edit_r1.data.toy import (
     Task,
     _box_pixels,
     apply_task,
+    encode_png,
     metadata_record,
-    toy_target_color_score,
+    toy_edit_scores,
 )
 from edit_r1.toyworld.images import scene_pairs
 
@@ -45,15 +48,18 @@ from edit_r1.toyworld.images import scene_pairs
 class JudgeTraining:
     """``steps`` sets the one-cycle learning-rate schedule; training stops after ``stop_after``."""
 
-    steps: int = 4000
-    stop_after: int = 4000
+    steps: int = 8000
+    stop_after: int = 8000
     batch_size: int = 16
     learning_rate: float = 2e-3
     num_train: int = 4096
     num_train_editor: int = 2048
-    num_eval: int = 256
-    eval_every: int = 250
+    editor_rounds: int = 3  # sets of base-editor edits, each of other scenes and sampling noise
+    editor_share: float = 0.5  # share of each batch drawn from the editor's edits (0: in proportion)
+    num_eval: int = 512
+    eval_every: int = 500
     mse_weight: float = 4.0
+    rank_weight: float = 1.0  # weight of :func:`rank_loss`
     auxiliary_weight: float = 1.0
     jpeg_share: float = 0.5  # share of training items seen as the client's JPEG (its default format)
     seed: int = 0
@@ -86,11 +92,57 @@ def _wrong_shape_edit(scene: Scene, task: Task, rng: np.random.Generator) -> Ima
     return apply_task(scene, Task(task.kind, task.shape, wrong)).render()
 
 
+def _kept_shape_edit(scene: Scene, task: Task, rng: np.random.Generator, how: str) -> Image.Image:
+    """The perfect edit with one kept shape erased (painted over with the edited background) or moved."""
+    edited = apply_task(scene, task)
+    kept = [s for s in edited.shapes if s.kind != task.shape]
+    if not kept:
+        return edited.render()
+    victim = kept[int(rng.integers(len(kept)))]
+    others = tuple(s for s in edited.shapes if s is not victim)
+    if how == "erase":
+        return replace(edited, shapes=others).render()
+    x0, y0, x1, y1 = victim.box
+    dx, dy = (int(v) for v in rng.integers(-8, 9, size=2))
+    dx = int(np.clip(dx, -x0, scene.size - x1)) or 4 * (1 if x1 + 4 <= scene.size else -1)
+    dy = int(np.clip(dy, -y0, scene.size - y1))
+    moved = replace(victim, box=(x0 + dx, y0 + dy, x1 + dx, y1 + dy))
+    return replace(edited, shapes=(*others, moved)).render()
+
+
+def _bleed_edit(scene: Scene, task: Task, rng: np.random.Generator) -> np.ndarray:
+    """The perfect edit with the requested colour bleeding over a kept shape's box (grown by 0-3 px)."""
+    target = np.asarray(apply_task(scene, task).render(), dtype=np.float32)
+    kept = [s for s in scene.shapes if s.kind != task.shape] or list(scene.shapes)
+    x0, y0, x1, y1 = kept[int(rng.integers(len(kept)))].box
+    grow = int(rng.integers(0, 4))
+    rows = slice(max(0, y0 - grow), min(scene.size, y1 + grow))
+    cols = slice(max(0, x0 - grow), min(scene.size, x1 + grow))
+    colour = np.asarray(COLORS[task.color], dtype=np.float32)
+    target[rows, cols] += rng.uniform(0.6, 1) * (colour - target[rows, cols])
+    return target
+
+
+# The synthetic edits and their shares: graded quality plus the hard negatives of a reward that
+# only looks for the requested colour (flat field, erased / moved / wrong shape, bleeding colour).
+DEGRADED_KINDS = {
+    "perfect": 0.18,
+    "blend": 0.12,
+    "partial": 0.14,
+    "wrong": 0.1,
+    "source": 0.08,
+    "flat": 0.1,
+    "erase": 0.1,
+    "move": 0.08,
+    "bleed": 0.1,
+}
+
+
 def degraded_edit(scene: Scene, task: Task, rng: np.random.Generator) -> Image.Image:
-    """One edit of random quality: a blend, a partial, wrong or unchanged edit, then noise / blur."""
+    """One edit of a random kind of :data:`DEGRADED_KINDS`, then noise and (sometimes) blur."""
     source = np.asarray(scene.render(), dtype=np.float32)
     target = np.asarray(apply_task(scene, task).render(), dtype=np.float32)
-    kind = rng.choice(["perfect", "blend", "partial", "wrong", "source"], p=[0.25, 0.2, 0.3, 0.15, 0.1])
+    kind = rng.choice(list(DEGRADED_KINDS), p=list(DEGRADED_KINDS.values()))
     if kind == "perfect":
         edit = target
     elif kind == "blend":
@@ -103,6 +155,13 @@ def degraded_edit(scene: Scene, task: Task, rng: np.random.Generator) -> Image.I
         edit = source + mask[..., None] * (target - source)
     elif kind == "wrong":
         edit = np.asarray(_wrong_shape_edit(scene, task, rng), dtype=np.float32)
+    elif kind == "flat":  # the whole image in the requested colour, sometimes a faint trace of the scene
+        flat = np.broadcast_to(np.asarray(COLORS[task.color], dtype=np.float32), source.shape)
+        edit = flat + rng.choice([0.0, 0.0, 0.15, 0.3]) * (target - flat)
+    elif kind in ("erase", "move"):
+        edit = np.asarray(_kept_shape_edit(scene, task, rng, str(kind)), dtype=np.float32)
+    elif kind == "bleed":
+        edit = _bleed_edit(scene, task, rng)
     else:
         edit = source
     edit = edit + rng.normal(0, rng.choice([0, 4, 8, 16]), edit.shape)
@@ -117,7 +176,7 @@ def synthetic_triples(num: int, size: int, seed: int, tasks: tuple[str, ...]):
     examples, sources, _ = scene_pairs(num, size, seed, tasks)
     rng = np.random.default_rng(seed)
     edits = [degraded_edit(scene, task, rng) for scene, task in examples]
-    return sources, edits, [judge_record(scene, task) for scene, task in examples]
+    return sources, edits, judge_records(examples)
 
 
 def judge_record(scene: Scene, task: Task) -> dict:
@@ -126,6 +185,28 @@ def judge_record(scene: Scene, task: Task) -> dict:
     size = scene.size
     boxes = {s.kind: [v / size for v in s.box] for s in scene.shapes}
     return dict(metadata_record(scene, task, ""), shape_boxes=boxes)
+
+
+@functools.cache
+def _world_vae():
+    from edit_r1.toyworld.world import vae_reproduction
+
+    return vae_reproduction()
+
+
+def judge_records(examples) -> list[dict]:
+    """:func:`judge_record` of each example with the world VAE's reproductions of its source and
+    perfect edit (``reference_png`` / ``reference_target_png``), as the RL dataset's records carry."""
+    from edit_r1.toyworld.editor import reference_images
+
+    references = reference_images(examples, _world_vae())
+    records = []
+    for i, (scene, task) in enumerate(examples):
+        record = judge_record(scene, task)
+        record["reference_png"] = encode_png(references[i])
+        record["reference_target_png"] = encode_png(references[len(examples) + i])
+        records.append(record)
+    return records
 
 
 def two_hot(scores: torch.Tensor, max_rating: int = 5) -> torch.Tensor:
@@ -182,8 +263,9 @@ def expected_scores(logits: torch.Tensor) -> torch.Tensor:
 
 
 def rule_labels(edits, records) -> torch.Tensor:
+    """The ground truth ``toy_edit_scores(edit, record).score`` of each edit (the record's VAE references)."""
     return torch.tensor(
-        [toy_target_color_score(e, r) for e, r in zip(edits, records, strict=True)], dtype=torch.float32
+        [toy_edit_scores(e, r).score for e, r in zip(edits, records, strict=True)], dtype=torch.float32
     )
 
 
@@ -213,10 +295,11 @@ def _shape_facts(pixels: np.ndarray, record: dict) -> np.ndarray:
 
 
 def auxiliary_targets(sources, edits, records) -> torch.Tensor:
-    """(N, 59) facts the judge's last position is also trained to state (training only, through a
+    """(N, 85) facts the judge's last position is also trained to state (training only, through a
     linear head that is not saved): the requested colour (one-hot over the palette), the palette
     shares of the whole edit, of the whole source, and of the edit inside the target box; the
-    named shape and the palette shares of the edit inside each shape's box (:func:`_shape_facts`).
+    named shape and the palette shares of the edit inside each shape's box (:func:`_shape_facts`),
+    the same shares of the source (what preserving means), and the ground truth's two parts.
 
     The rule score needs the requested colour *and* what the images show; trained on the score
     alone, a judge from scratch has to discover both routes at once and stays at chance for
@@ -229,6 +312,7 @@ def auxiliary_targets(sources, edits, records) -> torch.Tensor:
         edit_pixels = np.asarray(edit.convert("RGB"), dtype=np.float64) / 255.0
         source_pixels = np.asarray(source.convert("RGB"), dtype=np.float64) / 255.0
         box_rows, box_cols = _box_pixels(list(record["target_box"]), *edit_pixels.shape[:2])
+        truth = toy_edit_scores(edit, record)
         rows.append(
             np.concatenate(
                 [
@@ -237,6 +321,8 @@ def auxiliary_targets(sources, edits, records) -> torch.Tensor:
                     palette_shares(source_pixels),
                     palette_shares(edit_pixels[box_rows, box_cols]),
                     _shape_facts(edit_pixels, record),
+                    _shape_facts(source_pixels, record)[len(SHAPES) :],
+                    [truth.success, truth.preservation],
                 ]
             )
         )
@@ -369,6 +455,24 @@ def judge_loss(logits: torch.Tensor, target: torch.Tensor, mse_weight: float) ->
     return cross_entropy + mse_weight * ((expected_scores(logits) - target) ** 2).mean()
 
 
+def rank_loss(
+    logits: torch.Tensor, target: torch.Tensor, scale: float = 20.0, margin: float = 0.01
+) -> torch.Tensor:
+    """RankNet's pairwise loss on the expected scores ``e`` of the batch: the mean over the pairs whose
+    labels differ by more than ``margin`` of ``softplus(-scale (e_i - e_j) sign(s_i - s_j))``.
+
+    Spearman only asks for the order; the two-hot and squared-error losses fit each score on its
+    own, and most base-editor edits crowd into a narrow low band (success of a few per cent) where
+    their errors, not the order, dominate those losses."""
+    e = expected_scores(logits)
+    difference = target[:, None] - target[None, :]
+    decided = difference.abs() > margin
+    if not decided.any():
+        return e.sum() * 0.0
+    pairs = -scale * (e[:, None] - e[None, :]) * difference.sign()
+    return torch.nn.functional.softplus(pairs[decided]).mean()
+
+
 def answer_logits_and_facts(
     judge, head: torch.nn.Module, items: EncodedItems, rows: torch.Tensor, answer_ids: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,8 +491,10 @@ def train_judge(
     held_out: EncodedItems,
     settings: JudgeTraining,
     on_eval=None,
+    weights: torch.Tensor | None = None,
 ) -> list[tuple[int, float]]:
-    """Train ``judge`` in place on the encoded ``train`` items; returns (step, held-out Spearman)."""
+    """Train ``judge`` in place on the encoded ``train`` items, each batch drawn uniformly or in
+    proportion to ``weights`` (one per item); returns (step, held-out Spearman)."""
     torch.manual_seed(settings.seed)
     head = torch.nn.Linear(judge.config.text_config.hidden_size, train.auxiliary.shape[1])
     parameters = [*judge.parameters(), *head.parameters()]
@@ -400,10 +506,15 @@ def train_judge(
     history, start = [], time.perf_counter()
     judge.train()
     for step in range(1, min(settings.steps, settings.stop_after) + 1):
-        rows = torch.randint(0, len(train), (settings.batch_size,), generator=generator)
+        if weights is None:
+            rows = torch.randint(0, len(train), (settings.batch_size,), generator=generator)
+        else:
+            rows = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
         answers, auxiliary = answer_logits_and_facts(judge, head, train, rows, digit_ids)
         loss = judge_loss(answers, train.labels[rows], settings.mse_weight)
         loss = loss + settings.auxiliary_weight * auxiliary
+        if settings.rank_weight > 0:
+            loss = loss + settings.rank_weight * rank_loss(answers, train.labels[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -499,7 +610,7 @@ def editor_triples(
             sample_edits(policy, cond.index_select(rows), solver, steps, noise_level, sample_seed + start)
         )
         policy.transformer.load_state_dict(saved)
-    return sources, edits, [judge_record(scene, task) for scene, task in examples]
+    return sources, edits, judge_records(examples)
 
 
 @dataclass(frozen=True)
@@ -509,7 +620,7 @@ class JudgeArchitecture:
 
     hidden: int = 64
     layers: int = 3
-    heads: int = 4
+    heads: int = 2  # head size 32: vLLM's CPU attention refuses head size 16
     vision_hidden: int = 64
     vision_depth: int = 2
     patch_size: int = 4
@@ -576,7 +687,10 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
     sets = judge_data(pipeline_dir, encode, settings)
     data_seconds = time.perf_counter() - start
     print(f"judge: {len(sets['train'])} training items encoded in {data_seconds:.0f} s", flush=True)
-    history = train_judge(judge, encode.digit_ids, sets["train"], sets["held_out_base_editor"], settings)
+    weights = sampling_weights(settings)
+    history = train_judge(
+        judge, encode.digit_ids, sets["train"], sets["held_out_base_editor"], settings, weights=weights
+    )
     judge.save_pretrained(out, safe_serialization=True)
     result = {
         "spearman_history_base_editor": [[s, round(r, 4)] for s, r in history],
@@ -585,8 +699,47 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
         "data_seconds": round(data_seconds),
     }
     result.update(held_out_spearmans(judge, sets, encode.digit_ids))
+    result["hard_negatives"] = hard_negative_margins(judge, encode)
     print(f"judge: {result}", flush=True)
     return result
+
+
+def hard_negatives(num: int, size: int, seed: int, tasks: tuple[str, ...]):
+    """(sources, records, {kind: edits}) of ``num`` items with the perfect edit and three hard
+    negatives of each: a flat field of the requested colour, the wrong object edited
+    (:func:`_wrong_shape_edit`) and the unchanged source."""
+    examples, sources, _ = scene_pairs(num, size, seed, tasks)
+    rng = np.random.default_rng(seed)
+    edits = {
+        "perfect": [apply_task(scene, task).render() for scene, task in examples],
+        "flat": [Image.new("RGB", (size, size), COLORS[task.color]) for _, task in examples],
+        "wrong_object": [_wrong_shape_edit(scene, task, rng) for scene, task in examples],
+        "source": list(sources),
+    }
+    return sources, [metadata_record(scene, task, "") for scene, task in examples], edits
+
+
+def perfect_above(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """``perfect_above_<kind>``: the share of items whose perfect edit scores above their ``kind`` edit."""
+    return {
+        f"perfect_above_{kind}": round(float((scores["perfect"] > value).mean()), 4)
+        for kind, value in scores.items()
+        if kind != "perfect"
+    }
+
+
+def hard_negative_margins(judge, encode: JudgeInputs, num: int = 128, seed: int = 434343) -> dict[str, float]:
+    """:func:`perfect_above` of the judge's in-process scores of :func:`hard_negatives` (held-out
+    scenes of ``seed``, JPEG-coded as the reward client sends them), and each kind's mean score."""
+    from edit_r1.toyworld import world
+
+    sources, records, edits = hard_negatives(num, world.SIZE, seed, world.TASKS)
+    scores = {}
+    for kind, images in edits.items():
+        received_sources, received = as_received([sources, images], 1.0, seed)
+        scores[kind] = judge_scores(judge, encode, received_sources, received, records)
+    means = {f"mean_{kind}": round(float(v.mean()), 4) for kind, v in scores.items()}
+    return {**perfect_above(scores), **means}
 
 
 def held_out_spearmans(judge, sets: dict[str, EncodedItems], digit_ids: list[int]) -> dict[str, float]:
@@ -611,21 +764,45 @@ def concat_items(sets: list[EncodedItems], pad: int) -> EncodedItems:
     )
 
 
+def sampling_weights(settings: JudgeTraining) -> torch.Tensor | None:
+    """Per-item sampling weights of :func:`judge_data`'s training set (synthetic items first): a
+    batch holds the editor's edits with probability ``editor_share`` (None: uniform over items)."""
+    if settings.editor_share <= 0:
+        return None
+    num_editor = settings.num_train_editor * settings.editor_rounds
+    return torch.cat(
+        [
+            torch.full((settings.num_train,), (1 - settings.editor_share) / settings.num_train),
+            torch.full((num_editor,), settings.editor_share / num_editor),
+        ]
+    ).double()
+
+
 def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> dict[str, EncodedItems]:
-    """Encoded training items (synthetic + base-editor edits) and the two held-out sets."""
+    """Encoded training items (synthetic edits, then ``editor_rounds`` sets of base-editor edits,
+    each of other scenes and sampling noise) and the two held-out sets (scenes of seeds 5000 and
+    7000, which no training set uses)."""
     from edit_r1.toyworld import world
 
     seed, size, tasks = settings.seed, world.SIZE, world.TASKS
     synthetic = synthetic_triples(settings.num_train, size, 4000 + seed, tasks)
-    edited = editor_triples(pipeline_dir, settings.num_train_editor, size, 6000 + seed, tasks)
+    parts = [encode_items(encode, *synthetic, jpeg_share=settings.jpeg_share, seed=seed)]
+    for round_ in range(settings.editor_rounds):  # round 0: the scenes of seed 6000, as before
+        scenes = 6000 + seed if round_ == 0 else 20_000 + 10_000 * round_ + seed
+        edited = editor_triples(pipeline_dir, settings.num_train_editor, size, scenes, tasks)
+        parts.append(encode_items(encode, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1 + round_))
+    return {"train": concat_items(parts, encode.processor.tokenizer.pad_token_id)} | held_out_data(
+        pipeline_dir, encode, settings
+    )
+
+
+def held_out_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> dict[str, EncodedItems]:
+    """The held-out sets: ``num_eval`` synthetic edits (scenes of seed 5000) and base-editor edits
+    drawn like the training ones (scenes of seed 7000), both as PNG."""
+    from edit_r1.toyworld import world
+
+    seed, size, tasks = settings.seed, world.SIZE, world.TASKS
     return {
-        "train": concat_items(
-            [
-                encode_items(encode, *synthetic, jpeg_share=settings.jpeg_share, seed=seed),
-                encode_items(encode, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1),
-            ],
-            encode.processor.tokenizer.pad_token_id,
-        ),
         "held_out_synthetic": encode_items(
             encode, *synthetic_triples(settings.num_eval, size, 5000 + seed, tasks)
         ),
@@ -633,3 +810,17 @@ def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> di
             encode, *editor_triples(pipeline_dir, settings.num_eval, size, 7000 + seed, tasks)
         ),
     }
+
+
+def evaluate_judge(judge_dir, pipeline_dir, settings: JudgeTraining) -> dict:
+    """The build's held-out numbers of the judge folder ``judge_dir`` on the edits of the editor
+    in ``pipeline_dir``: :func:`held_out_spearmans` and :func:`hard_negative_margins`."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+    from edit_r1.toyworld import world
+
+    judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(judge_dir).eval()
+    encode = JudgeInputs(load_qwen_vl_processor(judge_dir), world.JUDGE_TEMPLATE)
+    result = held_out_spearmans(judge, held_out_data(pipeline_dir, encode, settings), encode.digit_ids)
+    return dict(result, hard_negatives=hard_negative_margins(judge, encode))

@@ -5,9 +5,10 @@
 * the FLUX.1-Kontext editor folder (``FluxKontextPipeline``) and its edits, which keep the scene
   and edit partly as the Qwen editor's do;
 * the VAE reconstructs held-out toy images;
-* the judge (still the earlier, preservation-blind one), served by the real reward server with
-  the ``toy_v1`` template, scores exactly as in process and ranks held-out synthetic edits like
-  the preservation-blind rule.
+* the judge (trained on the ground truth with hard negatives), served by the real reward server
+  with the ``toy_v1`` template, scores exactly as in process, ranks held-out base-editor edits like
+  the ground truth and scores a flat field, the wrong object edited and the unchanged source below
+  the perfect edit.
 """
 
 from __future__ import annotations
@@ -87,43 +88,60 @@ def _served_scores(address: str, sources, edits, records, image_format: str) -> 
         client.close()
 
 
-def test_judge_through_the_server_tracks_the_rule_score(judge_address) -> None:
-    """Held-out synthetic edits of every quality, scored over HTTP: the scores are exactly the
-    in-process expected digit scores of the same folder, and they order the edits like the rule
-    (docs/toyworld.md: Spearman 0.79 on 256 such items). Spearman over a few dozen items is noisy
-    (many edits have a rule score of ~0 and their order is arbitrary; measured 0.67 here), so the
-    main check is on the pairs the rule clearly separates (measured: 88 % ordered alike)."""
+def test_judge_through_the_server_ranks_base_editor_edits_like_the_ground_truth(judge_address) -> None:
+    """Held-out edits of the committed base editor (drawn like the judge's training edits, other
+    scenes), scored over HTTP: the scores are exactly the in-process expected digit scores of the
+    same folder, and they rank the edits like the combined ground truth clearly better than the
+    blind judge does. Measured on these 96 items: Spearman 0.767 served, the blind judge 0.631
+    (docs/toyworld.md: 0.802 and 0.622 on the build's 512; the goal 0.85 is not reached yet)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
-    from edit_r1.toyworld.judge import JudgeInputs, judge_scores, rule_labels, spearman, synthetic_triples
+    from edit_r1.toyworld.judge import JudgeInputs, editor_triples, judge_scores, rule_labels, spearman
 
-    sources, edits, records = synthetic_triples(64, world.SIZE, seed=424242, tasks=world.TASKS)
+    sources, edits, records = editor_triples(QWEN, 96, world.SIZE, seed=424242, tasks=world.TASKS)
     served = _served_scores(judge_address, sources, edits, records, "png")
-    judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(JUDGE).eval()
-    encode = JudgeInputs(load_qwen_vl_processor(JUDGE), world.JUDGE_TEMPLATE)
-    np.testing.assert_allclose(served, judge_scores(judge, encode, sources, edits, records), atol=2e-3)
-    rule = rule_labels(edits, records).numpy()
-    # pairs the rule clearly separates (scores >= 0.5 apart): the judge must order most of them alike
-    first, second = np.nonzero(rule[:, None] - rule[None, :] >= 0.5)
-    concordant = (served[first] > served[second]).mean()
-    rho = spearman(served, rule)
-    assert len(first) > 200 and concordant > 0.8 and rho > 0.55, (len(first), concordant, rho)
+    truth = rule_labels(edits, records).numpy()
+    scores = {}
+    for name in ("judge_qwen2_5_vl", "judge_qwen2_5_vl_blind"):
+        judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(CHECKPOINTS / name).eval()
+        encode = JudgeInputs(load_qwen_vl_processor(CHECKPOINTS / name), world.JUDGE_TEMPLATE)
+        scores[name] = judge_scores(judge, encode, sources, edits, records)
+    np.testing.assert_allclose(served, scores["judge_qwen2_5_vl"], atol=2e-3)
+    rho, blind = spearman(served, truth), spearman(scores["judge_qwen2_5_vl_blind"], truth)
+    assert rho >= 0.72 and rho > blind + 0.08, (rho, blind)
 
 
-def test_judge_prefers_perfect_edits_to_unchanged_sources(judge_address) -> None:
-    """Sent as the trainer sends them (JPEG), a perfect edit scores clearly above the unchanged
-    source for almost every held-out item (measured: 0.81 against 0.015 on average)."""
-    from edit_r1.data.toy import apply_task, metadata_record
+def test_judge_scores_the_hard_negatives_below_the_perfect_edit(judge_address) -> None:
+    """Sent as the trainer sends them (JPEG): for >= 95 % of held-out items the perfect edit scores
+    above a flat field of the requested colour and above the unchanged source, and for >= 85 %
+    above the edit of the wrong object (another shape recoloured, or the background in another
+    colour; measured on these 40: 97.5 %, 97.5 %, 92.5 %; on the build's 128: 97.7 %, 99.2 %,
+    80.5 %, the goal of 95 % for the wrong object not reached yet). The blind judge, trained on the
+    preservation-blind rule, is the control: it scores the flat field above the perfect edit for
+    most items (measured: the perfect edit above it for 37.5 %)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    examples, sources, _ = scene_pairs(16, world.SIZE, seed=434343, tasks=world.TASKS)
-    records = [metadata_record(scene, task, "") for scene, task in examples]
-    perfect = [apply_task(scene, task).render() for scene, task in examples]
-    s_perfect = _served_scores(judge_address, sources, perfect, records, "jpeg")
-    s_source = _served_scores(judge_address, sources, sources, records, "jpeg")
-    assert np.all((s_perfect >= 0) & (s_perfect <= 1))
-    assert (s_perfect > s_source + 0.2).mean() >= 0.85, (s_perfect, s_source)
-    assert s_perfect.mean() > s_source.mean() + 0.5, (s_perfect, s_source)
+    from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
+    from edit_r1.toyworld.judge import JudgeInputs, as_received, hard_negatives, judge_scores, perfect_above
+
+    sources, records, edits = hard_negatives(40, world.SIZE, seed=434343, tasks=world.TASKS)
+    served = {
+        kind: _served_scores(judge_address, sources, images, records, "jpeg")
+        for kind, images in edits.items()
+    }
+    assert np.all((served["perfect"] >= 0) & (served["perfect"] <= 1))
+    shares = perfect_above(served)
+    assert shares["perfect_above_flat"] >= 0.95 and shares["perfect_above_source"] >= 0.95, shares
+    assert shares["perfect_above_wrong_object"] >= 0.85, shares
+    blind_dir = CHECKPOINTS / "judge_qwen2_5_vl_blind"
+    blind = Qwen2_5_VLForConditionalGeneration.from_pretrained(blind_dir).eval()
+    encode = JudgeInputs(load_qwen_vl_processor(blind_dir), world.JUDGE_TEMPLATE)
+    blind_scores = {
+        kind: judge_scores(blind, encode, *as_received([sources, edits[kind]], 1.0, 0), records)
+        for kind in ("perfect", "flat")
+    }
+    assert perfect_above(blind_scores)["perfect_above_flat"] < 0.8, blind_scores
 
 
 def test_precomputed_judge_inputs_score_like_the_servers_processor_path() -> None:
