@@ -85,14 +85,19 @@ def test_the_judge_prefers_the_perfect_edit_to_the_unchanged_source(pairwise_add
 
 
 def test_the_judge_orders_pairs_the_rule_separates_as_the_rule_does(pairwise_address) -> None:
-    from edit_r1.toyworld.judge import rule_labels
+    """The committed pairwise judge is still the preservation-blind build (docs/toyworld.md), so it
+    is checked against the rule it was trained on, ``toy_target_color_score``, not the ground truth."""
+    from edit_r1.data.toy import toy_target_color_score
+
+    def blind_rule(edits, records) -> np.ndarray:
+        return np.asarray([toy_target_color_score(e, r) for e, r in zip(edits, records, strict=True)])
 
     sources, firsts, seconds, records = synthetic_pairs(64, world.SIZE, seed=484848, tasks=world.TASKS)
-    difference = (rule_labels(firsts, records) - rule_labels(seconds, records)).numpy()
+    difference = blind_rule(firsts, records) - blind_rule(seconds, records)
     clear = np.abs(difference) >= 0.3
     preference = _both_orders(pairwise_address, sources, firsts, seconds, records)
     agree = np.sign(preference[clear] - 0.5) == np.sign(difference[clear])
-    # measured: 26 of the 27 clearly separated pairs ordered as the rule orders them
+    # measured on the earlier synthetic edits (no hard negatives): 26 of 27 ordered as the rule orders them
     assert clear.sum() >= 15 and agree.mean() >= 0.8, (clear.sum(), agree.mean())
 
 
