@@ -125,6 +125,19 @@ def toy_blind() -> ml_collections.ConfigDict:
     return config
 
 
+def toy_keep() -> ml_collections.ConfigDict:
+    """``toy`` rewarded by the judge plus 1.5 x the ground truth's preservation part, so that the
+    editor learns the colour while the scene is kept (``make demo``; ``docs/toyworld.md``,
+    "Reinforcement learning in the toy world"). Evaluation is ``toy``'s.
+
+    Launch: ``REWARD_SERVER=127.0.0.1:PORT python scripts/train_nft_kontext.py
+    --config config/kontext_nft.py:toy_keep``.
+    """
+    config = toy()
+    tiny_common.use_keep_reward(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "kontext_mllm_reward": kontext_mllm_reward,
     "kontext_mllm_reward_ban_prompt": kontext_mllm_reward_ban_prompt,
@@ -134,6 +147,7 @@ NAMED_CONFIGS = {
     "tiny_grpo": tiny_grpo,
     "toy": toy,
     "toy_blind": toy_blind,
+    "toy_keep": toy_keep,
 }
 
 

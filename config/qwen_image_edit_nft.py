@@ -155,6 +155,19 @@ def toy_blind() -> ml_collections.ConfigDict:
     return config
 
 
+def toy_keep() -> ml_collections.ConfigDict:
+    """``toy`` rewarded by the judge plus 1.5 x the ground truth's preservation part, so that the
+    editor learns the colour while the scene is kept (``make demo``; ``docs/toyworld.md``,
+    "Reinforcement learning in the toy world"). Evaluation is ``toy``'s.
+
+    Launch: ``REWARD_SERVER=127.0.0.1:PORT python scripts/train_nft_qwen_image_edit.py
+    --config config/qwen_image_edit_nft.py:toy_keep``.
+    """
+    config = toy()
+    tiny_common.use_keep_reward(config)
+    return config
+
+
 NAMED_CONFIGS = {
     "qwen_mllm_reward": qwen_mllm_reward,
     "qwen_mllm_reward_grpo": qwen_mllm_reward_grpo,
@@ -165,6 +178,7 @@ NAMED_CONFIGS = {
     "tiny_2511": tiny_2511,
     "toy": toy,
     "toy_blind": toy_blind,
+    "toy_keep": toy_keep,
 }
 
 

@@ -92,3 +92,20 @@ def use_blind_reward(config: ml_collections.ConfigDict) -> None:
     unchanged (judge, ground truth and its parts, the blind rule), so the reward-hacking monitors
     and the ground truth's preservation show what optimising it does (``docs/toyworld.md``)."""
     config.reward_fn = ml_collections.ConfigDict({"toy_color": 1.0})
+
+
+# The weight of the ground truth's preservation part beside the judge in the ``:toy_keep`` configs
+# (docs/toyworld.md, "Reinforcement learning in the toy world"): at 1.0 preservation still fell,
+# at 3.0 success stopped rising; 1.5 raised success with preservation held.
+KEEP_WEIGHT = 1.5
+
+
+def use_keep_reward(config: ml_collections.ConfigDict) -> None:
+    """Reward a ``:toy`` config's edits with the judge plus ``KEEP_WEIGHT`` x the ground truth's
+    preservation part ``toy_edit_preservation`` (how much of what the instruction does not name is
+    kept). On the judge (or ``toy_edit``) alone NFT raises success and loses the scene, because the
+    geometric mean pays four times more for success near 0.2 than for preservation near 0.85; the
+    extra term evens the two. Evaluation is ``toy``'s."""
+    config.reward_fn = ml_collections.ConfigDict(
+        {"mllm_score_continue": 1.0, "toy_edit_preservation": KEEP_WEIGHT}
+    )

@@ -35,6 +35,7 @@ NAMED = {
         "tiny_2511",
         "toy",
         "toy_blind",
+        "toy_keep",
     ),
     KONTEXT: (
         "kontext_mllm_reward",
@@ -80,7 +81,7 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError,
         match="valid names: qwen_2511_mllm_reward, qwen_mllm_reward, qwen_mllm_reward_grpo, tiny, "
-        "tiny_2511, tiny_grpo, tiny_mllm, toy, toy_blind",
+        "tiny_2511, tiny_grpo, tiny_mllm, toy, toy_blind, toy_keep",
     ):
         load_config(f"{QWEN}:qwen_typo")
 
@@ -493,3 +494,11 @@ def test_toy_blind_differs_from_toy_only_in_its_training_reward(path: Path) -> N
     toy, blind = load_config(f"{path}:toy").to_dict(), load_config(f"{path}:toy_blind").to_dict()
     assert blind.pop("reward_fn") == {"toy_color": 1.0} != toy.pop("reward_fn")
     assert blind == toy  # evaluation (judge, ground truth, monitors) is the same
+
+
+@pytest.mark.parametrize("path", [QWEN, KONTEXT])
+def test_toy_keep_adds_the_preservation_part_to_the_judge(path: Path) -> None:
+    toy, keep = load_config(f"{path}:toy").to_dict(), load_config(f"{path}:toy_keep").to_dict()
+    assert keep.pop("reward_fn") == {"mllm_score_continue": 1.0, "toy_edit_preservation": 1.5}
+    assert toy.pop("reward_fn") == {"mllm_score_continue": 1.0}
+    assert keep == toy
