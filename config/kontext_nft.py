@@ -11,7 +11,7 @@ Named configs (``--config config/kontext_nft.py:NAME``; without ``:NAME`` the fi
 * ``kontext_mllm_reward_ban_prompt`` -- the same with low-variance group filtering and bans.
 * ``kontext_mllm_reward_grpo`` -- ``kontext_mllm_reward`` trained with Flow-GRPO (``docs/algorithm.md``).
 * ``toy`` -- the toy world (``docs/toyworld.md``): the trained toy Kontext editor
-  (``edit_r1/toyworld/checkpoints/flux_kontext``), 32 px background edits, the shared toy judge.
+  (``edit_r1/toyworld/checkpoints/flux_kontext``), 32 px shape recolours and background edits, the shared toy judge.
 * ``tiny`` / ``tiny_mllm`` / ``tiny_grpo`` -- CPU smoke runs on ``.tiny/kit/flux_kontext`` and ``.tiny/toy_data``
   (see ``config/qwen_image_edit_nft.py`` for how ``make demo`` builds them).
 
