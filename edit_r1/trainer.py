@@ -18,6 +18,9 @@ One epoch, on every rank (``torchrun``; a single process works too), over the co
 5. **Sync** (an algorithm that reads an old policy): ``old <- d old + (1 - d) theta`` with
    ``d = old_policy_decay(global_step)``.
 
+Every epoch logs the run's transformer forwards so far (``cost/*``, summed over the ranks:
+:mod:`edit_r1.training.forward_counter`), counted by phase: evaluation, rollouts, update.
+
 Checkpoints (:class:`~edit_r1.training.checkpointer.Checkpointer`) every ``save_freq`` epochs and
 at the end, and of the starting weights; a resumed run goes on bit for bit.
 
@@ -68,6 +71,7 @@ class Trainer:
         self.collector, self.scorer, self.updater = parts.collector, parts.scorer, parts.updater
         self.evaluator, self.checkpointer = parts.evaluator, parts.checkpointer
         self.timer, self.tracker, self.run_dir = parts.timer, parts.tracker, parts.run_dir
+        self.cost = parts.cost
         self.first_epoch = parts.restored.epoch if parts.restored is not None else 0
 
     def run(self) -> EpochResult | None:
@@ -96,10 +100,12 @@ class Trainer:
         """One epoch (evaluation first when due); returns what it logged and its statistics."""
         self.timer.reset()
         metrics: dict[str, Any] = {"epoch": epoch}
+        phase = self.cost.counter.phase  # each phase's transformer forwards counted on their own
         if self.evaluator.due(epoch):
-            metrics.update(self.evaluator.evaluate(epoch))
+            with phase("eval"):
+                metrics.update(self.evaluator.evaluate(epoch))
         self.collector.sampler.set_epoch(epoch)
-        with self.timer("sampling"):
+        with self.timer("sampling"), phase("rollout"):
             rollouts = self.collector.collect(epoch)
         with self.timer("scoring_wait"):
             outputs = self.collector.wait_for_rewards(rollouts)
@@ -108,13 +114,14 @@ class Trainer:
         # Every rank always runs the update, as the original does: a rank whose samples are all
         # masked backpropagates a zero loss and joins the gradient all-reduce (skipping it on one
         # rank would leave the others waiting forever); AdamW, EMA and global_step advance alike.
-        with self.timer("training"):
+        with self.timer("training"), phase("update"):
             metrics.update(self.updater.update(rollouts, stats))
         if self.updater.syncs_old_policy:
             with self.timer("sync"):
                 metrics["old_decay"] = self.updater.sync_old_policy()
         metrics.update(self.timer.metrics())
         metrics["global_step"] = self.updater.global_step
+        metrics.update(self.cost.metrics())  # cumulative over the run and every rank
         self.tracker.log(metrics, step=epoch)
         if self.dist.is_main and "eval_reward_mean" in metrics:
             save_reward_curve(self.tracker.metrics_path, self.run_dir / "reward_curve.png")
@@ -123,8 +130,9 @@ class Trainer:
     def save(self, epoch: int) -> None:
         """The checkpoint after ``epoch`` epochs, with the step count and the groups trained on."""
         self.checkpointer.save(
-            epoch, global_step=self.updater.global_step, trained_groups=self.scorer.trained_groups
-        )
+            epoch, global_step=self.updater.global_step, trained_groups=self.scorer.trained_groups,
+            cost=self.cost.state(),
+        )  # fmt: skip
 
 
 def prepare_settings(

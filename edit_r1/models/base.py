@@ -564,6 +564,11 @@ class EditPolicy(FamilyFacts, ABC):
         modules = (self.transformer, self.old_transformer, self.ref_transformer)
         return [m for m in modules if m is not None]
 
+    def transformer_modules(self) -> list[torch.nn.Module]:
+        """Every transformer module a velocity runs through (the trained one and, in full-weight
+        mode, the old and reference copies): what a forward counter hooks."""
+        return self._transformers()
+
     def _use_attention_backend(self, name: str) -> None:
         """Routes every transformer's attention through diffusers backend `name`, after checking
         that its kernel runs on this device and dtype (with a key mask if the family uses one).

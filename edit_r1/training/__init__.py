@@ -9,6 +9,8 @@
 * ``evaluator.py`` -- :class:`Evaluator`: the EMA policy on the test split, with extra
   :class:`EvalMetric` callables;
 * ``checkpointer.py`` -- :class:`Checkpointer`: save and resume the full state;
+* ``forward_counter.py`` -- :class:`ForwardCounter`, :class:`RunCost`: the transformer forwards
+  spent on rollouts, update and evaluation (``cost/*``);
 * ``build.py`` -- :func:`build_components`: all of them wired from the typed settings;
 * ``errors.py`` -- :class:`TrainingError`.
 
@@ -21,6 +23,7 @@ from .editing import PolicyEditor
 from .epoch_scorer import EpochScorer, EpochStats
 from .errors import TrainingError
 from .evaluator import EvalBatch, EvalMetric, Evaluator
+from .forward_counter import ForwardCounter, RunCost
 from .rollout_collector import Rollout, RolloutCollector
 from .updater import BoundPolicy, Updater
 
@@ -32,10 +35,12 @@ __all__ = [
     "EvalBatch",
     "EvalMetric",
     "Evaluator",
+    "ForwardCounter",
     "PolicyEditor",
     "Restored",
     "Rollout",
     "RolloutCollector",
+    "RunCost",
     "TrainingError",
     "Updater",
 ]

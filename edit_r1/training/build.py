@@ -36,6 +36,7 @@ from .checkpointer import Checkpointer, Restored
 from .editing import PolicyEditor
 from .epoch_scorer import EpochScorer
 from .evaluator import EvalMetric, Evaluator
+from .forward_counter import ForwardCounter, RunCost
 from .rollout_collector import RolloutCollector
 from .updater import Updater
 
@@ -54,6 +55,7 @@ class Components:
     tracker: Tracker
     run_dir: Path
     restored: Restored | None
+    cost: RunCost  # the transformer forwards spent, by phase (edit_r1/training/forward_counter.py)
 
 
 def set_backend_flags(allow_tf32: bool) -> None:
@@ -121,10 +123,14 @@ def build_components(
         save_old=algorithm.uses_old_policy, settings=settings.checkpoints, use_lora=settings.model.use_lora,
         run_dir=run_dir, logged_config=logged_config, dist=dist,
     )  # fmt: skip
-    restored = start_state(
-        checkpointer, policy, algorithm.uses_old_policy, settings, tracker, scorer, updater
-    )
-    return Components(collector, scorer, updater, evaluator, checkpointer, timer, tracker, run_dir, restored)
+    restored = start_state(checkpointer, policy, algorithm.uses_old_policy, settings, tracker, scorer, updater)  # fmt: skip
+    parts = (collector, scorer, updater, evaluator, checkpointer, timer, tracker, run_dir, restored)
+    return Components(*parts, cost=run_cost(policy, restored))  # hooked last: no forward before epoch 0
+
+
+def run_cost(policy: EditPolicy, restored: Restored | None) -> RunCost:
+    """The forward counter on every transformer of ``policy``, from a resumed run's totals."""
+    return RunCost(ForwardCounter(policy.transformer_modules()), restored.cost if restored else None)
 
 
 def build_policy(settings: TrainingSettings, dist: distributed.DistInfo) -> tuple[EditPolicy, Any]:

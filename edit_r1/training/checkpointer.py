@@ -40,11 +40,12 @@ from .errors import TrainingError
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What a resumed run continues from: the epoch to run next, the optimizer steps taken and the
-    groups trained on so far (the weights, EMA, optimizer, sampler and RNG are restored in place)."""
+    groups trained on so far, the forwards spent (the weights, EMA, optimizer, sampler and RNG are restored in place)."""
 
     epoch: int
     global_step: int
     trained_groups: frozenset[int]
+    cost: dict[str, int] = dataclasses.field(default_factory=dict)  # RunCost.state() (none: older file)
 
 
 class Checkpointer:
@@ -77,8 +78,16 @@ class Checkpointer:
         self.save_old, self.settings, self.use_lora = save_old, settings, use_lora
         self.run_dir, self.logged_config, self.dist = run_dir, logged_config, dist
 
-    def save(self, epoch: int, *, global_step: int, trained_groups: Iterable[int]) -> Path:
-        """Full state after ``epoch`` epochs, atomically (a collective: every rank calls it)."""
+    def save(
+        self,
+        epoch: int,
+        *,
+        global_step: int,
+        trained_groups: Iterable[int],
+        cost: dict[str, int] | None = None,
+    ) -> Path:
+        """Full state after ``epoch`` epochs, atomically (a collective: every rank calls it);
+        ``cost``: the run's forwards so far (``RunCost.state``)."""
         state = CheckpointState(
             sharded=self._sharded_state(),
             metadata={
@@ -86,6 +95,7 @@ class Checkpointer:
                 "global_step": global_step,
                 "sampler": self.sampler.state_dict(),
                 "trained_groups": sorted(trained_groups),
+                "cost": dict(cost or {}),
             },
             config=self.logged_config,  # the user's keys, as they ran
             rng=distributed.get_rng_state(),
@@ -126,6 +136,7 @@ class Checkpointer:
             epoch=int(state.metadata["epoch"]),
             global_step=int(state.metadata["global_step"]),
             trained_groups=frozenset(state.metadata.get("trained_groups", [])),
+            cost={k: int(v) for k, v in state.metadata.get("cost", {}).items()},
         )
         if state.rng is not None:
             distributed.set_rng_state(state.rng)

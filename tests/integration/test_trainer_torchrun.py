@@ -99,6 +99,13 @@ def test_two_ranks_train_against_the_reward_server(
         # the monitors are gathered over both ranks' held-out edits (docs/training.md)
         assert 0 <= row["monitor/changed_share"] <= 1 and row["monitor/velocity_rms"] > 0
     assert rows[0]["monitor/velocity_ratio"] == pytest.approx(1.0, abs=1e-6)  # before any update
+    # Transformer forwards summed over both ranks, cumulative (tests/integration/test_forward_counts.py):
+    # per epoch 8 rollouts x 3 steps, 8 x 2 timesteps x 3 NFT velocities, 2 held-out x 3 steps x (v, v_ref).
+    cost = [
+        tuple(row[f"cost/{k}transformer_forwards"] for k in ("rollout_", "update_", "", "eval_"))
+        for row in rows
+    ]
+    assert cost == [(24, 48, 72, 12), (48, 96, 144, 24)]
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     final = run_dir / "checkpoints" / "checkpoint-2"
@@ -138,3 +145,6 @@ def test_two_ranks_train_grpo_on_pairwise_preferences(tiny_kit, toy_data, reward
     assert row["reward_failed"] == 0
     for key in ("policy_loss", "kl_loss", "ratio_mean", "clipfrac", "total_loss"):
         assert math.isfinite(row[key]), key
+    # 8 x 3 rollout rows; 8 x 2 inner epochs x 2 steps x (v, v_ref); epoch 0 is evaluated (12 rows).
+    assert (row["cost/rollout_transformer_forwards"], row["cost/update_transformer_forwards"]) == (24, 64)
+    assert row["cost/eval_transformer_forwards"] == 12

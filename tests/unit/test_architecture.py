@@ -107,6 +107,7 @@ ROOM_MAY_IMPORT = {
             "evaluator": (),
             "checkpointer": ("edit_r1.checkpoint",),
             "errors": (),
+            "forward_counter": (),
         }.items()
     },  # fmt: skip
 }
