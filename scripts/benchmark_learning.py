@@ -2,17 +2,21 @@
 
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
         [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
-        [--jobs 1] [--set KEY=VALUE ...] [--eval-judge judge|judge_blind|pairwise] [--target 0.75] [--json out.json] [--plot curves.png]
+        [--jobs 1] [--set KEY=VALUE ...] [--eval-judge judge|judge_blind|pairwise] [--target 0.75] [--json out.json]
+        [--plot curves.png] [--plot-x samples|forwards|seconds]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
 score, or the judge's pairwise preferences), and reads the held-out evaluations: judge reward and
-rule score against samples seen (rollouts generated so far) and wall time. Prints the curve
-averaged over seeds and, per seed, the samples seen (and seconds) until the held-out ``--metric``
-first reaches ``--target``. ``--json`` writes every curve, ``--plot`` a PNG of the curves. With several
-algorithms (``--algorithm nft,grpo``) each is run on the same seeds and a comparison line closes the
-report: the median samples and seconds to the target per algorithm; ``--jobs 2`` trains two
-algorithms at the same time (one core each on a 2-core machine), so their seconds compare.
+rule score against samples seen (rollouts generated so far), the transformer forwards spent on
+training (rollouts and update, the trainer's ``cost/transformer_forwards``) and wall time. Prints the
+curve averaged over seeds and, per seed, the samples, forwards and seconds until the held-out
+``--metric`` first reaches ``--target``. ``--json`` writes every curve, ``--plot`` a PNG of the curves
+(against ``--plot-x``). With several algorithms (``--algorithm nft,grpo``) each is run on the same
+seeds and a comparison closes the report: the median samples, forwards and seconds to the target
+per algorithm, and each later algorithm's forwards and seconds as a multiple of the first's;
+``--jobs 2`` trains two algorithms at the same time (one core each on a 2-core machine), so their
+seconds compare.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from edit_r1.toyworld.learning import (  # noqa: E402
 from edit_r1.toyworld.report import judge_calls_per_epoch  # noqa: E402
 
 EVAL_JUDGES = {"judge": JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR, "pairwise": PAIRWISE_JUDGE_DIR}
+X_AXES = {
+    "samples": "rollouts seen",
+    "forwards": "transformer forwards spent on training",
+    "seconds": "seconds",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the result object here")
     parser.add_argument("--plot", type=Path, help="write a PNG of the held-out curves here")
+    parser.add_argument(
+        "--plot-x", choices=sorted(X_AXES), default="samples", help="the plot's x axis (default samples)"
+    )
     return parser
 
 
@@ -97,10 +109,16 @@ def samples_per_epoch(family: str = "qwen_image_edit") -> int:
 
 
 def reach(curve: list[dict], target: float, per_epoch: int, metric: str = "judge") -> dict | None:
-    """Samples seen and seconds at the first evaluation with ``metric`` >= target (None: never)."""
+    """Samples seen, training's transformer forwards (rollouts and update, all ranks; None for a
+    run logged without them) and seconds before the first evaluation with ``metric`` >= target
+    (None: never reached)."""
     for point in curve:
         if point[metric] is not None and point[metric] >= target:
-            return {"samples": point["epoch"] * per_epoch, "seconds": round(point["seconds"], 1)}
+            return {
+                "samples": point["epoch"] * per_epoch,
+                "forwards": point.get("forwards"),
+                "seconds": round(point["seconds"], 1),
+            }
     return None
 
 
@@ -152,30 +170,48 @@ def format_table(result: dict) -> str:
         f"learning ({result['family']}, {result['algorithm']}, reward {result.get('reward', 'judge')}, "
         f"{len(runs)} seeds): held-out mean over seeds"
     ]
-    lines.append(f"{'epoch':>6} {'samples':>8} {'seconds':>8} {'judge':>7} {'rule':>7}")
+    lines.append(f"{'epoch':>6} {'samples':>8} {'forwards':>9} {'seconds':>8} {'judge':>7} {'rule':>7}")
     for i in range(length):
         points = [r["curve"][i] for r in runs]
-        mean = {k: mean_or_none([p[k] for p in points]) for k in ("samples", "seconds", "judge", "rule")}
+        keys = ("samples", "forwards", "seconds", "judge", "rule")
+        mean = {k: mean_or_none([p.get(k) for p in points]) for k in keys}
         cells = " ".join(f"{'-':>7}" if mean[k] is None else f"{mean[k]:>7.3f}" for k in ("judge", "rule"))
-        lines.append(f"{points[0]['epoch']:>6} {mean['samples']:>8.0f} {mean['seconds']:>8.0f} {cells}")
+        forwards = f"{'-':>9}" if mean["forwards"] is None else f"{mean['forwards']:>9.0f}"
+        lines.append(
+            f"{points[0]['epoch']:>6} {mean['samples']:>8.0f} {forwards} {mean['seconds']:>8.0f} {cells}"
+        )
     calls = [r.get("pairwise_judge_calls_per_epoch", 0.0) for r in runs]
     if any(calls):
         lines.append(f"pairwise judge calls per epoch (mean): {sum(calls) / len(calls):.0f}")
     for seed, r in result["runs"].items():
         hit = r["reach_target"]
-        where = f"{hit['samples']} samples, {hit['seconds']} s" if hit else "not reached"
+        where = f"{hit['samples']} samples, {forwards_text(hit)}{hit['seconds']} s" if hit else "not reached"
         lines.append(f"seed {seed}: held-out {result.get('metric', 'judge')} >= {result['target']}: {where}")
     return "\n".join(lines)
 
 
+def forwards_text(hit: dict) -> str:
+    """``"<n> forwards, "`` when the run counted them, else nothing."""
+    return f"{hit['forwards']} forwards, " if hit.get("forwards") is not None else ""
+
+
 def median_reach(result: dict) -> dict | None:
-    """Median samples and seconds to the target over the seeds that reached it (None: none did)."""
+    """Median samples, forwards and seconds to the target over the seeds that reached it, each
+    median taken on its own (None: no seed reached it; forwards None when a run did not count them).
+    The median of an even count is the upper middle value, as for samples."""
     hits = [r["reach_target"] for r in result["runs"].values() if r["reach_target"]]
     if not hits:
         return None
     middle = len(hits) // 2
     samples, seconds = sorted(h["samples"] for h in hits), sorted(h["seconds"] for h in hits)
-    return {"samples": samples[middle], "seconds": seconds[middle], "reached": len(hits)}
+    counted = [h.get("forwards") for h in hits]
+    forwards = None if None in counted else sorted(counted)[middle]
+    return {
+        "samples": samples[middle],
+        "forwards": forwards,
+        "seconds": seconds[middle],
+        "reached": len(hits),
+    }
 
 
 def format_comparison(results: dict[str, dict]) -> str:
@@ -185,16 +221,35 @@ def format_comparison(results: dict[str, dict]) -> str:
         hit = median_reach(result)
         seeds = len(result["runs"])
         where = (
-            f"median {hit['samples']} samples, {hit['seconds']} s ({hit['reached']}/{seeds} seeds)"
+            f"median {hit['samples']} samples, {forwards_text(hit)}{hit['seconds']} s "
+            f"({hit['reached']}/{seeds} seeds)"
             if hit
             else f"not reached (0/{seeds} seeds)"
         )
         lines.append(f"  {name}: {where}")
+    lines.extend(cost_ratios(results))
     return "\n".join(lines)
 
 
-def plot_curves(results: dict[str, dict], path: Path) -> None:
-    """One line per algorithm (mean over seeds, thin: each seed) of the held-out metric vs samples."""
+def cost_ratios(results: dict[str, dict]) -> list[str]:
+    """Each later algorithm's median forwards and seconds to the target over the first one's (the
+    x-fold claim's two measures); nothing when either did not reach it or did not count forwards."""
+    names = list(results)
+    base = median_reach(results[names[0]])
+    lines = []
+    for name in names[1:]:
+        other = median_reach(results[name])
+        if base is None or other is None or base["forwards"] is None or other["forwards"] is None:
+            continue
+        forwards = other["forwards"] / base["forwards"] if base["forwards"] else float("inf")
+        seconds = other["seconds"] / base["seconds"] if base["seconds"] else float("inf")
+        lines.append(f"  {name} / {names[0]}: {forwards:.2f}x the forwards, {seconds:.2f}x the seconds")
+    return lines
+
+
+def plot_curves(results: dict[str, dict], path: Path, x: str = "samples") -> None:
+    """One line per algorithm (mean over seeds, thin: each seed) of the held-out metric against
+    ``x``: samples, training's transformer forwards or seconds (the mean curve at the seeds' mean x)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,14 +260,13 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
         color = f"C{index}"
         metric, curves = result["metric"], [r["curve"] for r in result["runs"].values()]
         for curve in curves:
-            axis.plot(
-                [p["samples"] for p in curve], [p[metric] for p in curve], color=color, alpha=0.25, lw=1
-            )
+            axis.plot([p[x] for p in curve], [p[metric] for p in curve], color=color, alpha=0.25, lw=1)
         length = min(len(c) for c in curves)
         mean = [sum(c[i][metric] for c in curves) / len(curves) for i in range(length)]
-        axis.plot([p["samples"] for p in curves[0][:length]], mean, color=color, lw=2.5, label=name)
+        at = [sum(c[i][x] for c in curves) / len(curves) for i in range(length)]
+        axis.plot(at, mean, color=color, lw=2.5, label=name)
     axis.axhline(first_result(results)["target"], color="gray", ls="--", lw=1, label="target")
-    axis.set_xlabel("rollouts seen")
+    axis.set_xlabel(X_AXES[x])
     axis.set_ylabel(f"held-out {first_result(results)['metric']} score")
     axis.set_title(f"toy world, reward {first_result(results)['reward']}, {len(curves)} seeds")
     axis.legend()
@@ -267,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:
         print(format_comparison(results))
     if args.plot:
-        plot_curves(results, args.plot)
+        plot_curves(results, args.plot, args.plot_x)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = (

@@ -9,6 +9,8 @@ from edit_r1.tracking import read_metrics
 
 JUDGE_KEY = "eval_reward_mllm_score_continue"
 RULE_KEY = "eval_reward_toy_edit"  # the ground truth: sqrt(success * preservation)
+# Training's transformer forwards so far, cumulative (edit_r1/training/forward_counter.py TRAINING_KEY).
+FORWARDS_KEY = "cost/transformer_forwards"
 # The ground truth's parts and the preservation-blind rule, logged with weight 0 (config/tiny_common.py)
 PART_KEYS = {
     "success": "eval_reward_toy_edit_success",
@@ -18,12 +20,16 @@ PART_KEYS = {
 
 
 def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
-    """``[{"epoch", "judge", "rule", "success", "preservation", "rule_blind", "seconds"}, ...]`` of every
-    evaluation in ``run_dir/metrics.jsonl`` (None where a value was not logged); ``rule``: the ground
-    truth ``toy_edit``, ``rule_blind``: the preservation-blind ``toy_color``; ``seconds``: the run's
-    time (sum of the trainer's ``time/*`` phases) before the evaluation."""
+    """``[{"epoch", "judge", "rule", "success", "preservation", "rule_blind", "seconds", "forwards"},
+    ...]`` of every evaluation in ``run_dir/metrics.jsonl`` (None where a value was not logged);
+    ``rule``: the ground truth ``toy_edit``, ``rule_blind``: the preservation-blind ``toy_color``;
+    ``seconds``: the run's time (sum of the trainer's ``time/*`` phases) before the evaluation;
+    ``forwards``: the transformer forwards spent on training before it (rollouts and update, all
+    ranks: ``cost/transformer_forwards`` of the epoch before; evaluations not included; None for a
+    run logged without the counters)."""
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    curve, elapsed = [], 0.0
+    counted = any(FORWARDS_KEY in row for row in rows)
+    curve, elapsed, forwards = [], 0.0, 0 if counted else None
     for row in rows:
         if JUDGE_KEY in row or RULE_KEY in row or PART_KEYS["rule_blind"] in row:
             point = {
@@ -32,8 +38,10 @@ def eval_curve(run_dir: str | Path) -> list[dict[str, Any]]:
                 "rule": row.get(RULE_KEY),
             }
             point.update({name: row.get(key) for name, key in PART_KEYS.items()})
-            curve.append(dict(point, seconds=elapsed))
+            curve.append(dict(point, seconds=elapsed, forwards=forwards))
         elapsed += sum(float(v) for k, v in row.items() if k.startswith("time/"))
+        if counted:
+            forwards = row.get(FORWARDS_KEY)
     return curve
 
 

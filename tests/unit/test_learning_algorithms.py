@@ -54,13 +54,21 @@ def test_comparison_takes_the_median_over_the_seeds_that_reached_the_target() ->
         return {"target": 0.6, "runs": runs}
 
     nft = result(
-        {"samples": 128, "seconds": 10.0}, {"samples": 64, "seconds": 5.0}, {"samples": 256, "seconds": 20.0}
+        {"samples": 128, "forwards": 900, "seconds": 10.0},
+        {"samples": 64, "forwards": 1200, "seconds": 5.0},
+        {"samples": 256, "forwards": 300, "seconds": 20.0},
     )
-    grpo = result(None, {"samples": 512, "seconds": 40.0}, None)
-    assert median_reach(nft) == {"samples": 128, "seconds": 10.0, "reached": 3}
+    grpo = result(None, {"samples": 512, "forwards": 4500, "seconds": 40.0}, None)
+    # each measure's own median: the seed of the median samples is not the one of the median forwards
+    assert median_reach(nft) == {"samples": 128, "forwards": 900, "seconds": 10.0, "reached": 3}
     text = format_comparison({"nft": nft, "grpo": grpo, "none": result(None)})
-    assert "nft: median 128 samples, 10.0 s (3/3 seeds)" in text
-    assert "grpo: median 512 samples, 40.0 s (1/3 seeds)" in text and "none: not reached (0/1 seeds)" in text
+    assert "nft: median 128 samples, 900 forwards, 10.0 s (3/3 seeds)" in text
+    assert "grpo: median 512 samples, 4500 forwards, 40.0 s (1/3 seeds)" in text
+    assert "none: not reached (0/1 seeds)" in text
+    assert "grpo / nft: 5.00x the forwards, 4.00x the seconds" in text and "none / nft" not in text
+    old_runs = result({"samples": 64, "seconds": 5.0})  # logged before the counters: no forwards
+    assert median_reach(old_runs)["forwards"] is None
+    assert "old: median 64 samples, 5.0 s (1/1 seeds)" in format_comparison({"old": old_runs, "nft": nft})
 
 
 def test_jobs_run_the_algorithms_at_the_same_time_on_one_dataset(tmp_path: Path, monkeypatch) -> None:

@@ -18,9 +18,9 @@ from benchmark_learning import reach  # noqa: E402
 def _write_run(run: Path) -> None:
     run.mkdir(parents=True)
     rows = [
-        {"step": 0, "epoch": 0, "eval_reward_mllm_score_continue": 0.40, "eval_reward_toy_edit": 0.30, "eval_reward_toy_edit_success": 0.35, "eval_reward_toy_edit_preservation": 0.9, "time/sampling": 5.0},
-        {"step": 1, "epoch": 1, "time/sampling": 7.0, "time/training": 3.0},
-        {"step": 2, "epoch": 2, "eval_reward_mllm_score_continue": 0.62, "eval_reward_toy_edit": 0.45, "eval_reward_toy_edit_success": 0.5, "eval_reward_toy_edit_preservation": 0.88, "eval_reward_toy_color": 0.7},
+        {"step": 0, "epoch": 0, "eval_reward_mllm_score_continue": 0.40, "eval_reward_toy_edit": 0.30, "eval_reward_toy_edit_success": 0.35, "eval_reward_toy_edit_preservation": 0.9, "time/sampling": 5.0, "cost/transformer_forwards": 1000, "cost/eval_transformer_forwards": 64},
+        {"step": 1, "epoch": 1, "time/sampling": 7.0, "time/training": 3.0, "cost/transformer_forwards": 2000, "cost/eval_transformer_forwards": 64},
+        {"step": 2, "epoch": 2, "eval_reward_mllm_score_continue": 0.62, "eval_reward_toy_edit": 0.45, "eval_reward_toy_edit_success": 0.5, "eval_reward_toy_edit_preservation": 0.88, "eval_reward_toy_color": 0.7, "cost/transformer_forwards": 3000, "cost/eval_transformer_forwards": 128},
     ]  # fmt: skip
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
@@ -29,9 +29,10 @@ def test_eval_curve_and_summary(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _write_run(run)
     curve = eval_curve(run)
-    assert [(p["epoch"], p["judge"], p["rule"], p["seconds"]) for p in curve] == [
-        (0, 0.40, 0.30, 0.0),
-        (2, 0.62, 0.45, 15.0),
+    # forwards: training's (not evaluation's) before each evaluation, i.e. the epoch before's total
+    assert [(p["epoch"], p["judge"], p["rule"], p["seconds"], p["forwards"]) for p in curve] == [
+        (0, 0.40, 0.30, 0.0, 0),
+        (2, 0.62, 0.45, 15.0, 2000),
     ]
     text = summary(run)
     assert "judge reward   0.400 -> 0.620: +0.220" in text
@@ -42,12 +43,30 @@ def test_eval_curve_and_summary(tmp_path: Path) -> None:
     assert curve[1]["rule_blind"] == 0.7 and curve[0]["rule_blind"] is None
 
 
-def test_reach_counts_samples_until_the_target(tmp_path: Path) -> None:
+def test_reach_counts_samples_forwards_and_seconds_until_the_target(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _write_run(run)
     curve = eval_curve(run)
-    assert reach(curve, 0.6, per_epoch=64) == {"samples": 128, "seconds": 15.0}
+    assert reach(curve, 0.6, per_epoch=64) == {"samples": 128, "forwards": 2000, "seconds": 15.0}
+    assert reach(curve, 0.3, per_epoch=64, metric="rule") == {"samples": 0, "forwards": 0, "seconds": 0.0}
     assert reach(curve, 0.9, per_epoch=64) is None
+
+
+def test_a_run_logged_without_the_counters_has_no_forwards(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write_run(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    stripped = [{k: v for k, v in row.items() if not k.startswith("cost/")} for row in rows]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    assert [p["forwards"] for p in eval_curve(run)] == [None, None]
+    assert reach(eval_curve(run), 0.6, per_epoch=64)["forwards"] is None
+
+
+def test_the_report_reads_the_trainers_counter() -> None:
+    from edit_r1.toyworld.report import FORWARDS_KEY
+    from edit_r1.training.forward_counter import TRAINING_KEY
+
+    assert FORWARDS_KEY == TRAINING_KEY
 
 
 def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> None:
@@ -94,3 +113,16 @@ def test_judge_calls_per_epoch_sums_the_group_rewards_of_an_epoch(tmp_path: Path
     with (run / "metrics.jsonl").open("a") as log:
         log.write("".join(json.dumps(r) + "\n" for r in rows))
     assert judge_calls_per_epoch(run) == (896 + 548) / 2
+
+
+def test_the_table_shows_forwards_beside_samples_and_seconds(tmp_path: Path) -> None:
+    from benchmark_learning import format_table
+
+    run = tmp_path / "run"
+    _write_run(run)
+    curve = [dict(p, samples=p["epoch"] * 64) for p in eval_curve(run)]
+    runs = {0: {"curve": curve, "reach_target": reach(curve, 0.6, per_epoch=64)}}
+    text = format_table({"family": "qwen_image_edit", "algorithm": "nft", "target": 0.6, "runs": runs})
+    assert "epoch  samples  forwards  seconds   judge    rule" in text
+    assert "     2      128      2000       15   0.620   0.450" in text
+    assert "seed 0: held-out judge >= 0.6: 128 samples, 2000 forwards, 15.0 s" in text
