@@ -336,6 +336,29 @@ def _check_choices(config, problems: list[str]) -> None:
         problems.extend(policy_class(config.model_family).config_problems(config))
 
 
+def _check_guidance(config, problems: list[str]) -> None:
+    """``train.cfg`` against the rollouts' true CFG (the family's) and the algorithm: guiding the
+    training forwards needs CFG rollouts; an algorithm that re-scores its rollouts' log-probs needs
+    the training forwards guided as the rollouts were (else its ratio starts away from 1)."""
+    from edit_r1.models.registry import family_names, policy_class  # the model stack, when validating
+
+    if config.model_family not in family_names() or config.algorithm not in ALGORITHMS:
+        return  # the key table names the unknown family or algorithm
+    cfg = policy_class(config.model_family).runs_true_cfg(config)
+    if config.train.cfg and not cfg:
+        problems.append(
+            f"train.cfg=True guides the training forwards, but the rollouts of model_family="
+            f"{config.model_family!r} run no true CFG (sample.true_cfg_scale={config.sample.true_cfg_scale!r}); "
+            "set the family's true-CFG scale > 1 or train.cfg=False"
+        )
+    if cfg and not config.train.cfg and algorithm_class(config.algorithm).rescores_rollouts:
+        problems.append(
+            f"algorithm={config.algorithm!r} re-scores the rollouts' step log-probs, and they were "
+            "sampled with true CFG: set train.cfg=True so the training forwards are "
+            "guided alike, or turn true CFG off"
+        )
+
+
 def _check_rewards(config, problems: list[str]) -> None:
     """A group reward against the group size; the judge client's two timeouts."""
     if set(dict(config.reward_fn)) & set(GROUP_REWARD_FACTORIES) and config.sample.num_image_per_prompt < 2:
@@ -369,7 +392,7 @@ def validate_config(
     original's fallback). ``check_files`` also checks the dataset files.
     """
     problems = config_key_problems(config)  # each key on its own: the key table's checks
-    for check in (_check_sampling, _check_training, _check_choices, _check_rewards):
+    for check in (_check_sampling, _check_training, _check_choices, _check_guidance, _check_rewards):
         check(config, problems)
     if check_files:
         _check_dataset(config, problems)

@@ -172,10 +172,11 @@ SAMPLE = (
         "`true_cfg_scale`; setting both to different values is an error)",
         doc_default="1.0 (Kontext 2.5)"),
     Key("sample.true_cfg_scale", 1.0, 'Qwen true CFG of rollouts and evaluation, active only when > 1 (negative '
-        'prompt ""); the training forwards (v, v_old, v_ref) are plain conditional passes', (AT_LEAST_0,),
+        'prompt ""); the training forwards (v, v_old, v_ref) are plain conditional passes unless train.cfg',
+        (AT_LEAST_0,),
         doc='Qwen true CFG of rollouts and evaluation, active only when > 1 (negative prompt `""`); the '
-        "training forwards `v`, `v_old`, `v_ref` never use CFG, as the original's. Kontext: must stay 1 "
-        "(no true CFG)"),
+        "training forwards `v`, `v_old`, `v_ref` use no CFG, as the original's, unless `train.cfg`. "
+        "Kontext: must stay 1 (no true CFG)"),
     Key("sample.noise_level", 0.7, "eta of the stochastic solvers (flow/ddim/dance); unused by deterministic ones",
         (InRange(0.0, 10.0),)),
     Key("sample.solver", "dpm2", "rollout solver; dpm2 = best quality in 6 steps (dpm1/dpm2: deterministic only)",
@@ -185,6 +186,10 @@ SAMPLE = (
     Key("sample.eval_solver", "flow", "evaluation solver; deterministic flow = plain Euler, as upstream evaluates",
         (OneOf("edit_r1.sampling:SOLVERS"),)),
     Key("sample.eval_deterministic", True, "evaluation without injected noise so eval scores are comparable"),
+    Key("sample.eval_true_cfg", True, "evaluation runs the rollouts' true CFG (Qwen, when true_cfg_scale > 1); "
+        "False: plain conditional evaluation, so guided and unguided runs are scored alike",
+        doc="evaluation runs the rollouts' true CFG (Qwen, when `true_cfg_scale > 1`, as the original); "
+        "False: plain conditional evaluation, so runs with and without CFG rollouts are scored alike"),
     Key("sample.num_image_per_prompt", 12, "k, the group size: 12 rollouts per (instruction, image) (upstream)",
         (POSITIVE,)),
     Key("sample.num_groups_per_epoch", 24, "distinct groups sampled per epoch across all GPUs (upstream)",
@@ -234,6 +239,12 @@ TRAIN = (
     Key("train.beta", 1e-4, "KL weight: mean (v - v_ref)^2 keeps the policy near the reference model (upstream)",
         doc="KL weight (>= 0): NFT `mean (v - v_ref)^2` (in the code: `NFTSettings.kl_beta`, "
         "`GRPOSettings.kl_beta`); GRPO the transition KL to the reference (its configs: 0.04)"),
+    Key("train.cfg", False, "training forwards run the rollouts' true CFG (Flow-GRPO's train.cfg); GRPO needs it "
+        "with CFG rollouts (its ratio re-scores them); the original's NFT never does",
+        doc="the training forwards run the rollouts' true CFG, as Flow-GRPO's `train.cfg` (needs true CFG "
+        "in the rollouts). GRPO with CFG rollouts must set it: it re-scores the rollouts' step "
+        "log-probs, and an unguided re-score starts the ratio away from 1. The original's NFT never "
+        "guides its training forwards"),
     Key("train.ema", True, "EMA of trained weights, used for evaluation and the saved default weights (upstream)"),
     Key("train.lora_rank", 32, "LoRA rank r (upstream)"),
     Key("train.lora_alpha", 64, "LoRA alpha; scale alpha/r = 2 must survive export (upstream-differences entry 11)"),

@@ -121,6 +121,7 @@ class EvaluationSettings(_ReadFromKeys):
     solver: str = config_field("sample.eval_solver")
     deterministic: bool = config_field("sample.eval_deterministic")
     batch_per_gpu: int = config_field("sample.test_batch_size")
+    true_cfg: bool = config_field("sample.eval_true_cfg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +138,8 @@ class MonitorSettings(_ReadFromKeys):
 class OptimizerSettings:
     """AdamW, clipping and the update loop: ``betas`` (``train.adam_beta1``, ``train.adam_beta2``);
     ``inner_epochs``: passes over an epoch's rollouts; ``ema``: keep an EMA of the trained weights;
-    ``old_policy_decay_type``: the schedule of ``old <- d old + (1 - d) theta``."""
+    ``old_policy_decay_type``: the schedule of ``old <- d old + (1 - d) theta``; ``guided_training``:
+    the training forwards run the rollouts' true CFG."""
 
     learning_rate: float = config_field("train.learning_rate")
     betas: tuple[float, float]  # the two Adam keys as one pair: from_config
@@ -147,6 +149,7 @@ class OptimizerSettings:
     inner_epochs: int = config_field("train.num_inner_epochs")
     ema: bool = config_field("train.ema")
     old_policy_decay_type: int = config_field("decay_type")
+    guided_training: bool = config_field("train.cfg")
 
     @classmethod
     def from_config(cls, config: Any) -> OptimizerSettings:

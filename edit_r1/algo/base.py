@@ -85,6 +85,9 @@ class Algorithm(abc.ABC):
     settings_class: ClassVar[type]  # frozen dataclass with from_config(config): the algorithm's keys
     rollout_adapter: ClassVar[str] = "old"  # the policy that samples the rollouts
     uses_old_policy: ClassVar[bool] = False  # reads v_old: the old policy is synced and saved
+    # Re-scores the rollouts' own step log-probs: its training forwards must see the velocity that
+    # sampled them, so rollouts with true CFG need guided training forwards (train.cfg).
+    rescores_rollouts: ClassVar[bool] = False
 
     @classmethod
     def config_problems(cls, config: Any) -> list[str]:

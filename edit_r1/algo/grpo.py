@@ -112,6 +112,7 @@ class GRPO(Algorithm):
     settings_class = GRPOSettings
     rollout_adapter = "default"
     uses_old_policy = False  # the ratio's denominator is the stored log-prob, not a second policy
+    rescores_rollouts = True  # log p_theta(z_{j+1} | z_j) of the rollout's own states
 
     @classmethod
     def config_problems(cls, config: Any) -> list[str]:

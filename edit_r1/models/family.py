@@ -71,6 +71,12 @@ class FamilyFacts:
         return []
 
     @classmethod
+    def runs_true_cfg(cls, config: Any) -> bool:
+        """Whether a training config's rollouts run classifier-free guidance with a negative prompt
+        (doubling each forward's rows); embedded guidance (a model input) is not CFG."""
+        return False
+
+    @classmethod
     def sampling_options(cls, settings: Any) -> dict[str, Any]:
         """The family's ``from_pretrained`` options for benchmark sampling (``SamplingSettings``)."""
         return {}

@@ -518,6 +518,14 @@ class QwenImageEditPolicy(EditPolicy):
         return []
 
     @classmethod
+    def runs_true_cfg(cls, config: Any) -> bool:
+        """True CFG is on when the scale (``sample.true_cfg_scale`` or ``sample.guidance_scale``,
+        as :meth:`options_from_settings` reads them) is above 1."""
+        sample = config.sample
+        scale = sample.true_cfg_scale if sample.true_cfg_scale != 1.0 else sample.guidance_scale
+        return float(scale) > 1.0
+
+    @classmethod
     def sampling_options(cls, settings: Any) -> dict[str, Any]:
         """True CFG with the negative prompt, the vision-encoder area, the stock text cap."""
         return {

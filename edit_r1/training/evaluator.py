@@ -1,5 +1,7 @@
 """The evaluator: the EMA policy on the test split, deterministic ``flow``, ``eval_num_steps``.
 
+The rollouts' true CFG (a family's negative-prompt guidance) applies unless ``sample.eval_true_cfg`` is off.
+
 Each test item has its own seeded noise (``eval_generator``), so evaluation never draws from the
 training generators and a score depends on neither the rank nor the world size that computed it.
 Every evaluation logs ``eval_reward_<name>`` and ``eval_reward_mean`` (the eval reward's mean over
@@ -111,7 +113,9 @@ class Evaluator:
         ema = (
             self.ema.applied(local_shards(self.params)) if self.ema is not None else contextlib.nullcontext()
         )
-        with self.timer("evaluation"), ema:
+        # sample.eval_true_cfg=False: plain conditional passes, whatever CFG the rollouts use
+        guidance = contextlib.nullcontext() if self.settings.true_cfg else self.editor.policy.unguided()
+        with self.timer("evaluation"), ema, guidance:
             for start in progress(
                 range(0, len(indices), self.settings.batch_per_gpu), desc="eval", enabled=self.dist.is_main
             ):

@@ -10,6 +10,7 @@ reads an old policy, ``old <- d old + (1 - d) theta`` with ``d = old_policy_deca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -33,17 +34,22 @@ class BoundPolicy:
     """A policy with one micro-batch's condition bound: the ``PolicyForward`` an algorithm sees.
 
     Training forwards are plain conditional passes (``EditPolicy.unguided``): the original's three
-    training forwards (v, v_old, v_ref) never use CFG, even when its rollouts do."""
+    training forwards (v, v_old, v_ref) never use CFG, even when its rollouts do. ``guided``
+    (``train.cfg``, Flow-GRPO's): they run the rollouts' true CFG instead."""
 
     policy: EditPolicy
     cond: Any
+    guided: bool = False
+
+    def _guidance(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.guided else self.policy.unguided()
 
     def velocity(self, z: torch.Tensor, sigma: torch.Tensor, adapter: str) -> torch.Tensor:
-        with self.policy.unguided():
+        with self._guidance():
             return self.policy.velocity(z, sigma, self.cond, adapter=adapter)
 
     def velocity_old_and_ref(self, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.policy.unguided():
+        with self._guidance():
             return self.policy.velocity_old_and_ref(z, sigma, self.cond)
 
 
@@ -105,7 +111,7 @@ class Updater:
                     x0=x0[rows], advantages=advantages[rows], mask=mask[rows], sigmas=self.sigmas,
                     fields={name: value[rows] for name, value in fields.items()},
                 )  # fmt: skip
-                forward = BoundPolicy(self.policy, cond.index_select(rows))  # shared by the T steps
+                forward = BoundPolicy(self.policy, cond.index_select(rows), self.settings.guided_training)
                 steps = self.algorithm.step_plan(len(rows), num_grid)
                 for j in range(num_t):
                     info = self.train_step(forward, batch, steps[:, j], self.accumulation_steps * num_t)

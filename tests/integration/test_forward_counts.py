@@ -8,6 +8,7 @@ evaluated in 3 steps with the reference velocity monitor on (a second forward pe
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,58 @@ def test_true_cfg_doubles_the_guided_rows_only(tiny_kit, toy_data, tmp_path):
 def test_kontext_counts_alike(tiny_kit, toy_data, tmp_path):
     rows, _ = run_one_epoch("config/kontext_nft.py:tiny", tiny_kit / "flux_kontext", toy_data, tmp_path)
     assert costs(rows[0]) == expected(3)
+
+
+def test_grpo_with_cfg_rollouts_guides_its_training_forwards_and_stays_on_policy(
+    tiny_kit, toy_data, tmp_path
+):
+    """``train.cfg``: v and v_ref re-score the CFG rollouts with CFG (2 rows each); one inner epoch
+    before the only optimizer step, so the ratio is exactly the rollout's (an unguided re-score
+    would start it far from 1). ``sample.eval_true_cfg=False`` evaluates without CFG."""
+    rows, _ = run_one_epoch(
+        "config/qwen_image_edit_nft.py:tiny_grpo", tiny_kit / "qwen_image_edit_plus", toy_data, tmp_path,
+        sample__true_cfg_scale=4.5, train__cfg=True, train__num_inner_epochs=1, sample__eval_true_cfg=False,
+    )  # fmt: skip
+    assert costs(rows[0]) == expected(2, cfg=2, update_cfg=2, eval_cfg=1) == (48, 64, 112, 12)
+    assert rows[0]["ratio_deviation_max"] < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("spec", "overrides", "message", "fix"),
+    [
+        (
+            "config/qwen_image_edit_nft.py:tiny_grpo",
+            {"sample.true_cfg_scale": 4.5},
+            "algorithm='grpo' re-scores the rollouts' step log-probs, and they were sampled with true CFG: "
+            "set train.cfg=True",
+            {"train.cfg": True},
+        ),
+        (
+            "config/qwen_image_edit_nft.py:tiny",
+            {"train.cfg": True},
+            "train.cfg=True guides the training forwards",
+            {"sample.guidance_scale": 3.0},  # the original's key for Qwen's true-CFG scale
+        ),
+        (
+            "config/kontext_nft.py:tiny_grpo",
+            {"train.cfg": True},
+            "model_family='kontext' run no true CFG",
+            {"train.cfg": False},
+        ),
+    ],
+)
+def test_guided_training_needs_cfg_rollouts_and_grpo_needs_it_with_them(spec, overrides, message, fix):
+    from edit_r1.config import ConfigError, validate_config
+
+    config = load_config(str(REPO / spec))
+
+    def apply(values: dict) -> None:
+        for dotted, value in values.items():
+            section, key = dotted.split(".")
+            config[section][key] = value
+
+    apply(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config, world_size=1, check_files=False)
+    apply(fix)
+    validate_config(config, world_size=1, check_files=False)  # no error once fixed
