@@ -3,7 +3,7 @@
     python scripts/benchmark.py learning [--family qwen_image_edit] [--algorithm nft,grpo] [--seeds 0,1,2]
         [--reward judge|rule|pairwise] [--metric judge|rule] [--epochs 13] [--eval-every 2] [--nproc 1]
         [--jobs 1] [--set KEY=VALUE ...] [--eval-judge judge|judge_blind|pairwise] [--target 0.75] [--json out.json]
-        [--plot curves.png] [--plot-x samples|forwards|seconds]
+        [--plot curves.png] [--plot-x samples|forwards|seconds] [--recipe shared|own]
 
 For each seed, trains the committed toy-world editor (``docs/toyworld.md``) with the ``:toy``
 config, rewarded by ``--reward`` (the toy judge's score behind a real reward server, the rule
@@ -16,7 +16,9 @@ curve averaged over seeds and, per seed, the samples, forwards and seconds until
 seeds and a comparison closes the report: the median samples, forwards and seconds to the target
 per algorithm, and each later algorithm's forwards and seconds as a multiple of the first's;
 ``--jobs 2`` trains two algorithms at the same time (one core each on a 2-core machine), so their
-seconds compare.
+seconds compare. ``--recipe own`` rolls each algorithm out with its own published recipe where they
+differ (``OWN_RECIPES`` in ``edit_r1/toyworld/learning.py``, with the sources of its numbers);
+evaluation stays the same for every recipe, so the scores compare.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from edit_r1.toyworld.learning import (  # noqa: E402
     CONFIGS,
     JUDGE_DIR,
     PAIRWISE_JUDGE_DIR,
+    RECIPE_NOTES,
+    RECIPES,
     REWARD_FLAGS,
     LearningRunError,
     train_in_toy_world,
@@ -90,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate with this judge on a second server (EVAL_REWARD_SERVER) instead of the training "
         "judge, so monitor/reward_gap compares the two (docs/training.md)",
     )
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="shared",
+        help="shared: every algorithm rolls out with the :toy settings (4 steps, no CFG); own: each with "
+        "its own published rollout recipe where they differ (Flow-GRPO: 10 SDE steps and true CFG 4.5 "
+        "in rollouts and training forwards; DiffusionNFT: the :toy settings); evaluation is the same",
+    )
     parser.add_argument("--target", type=float, default=0.75, help="held-out score to reach")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the result object here")
@@ -137,12 +149,16 @@ def run(args: argparse.Namespace, root: Path, dataset: Path | None = None) -> di
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_epoch = samples_per_epoch(args.family)
     runs = {}
+    recipe = getattr(args, "recipe", "shared")
+    note = RECIPE_NOTES.get((args.family, args.algorithm)) if recipe == "own" else None
+    if note:
+        print(f"note: {note}", flush=True)
     for seed in seeds:
-        run_dir = root / f"{args.algorithm}_{args.reward}_seed{seed}"
+        run_dir = root / f"{args.algorithm}_{args.reward}{'_own' if recipe == 'own' else ''}_seed{seed}"
         curve = train_in_toy_world(
             run_dir, family=args.family, algorithm=args.algorithm,
             seed=seed, epochs=args.epochs, nproc=args.nproc, reward=args.reward,
-            overrides=evaluation_overrides(args), dataset=dataset,
+            overrides=evaluation_overrides(args), dataset=dataset, recipe=recipe,
             eval_judge=EVAL_JUDGES[args.eval_judge] if args.eval_judge else None,
         )  # fmt: skip
         for point in curve:
@@ -155,7 +171,8 @@ def run(args: argparse.Namespace, root: Path, dataset: Path | None = None) -> di
         print(f"seed {seed}: {args.metric} " + " ".join(f"{p[args.metric]:.3f}" for p in curve), flush=True)
     return {
         "scenario": "learning", "family": args.family, "algorithm": args.algorithm, "reward": args.reward,
-        "metric": args.metric, "target": args.target, "samples_per_epoch": per_epoch, "runs": runs,
+        "recipe": recipe, "recipe_note": note, "metric": args.metric, "target": args.target,
+        "samples_per_epoch": per_epoch, "runs": runs,
     }  # fmt: skip
 
 
@@ -168,8 +185,10 @@ def format_table(result: dict) -> str:
     length = min(len(r["curve"]) for r in runs)
     lines = [
         f"learning ({result['family']}, {result['algorithm']}, reward {result.get('reward', 'judge')}, "
-        f"{len(runs)} seeds): held-out mean over seeds"
+        f"recipe {result.get('recipe', 'shared')}, {len(runs)} seeds): held-out mean over seeds"
     ]
+    if result.get("recipe_note"):
+        lines.append(f"note: {result['recipe_note']}")
     lines.append(f"{'epoch':>6} {'samples':>8} {'forwards':>9} {'seconds':>8} {'judge':>7} {'rule':>7}")
     for i in range(length):
         points = [r["curve"][i] for r in runs]
@@ -216,7 +235,10 @@ def median_reach(result: dict) -> dict | None:
 
 def format_comparison(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
-    lines = [f"comparison: held-out {first.get('metric', 'judge')} >= {first['target']}"]
+    lines = [
+        f"comparison: held-out {first.get('metric', 'judge')} >= {first['target']} "
+        f"(recipe {first.get('recipe', 'shared')})"
+    ]
     for name, result in results.items():
         hit = median_reach(result)
         seeds = len(result["runs"])

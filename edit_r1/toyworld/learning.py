@@ -46,6 +46,32 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
         "--config.train.gradient_step_per_epoch=2",
     ),  # fmt: skip
 }
+# Each algorithm's own published rollout recipe where the two differ (``--recipe own`` of
+# ``scripts/benchmark.py learning``), on top of its ALGORITHMS line, per family. ``shared`` (the
+# default) is ALGORITHMS alone: both algorithms roll out in the :toy config's 4 steps without CFG.
+# Evaluation is never touched: the same held-out items, 4 Euler steps and no CFG for every recipe
+# (sample.eval_true_cfg=False keeps CFG rollouts out of it), so the scores compare.
+# * DiffusionNFT (NVlabs/DiffusionNFT at 24af555, config/nft.py:64-66): CFG-free (guidance_scale
+#   1.0), deterministic, solver dpm2. Its SD3.5 recipes take 10 steps (:20; 25 for multi_reward,
+#   :136); Edit-R1 ships 6 (config_keys sample.num_steps) and the toy 4: the :toy settings are that
+#   recipe, unchanged.
+# * Flow-GRPO (yifan123/flow_grpo at ac4c86e, config/base.py, config/grpo.py geneval_sd3): the flow
+#   SDE with eta 0.7 (base.py:54, in ALGORITHMS already), 10 sampling steps of which int(10 * 0.99)
+#   = 9 are trained (grpo.py:76 and :90; the toy's train.timestep_fraction is 0.99 too), CFG 4.5
+#   (grpo.py:78) in the rollouts and in the re-scoring training forwards (train.cfg = True,
+#   base.py:82). Qwen's true CFG (negative prompt "") is that CFG; FLUX.1-Kontext has no true CFG
+#   (its guidance is an embedded input), so its Flow-GRPO recipe is the SDE and the 10 steps only.
+FLOW_GRPO_STEPS = ("--config.sample.num_steps=10",)
+FLOW_GRPO_CFG = (
+    "--config.sample.true_cfg_scale=4.5", "--config.train.cfg=True", "--config.sample.eval_true_cfg=False",
+)  # fmt: skip
+OWN_RECIPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "nft": {family: () for family in CONFIGS},
+    "grpo": {"qwen_image_edit": FLOW_GRPO_STEPS + FLOW_GRPO_CFG, "kontext": FLOW_GRPO_STEPS},
+}
+RECIPES = ("shared", "own")
+# What a reader must know of a recipe that cannot be run as published.
+RECIPE_NOTES = {("kontext", "grpo"): "FLUX.1-Kontext has no true CFG: Flow-GRPO's own recipe runs without it"}
 JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl"
 # The judge of the earlier toy world, trained on the preservation-blind rule (docs/toyworld.md).
 BLIND_JUDGE_DIR = CHECKPOINTS / "judge_qwen2_5_vl_blind"
@@ -84,15 +110,29 @@ def judge_server(log: Path, judge: Path = JUDGE_DIR, timeout_s: float = 180.0) -
         raise LearningRunError(str(error)) from error
 
 
+def recipe_flags(family: str, algorithm: str, recipe: str) -> tuple[str, ...]:
+    """The flags ``recipe`` adds to ``algorithm``'s ALGORITHMS line: none for ``shared``, the
+    algorithm's own published rollout recipe (``OWN_RECIPES``) for ``own``."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r}")
+    if recipe == "shared":
+        return ()
+    if algorithm not in OWN_RECIPES:
+        raise ValueError(f"no own recipe for algorithm {algorithm!r}; available: {sorted(OWN_RECIPES)}")
+    return OWN_RECIPES[algorithm][family]
+
+
 def training_command(
     family: str, algorithm: str, run_dir: Path, dataset: Path, seed: int, epochs: int, nproc: int, reward: str,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] = (), recipe: str = "shared",
 ) -> list[str]:  # fmt: skip
-    """The training command line (``torchrun`` when ``nproc > 1``)."""
+    """The training command line (``torchrun`` when ``nproc > 1``): the ``:toy`` config, the run's
+    flags, the reward's, the algorithm's, the ``recipe``'s (:func:`recipe_flags`), then ``overrides``."""
     if family not in CONFIGS:
         raise ValueError(f"no toy world for family {family!r} yet; available: {sorted(CONFIGS)}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; available: {sorted(ALGORITHMS)}")
+    recipe_line = recipe_flags(family, algorithm, recipe)
     config, script = CONFIGS[family]
     launcher = [sys.executable]
     if nproc > 1:
@@ -104,22 +144,33 @@ def training_command(
     ]  # fmt: skip
     if reward not in REWARD_FLAGS:
         raise ValueError(f"reward must be one of {sorted(REWARD_FLAGS)}, got {reward!r}")
-    return [*launcher, script, *flags, *REWARD_FLAGS[reward], *ALGORITHMS[algorithm], *overrides]
+    return [
+        *launcher,
+        script,
+        *flags,
+        *REWARD_FLAGS[reward],
+        *ALGORITHMS[algorithm],
+        *recipe_line,
+        *overrides,
+    ]
 
 
 def train_in_toy_world(
     run_dir: Path, *, family: str = "qwen_image_edit", algorithm: str = "nft", seed: int = 0, epochs: int = 12,
     nproc: int = 1, reward: str = "judge", dataset: Path | None = None, overrides: Sequence[str] = (),
-    timeout_s: float = 3600.0, eval_judge: Path | None = None,
+    timeout_s: float = 3600.0, eval_judge: Path | None = None, recipe: str = "shared",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train, then return the run's evaluations (:func:`edit_r1.toyworld.report.eval_curve`).
 
     ``eval_judge``: a judge folder served by a second server for the evaluation only
-    (``EVAL_REWARD_SERVER``), so ``monitor/reward_gap`` compares the training judge with another."""
+    (``EVAL_REWARD_SERVER``), so ``monitor/reward_gap`` compares the training judge with another;
+    ``recipe``: ``shared`` or ``own`` (:func:`recipe_flags`)."""
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     dataset = dataset or write_dataset(run_dir.parent / "toyworld_data")
-    command = training_command(family, algorithm, run_dir, dataset, seed, epochs, nproc, reward, overrides)
+    command = training_command(
+        family, algorithm, run_dir, dataset, seed, epochs, nproc, reward, overrides, recipe
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}
     env.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.ExitStack() as stack:

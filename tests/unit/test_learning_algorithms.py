@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from edit_r1.config import validate_config
-from edit_r1.toyworld.learning import ALGORITHMS, training_command
+from edit_r1.toyworld.learning import ALGORITHMS, RECIPE_NOTES, training_command
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -134,3 +134,62 @@ def test_eval_judge_names_a_committed_judge_for_a_second_server(monkeypatch, tmp
     benchmark_learning.run(args, tmp_path, dataset=tmp_path)
     assert seen["eval_judge"] == benchmark_learning.EVAL_JUDGES["judge"]
     assert all((folder / "config.json").is_file() for folder in benchmark_learning.EVAL_JUDGES.values())
+
+
+def parsed_config(command: list[str]):
+    argv = ["train", *[arg for arg in command if arg.startswith("--config")]]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+ROLLOUT_KEYS = (
+    "sample.solver", "sample.deterministic", "sample.noise_level", "sample.num_steps", "sample.true_cfg_scale",
+    "sample.guidance_scale", "train.cfg", "train.timestep_fraction",
+)  # fmt: skip
+EVAL_KEYS = ("sample.eval_num_steps", "sample.eval_solver", "sample.eval_deterministic", "eval_freq")
+
+
+def values_of(config, keys: tuple[str, ...]) -> dict:
+    return {key: config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key] for key in keys}
+
+
+@pytest.mark.parametrize("family", ["qwen_image_edit", "kontext"])
+def test_own_recipe_rolls_each_algorithm_out_as_published_and_evaluates_alike(
+    family: str, tmp_path: Path
+) -> None:
+    """``--recipe own``: Flow-GRPO's 10 SDE steps (9 trained) and, for Qwen, true CFG 4.5 in the rollouts
+    and the re-scoring forwards; DiffusionNFT's CFG-free dpm2 :toy settings; evaluation as shared."""
+    args = (tmp_path / "run", tmp_path, 0, 2, 1, "rule")
+    configs = {
+        (algorithm, recipe): parsed_config(training_command(family, algorithm, *args, recipe=recipe))
+        for algorithm in ("nft", "grpo")
+        for recipe in ("shared", "own")
+    }
+    for config in configs.values():
+        assert validate_config(config, world_size=1, check_files=False) == []
+    nft, grpo = configs["nft", "own"], configs["grpo", "own"]
+    assert values_of(nft, ROLLOUT_KEYS) == values_of(configs["nft", "shared"], ROLLOUT_KEYS)
+    assert values_of(nft, ROLLOUT_KEYS)["sample.solver"] == "dpm2" and nft.sample.num_steps == 4
+    cfg = family == "qwen_image_edit"
+    assert values_of(grpo, ROLLOUT_KEYS) == {
+        "sample.solver": "flow", "sample.deterministic": False, "sample.noise_level": 0.7,
+        "sample.num_steps": 10, "sample.true_cfg_scale": 4.5 if cfg else 1.0,
+        "sample.guidance_scale": 1.0 if cfg else 2.5, "train.cfg": cfg, "train.timestep_fraction": 0.99,
+    }  # fmt: skip
+    assert configs["grpo", "shared"].sample.num_steps == 4 and not configs["grpo", "shared"].train.cfg
+    # the same held-out evaluation for every run: 4 Euler steps without CFG
+    evaluations = {name: values_of(config, EVAL_KEYS) for name, config in configs.items()}
+    assert len({tuple(v.items()) for v in evaluations.values()}) == 1
+    assert evaluations["grpo", "own"]["sample.eval_num_steps"] == 4
+    # CFG rollouts keep CFG out of the evaluation (without CFG rollouts the switch has nothing to do)
+    assert grpo.sample.eval_true_cfg == (not cfg)
+    assert (("kontext", "grpo") in RECIPE_NOTES) and ((family, "nft") not in RECIPE_NOTES)
+
+
+def test_unknown_recipe_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"recipe must be one of \['shared', 'own'\], got 'mine'"):
+        training_command("qwen_image_edit", "nft", tmp_path / "r", tmp_path, 0, 2, 1, "rule", recipe="mine")
+    assert build_parser().parse_args(["--recipe", "own"]).recipe == "own"
+    assert build_parser().parse_args([]).recipe == "shared"
