@@ -255,16 +255,18 @@ def format_comparison(results: dict[str, dict]) -> str:
 
 def cost_ratios(results: dict[str, dict]) -> list[str]:
     """Each later algorithm's median forwards and seconds to the target over the first one's (the
-    x-fold claim's two measures); nothing when either did not reach it or did not count forwards."""
+    x-fold claim's two measures); nothing when either did not reach it, did not count forwards, or
+    the first reached it before any training (no ratio to a cost of 0)."""
     names = list(results)
     base = median_reach(results[names[0]])
     lines = []
     for name in names[1:]:
         other = median_reach(results[name])
-        if base is None or other is None or base["forwards"] is None or other["forwards"] is None:
+        if base is None or other is None or None in (base["forwards"], other["forwards"]):
             continue
-        forwards = other["forwards"] / base["forwards"] if base["forwards"] else float("inf")
-        seconds = other["seconds"] / base["seconds"] if base["seconds"] else float("inf")
+        if not (base["forwards"] and base["seconds"]):
+            continue
+        forwards, seconds = other["forwards"] / base["forwards"], other["seconds"] / base["seconds"]
         lines.append(f"  {name} / {names[0]}: {forwards:.2f}x the forwards, {seconds:.2f}x the seconds")
     return lines
 
