@@ -11,7 +11,7 @@ score, or the judge's pairwise preferences), and reads the held-out evaluations:
 rule score against samples seen (rollouts generated so far), the transformer forwards spent on
 training (rollouts and update, the trainer's ``cost/transformer_forwards``) and wall time. Prints the
 curve averaged over seeds and, per seed, the samples, forwards and seconds until the held-out
-``--metric`` first reaches ``--target``. ``--json`` writes every curve, ``--plot`` a PNG of the curves
+``--metric`` first reaches ``--target``. ``--json`` writes every curve and each algorithm's medians to the target (``median_reach_target``), ``--plot`` a PNG of the curves
 (against ``--plot-x``). With several algorithms (``--algorithm nft,grpo``) each is run on the same
 seeds and a comparison closes the report: the median samples, forwards and seconds to the target
 per algorithm, and each later algorithm's forwards and seconds as a multiple of the first's;
@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         except (LearningRunError, ValueError) as error:
             print(f"benchmark learning: {error}", file=sys.stderr)
             return 2
+    for result in results.values():  # the medians of the comparison line, in the --json too
+        result["median_reach_target"] = median_reach(result)
     if len(results) > 1:
         print(format_comparison(results))
     if args.plot:

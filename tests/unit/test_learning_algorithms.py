@@ -195,3 +195,28 @@ def test_unknown_recipe_is_named(tmp_path: Path) -> None:
         training_command("qwen_image_edit", "nft", tmp_path / "r", tmp_path, 0, 2, 1, "rule", recipe="mine")
     assert build_parser().parse_args(["--recipe", "own"]).recipe == "own"
     assert build_parser().parse_args([]).recipe == "shared"
+
+
+def test_json_holds_each_algorithms_medians_with_forwards(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import benchmark_learning
+
+    def fake_runs(args, algorithms, root):
+        hits = {"nft": {"samples": 128, "forwards": 1664, "seconds": 8.0}, "grpo": None}
+        return {
+            name: {"algorithm": name, "target": 0.3, "runs": {0: {"reach_target": hits[name], "curve": []}}}
+            for name in algorithms
+        }
+
+    monkeypatch.setattr(benchmark_learning, "run_algorithms", fake_runs)
+    out = tmp_path / "out.json"
+    assert benchmark_learning.main(["--algorithm", "nft,grpo", "--json", str(out), "--recipe", "own"]) == 0
+    payload = json.loads(out.read_text())["algorithms"]
+    assert payload["nft"]["median_reach_target"] == {
+        "samples": 128,
+        "forwards": 1664,
+        "seconds": 8.0,
+        "reached": 1,
+    }
+    assert payload["grpo"]["median_reach_target"] is None
