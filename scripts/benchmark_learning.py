@@ -11,8 +11,9 @@ score, or the judge's pairwise preferences), and reads the held-out evaluations:
 rule score against samples seen (rollouts generated so far), the transformer forwards spent on
 training (rollouts and update, the trainer's ``cost/transformer_forwards``) and wall time. Prints the
 curve averaged over seeds and, per seed, the samples, forwards and seconds until the held-out
-``--metric`` first reaches ``--target``. ``--json`` writes every curve and each algorithm's medians to the target (``median_reach_target``), ``--plot`` a PNG of the curves
-(against ``--plot-x``). With several algorithms (``--algorithm nft,grpo``) each is run on the same
+``--metric`` first reaches ``--target``. ``--json`` writes every curve and each algorithm's
+medians to the target (``median_reach_target``), ``--plot`` a PNG of the curves (against
+``--plot-x``). With several algorithms (``--algorithm nft,grpo``) each is run on the same
 seeds and a comparison closes the report: the median samples, forwards and seconds to the target
 per algorithm, and each later algorithm's forwards and seconds as a multiple of the first's;
 ``--jobs 2`` trains two algorithms at the same time (one core each on a 2-core machine), so their
