@@ -1,6 +1,8 @@
 """CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]``,
 ``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset),
-``python -m edit_r1.toyworld evaluate-judge --judge DIR [--editor DIR]`` (a judge's held-out numbers) and
+``python -m edit_r1.toyworld evaluate-judge --judge DIR [--editor DIR]`` (a judge's held-out numbers),
+``python -m edit_r1.toyworld policy-judge --test-policy DIR ... [--train-policy DIR ... --out DIR]``
+(a judge on RL policies' edits, fine-tuned on them with ``--out``) and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         "--judge", required=True, help="judge folder (Qwen2.5-VL, e.g. checkpoints/judge_qwen2_5_vl_blind)"
     )
     judge.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
+    _add_policy_judge(commands)
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "evaluate-judge":
         _evaluate_judge(args.judge, args.editor)
+        return
+    if args.command == "policy-judge":
+        _policy_judge(args)
         return
     from transformers.utils import logging as transformers_logging
 
@@ -77,6 +83,63 @@ def _evaluate_judge(judge_dir: str, editor_dir: str | None) -> None:
 
     editor = editor_dir or CHECKPOINTS / QWEN_DIR
     print(json.dumps(evaluate_judge(judge_dir, editor, JudgeTraining()), indent=2, sort_keys=True))
+
+
+def _add_policy_judge(commands) -> None:
+    command = commands.add_parser(
+        "policy-judge", help="a judge on the edits of RL-trained policies; fine-tuned on them with --out"
+    )
+    command.add_argument(
+        "--judge", default=None, help="judge folder (default: the committed judge_qwen2_5_vl)"
+    )
+    command.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
+    command.add_argument(
+        "--test-policy",
+        action="append",
+        required=True,
+        help="held-out policy: a checkpoint's transformer/ folder",
+    )
+    command.add_argument(
+        "--train-policy", action="append", default=[], help="policy to fine-tune on (same form)"
+    )
+    command.add_argument("--out", default=None, help="write the fine-tuned judge here (needs --train-policy)")
+    command.add_argument("--steps", type=int, default=1500, help="fine-tuning steps (default 1500)")
+    command.add_argument(
+        "--policy-share", type=float, default=0.4, help="share of each batch of policy edits"
+    )
+    command.add_argument(
+        "--num-test", type=int, default=256, help="held-out items per test policy and sampler"
+    )
+    command.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _policy_judge(args: argparse.Namespace) -> None:
+    """Run :func:`edit_r1.toyworld.policy_judge.run_policy_judge` and print its result as JSON."""
+    import json
+    from pathlib import Path
+
+    from edit_r1.toyworld import CHECKPOINTS
+    from edit_r1.toyworld.build import QWEN_DIR
+    from edit_r1.toyworld.policy_judge import fine_tuning_settings, run_policy_judge
+
+    if args.out and not args.train_policy:
+        raise SystemExit("policy-judge: --out needs at least one --train-policy")
+    for path in [*args.test_policy, *args.train_policy]:
+        if not (Path(path) / "config.json").is_file():
+            raise SystemExit(f"policy-judge: {path} is not a transformer folder (no config.json)")
+    result = run_policy_judge(
+        Path(args.judge) if args.judge else CHECKPOINTS / "judge_qwen2_5_vl",
+        Path(args.editor) if args.editor else CHECKPOINTS / QWEN_DIR,
+        [Path(p) for p in args.train_policy],
+        [Path(p) for p in args.test_policy],
+        Path(args.out) if args.out else None,
+        fine_tuning_settings(args.steps, args.policy_share),
+        args.num_test,
+    )
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -158,13 +158,14 @@ def training_command(
 def train_in_toy_world(
     run_dir: Path, *, family: str = "qwen_image_edit", algorithm: str = "nft", seed: int = 0, epochs: int = 12,
     nproc: int = 1, reward: str = "judge", dataset: Path | None = None, overrides: Sequence[str] = (),
-    timeout_s: float = 3600.0, eval_judge: Path | None = None, recipe: str = "shared",
+    timeout_s: float = 3600.0, eval_judge: Path | None = None, recipe: str = "shared", judge: Path | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train, then return the run's evaluations (:func:`edit_r1.toyworld.report.eval_curve`).
 
     ``eval_judge``: a judge folder served by a second server for the evaluation only
     (``EVAL_REWARD_SERVER``), so ``monitor/reward_gap`` compares the training judge with another;
-    ``recipe``: ``shared`` or ``own`` (:func:`recipe_flags`)."""
+    ``recipe``: ``shared`` or ``own`` (:func:`recipe_flags`); ``judge``: the judge folder the
+    server serves (default: the reward's committed judge)."""
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     dataset = dataset or write_dataset(run_dir.parent / "toyworld_data")
@@ -176,9 +177,11 @@ def train_in_toy_world(
     with contextlib.ExitStack() as stack:
         rule_only_eval = any(o.startswith("--config.eval_reward_fn") and "mllm" not in o for o in overrides)
         if not reward.startswith("rule") or not rule_only_eval:
-            judge = {"pairwise": PAIRWISE_JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR}.get(reward, JUDGE_DIR)
+            served = judge or {"pairwise": PAIRWISE_JUDGE_DIR, "judge_blind": BLIND_JUDGE_DIR}.get(
+                reward, JUDGE_DIR
+            )
             env["REWARD_SERVER"] = stack.enter_context(
-                judge_server(run_dir.parent / f"{run_dir.name}_server.log", judge)
+                judge_server(run_dir.parent / f"{run_dir.name}_server.log", Path(served))
             )
         if eval_judge is not None:
             env["EVAL_REWARD_SERVER"] = stack.enter_context(
