@@ -133,7 +133,7 @@ def _policy_judge(args: argparse.Namespace) -> None:
         [Path(p) for p in args.train_policy],
         [Path(p) for p in args.test_policy],
         Path(args.out) if args.out else None,
-        fine_tuning_settings(args.steps, args.policy_share),
+        fine_tuning_settings(args.steps, args.policy_share, args.num_original),
         args.num_test,
     )
     text = json.dumps(result, indent=2, sort_keys=True)

@@ -303,16 +303,21 @@ def run_policy_judge(
         result["after"] = _timed(
             "report after", times, policy_report, tuned, encode.digit_ids, tests, base_items
         )
-        result["settings"] = {"policy_share": tune.policy_share, **asdict(tune.training)}
+        result["settings"] = {k: v for k, v in asdict(tune).items() if k != "training"} | asdict(
+            tune.training
+        )
         result["train_policies"] = {
             str(p): round(float(e.preservation.mean()), 4) for p, e in zip(train_policies, train, strict=True)
         }
     return dict(result, seconds=times)
 
 
-def fine_tuning_settings(steps: int, policy_share: float) -> PolicyFineTuning:
-    """:class:`PolicyFineTuning` with ``steps`` optimiser steps (evaluated 3 times) and ``policy_share``."""
+def fine_tuning_settings(steps: int, policy_share: float, num_original: int = 1024) -> PolicyFineTuning:
+    """:class:`PolicyFineTuning` with ``steps`` optimiser steps (evaluated 3 times), ``policy_share``
+    and ``num_original`` synthetic and as many base-editor edits of the build's data."""
     training = replace(
         PolicyFineTuning().training, steps=steps, stop_after=steps, eval_every=max(1, steps // 3)
     )
-    return PolicyFineTuning(training=training, policy_share=policy_share)
+    return PolicyFineTuning(
+        training=training, policy_share=policy_share, num_synthetic=num_original, num_editor=num_original
+    )
