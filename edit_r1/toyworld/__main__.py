@@ -2,7 +2,9 @@
 ``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset),
 ``python -m edit_r1.toyworld evaluate-judge --judge DIR [--editor DIR]`` (a judge's held-out numbers),
 ``python -m edit_r1.toyworld policy-judge --test-policy DIR ... [--train-policy DIR ... --out DIR]``
-(a judge on RL policies' edits, fine-tuned on them with ``--out``) and
+(a judge on RL policies' edits, fine-tuned on them with ``--out``),
+``python -m edit_r1.toyworld rollout-groups [--policy DIR] [--judge DIR]`` (within-group order of a
+policy's rollouts, :mod:`edit_r1.toyworld.rollout_groups`) and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     judge.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
     _add_policy_judge(commands)
+    _add_rollout_groups(commands)
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "policy-judge":
         _policy_judge(args)
+        return
+    if args.command == "rollout-groups":
+        _rollout_groups(args)
         return
     from transformers.utils import logging as transformers_logging
 
@@ -110,7 +116,59 @@ def _add_policy_judge(commands) -> None:
     command.add_argument(
         "--num-test", type=int, default=256, help="held-out items per test policy and sampler"
     )
+    command.add_argument(
+        "--num-original", type=int, default=1024,
+        help="synthetic and base-editor items of the build's data in the fine-tuning mix (default 1024)",
+    )  # fmt: skip
     command.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _add_rollout_groups(commands) -> None:
+    command = commands.add_parser(
+        "rollout-groups",
+        help="within-group order of a policy's rollouts: success vs preservation, judge vs truth",
+    )
+    command.add_argument(
+        "--policy", default=None, help="a checkpoint's transformer/ folder (default: the base editor)"
+    )
+    command.add_argument(
+        "--judge", default=None, help="judge folder (default: the committed judge_qwen2_5_vl)"
+    )
+    command.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
+    command.add_argument("--items", type=int, default=48, help="RL train items, one group each (default 48)")
+    command.add_argument("--group-size", type=int, default=8, help="edits per item (default 8, the :toy k)")
+    command.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _rollout_groups(args: argparse.Namespace) -> None:
+    """Run :func:`edit_r1.toyworld.rollout_groups.rollout_group_stats` and print it as JSON."""
+    import json
+    from pathlib import Path
+
+    from edit_r1.toyworld import CHECKPOINTS
+    from edit_r1.toyworld.build import QWEN_DIR
+    from edit_r1.toyworld.rollout_groups import rollout_group_stats
+
+    if args.group_size < 2 or not 1 <= args.items <= 256:
+        raise SystemExit(
+            f"rollout-groups: --group-size {args.group_size} (want >= 2) or --items {args.items} "
+            "(want 1..256, the RL train items)"
+        )
+    if args.policy and not (Path(args.policy) / "config.json").is_file():
+        raise SystemExit(
+            f"rollout-groups: --policy {args.policy} is not a transformer folder (no config.json)"
+        )
+    result = rollout_group_stats(
+        Path(args.editor) if args.editor else CHECKPOINTS / QWEN_DIR,
+        Path(args.judge) if args.judge else CHECKPOINTS / "judge_qwen2_5_vl",
+        Path(args.policy) if args.policy else None,
+        num_items=args.items,
+        group_size=args.group_size,
+    )
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
 
 
 def _policy_judge(args: argparse.Namespace) -> None:
