@@ -190,6 +190,11 @@ SAMPLE = (
         "False: plain conditional evaluation, so guided and unguided runs are scored alike",
         doc="evaluation runs the rollouts' true CFG (Qwen, when `true_cfg_scale > 1`, as the original); "
         "False: plain conditional evaluation, so runs with and without CFG rollouts are scored alike"),
+    Key("sample.eval_same_noise", False, "every evaluation draws test item i's noise as epoch 0's, so two "
+        "evaluations differ only by the policy; False: fresh noise per epoch",
+        doc="every evaluation draws test item `i`'s initial noise as at epoch 0 (seed `(seed, 0, i)`), so the "
+        "change between two evaluations is the policy's, not the noise's (paired evaluation); False: fresh "
+        "noise per epoch (seed `(seed, epoch, i)`)"),
     Key("sample.num_image_per_prompt", 12, "k, the group size: 12 rollouts per (instruction, image) (upstream)",
         (POSITIVE,)),
     Key("sample.num_groups_per_epoch", 24, "distinct groups sampled per epoch across all GPUs (upstream)",

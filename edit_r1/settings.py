@@ -122,6 +122,7 @@ class EvaluationSettings(_ReadFromKeys):
     deterministic: bool = config_field("sample.eval_deterministic")
     batch_per_gpu: int = config_field("sample.test_batch_size")
     true_cfg: bool = config_field("sample.eval_true_cfg")
+    same_noise: bool = config_field("sample.eval_same_noise")
 
 
 @dataclasses.dataclass(frozen=True)

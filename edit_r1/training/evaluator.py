@@ -3,7 +3,8 @@
 The rollouts' true CFG (a family's negative-prompt guidance) applies unless ``sample.eval_true_cfg`` is off.
 
 Each test item has its own seeded noise (``eval_generator``), so evaluation never draws from the
-training generators and a score depends on neither the rank nor the world size that computed it.
+training generators and a score depends on neither the rank nor the world size that computed it;
+with ``sample.eval_same_noise`` every evaluation reuses epoch 0's noise (paired evaluation).
 Every evaluation logs ``eval_reward_<name>`` and ``eval_reward_mean`` (the eval reward's mean over
 every rank's items, failed scores left out) and one ``eval_<name>`` per name of each extra
 :class:`EvalMetric` handed in (e.g. a reward-hacking monitor); rank 0 saves a grid of 8 edits.
@@ -138,6 +139,10 @@ class Evaluator:
             self.tracker.log_image("eval_grid", path, step=epoch)
         return metrics
 
+    def _noise_epoch(self, epoch: int) -> int:
+        """The epoch whose noise the evaluation at ``epoch`` draws: epoch 0's when paired."""
+        return 0 if self.settings.same_noise else epoch
+
     def _indices(self) -> tuple[list[int], int]:
         """This rank's test items (every ``world_size``-th) and how many are real: in lockstep the
         list is padded to the same length on every rank."""
@@ -162,7 +167,8 @@ class Evaluator:
         result, samples = self.editor.edit_batch(
             cond, items, images, adapter="default", sigmas=self.sigmas,
             solver=self.settings.solver, deterministic=self.settings.deterministic,
-            generator=[eval_generator(self.seed, epoch, i) for i in batch[: len(items)]], observe=norms,
+            generator=[eval_generator(self.seed, self._noise_epoch(epoch), i) for i in batch[: len(items)]],
+            observe=norms,
         )  # fmt: skip
         samples = samples[:keep]
         if not samples:

@@ -64,3 +64,19 @@ def test_no_gap_when_evaluation_reuses_the_training_reward_and_no_reference_when
     )
     assert rows and all("monitor/reward_gap" not in row for row in rows)  # tiny: toy_color in both
     assert all("monitor/velocity_ratio" not in row and "monitor/velocity_rms" in row for row in rows)
+
+
+@pytest.mark.parametrize("same_noise", [True, False])
+def test_paired_evaluation_reuses_epoch_zeros_noise(tiny_kit, toy_data, tmp_path, same_noise):
+    """With ``sample.eval_same_noise`` a policy that did not move scores the same at every
+    evaluation; with fresh noise per epoch the same policy scores differently."""
+    rows = evaluations(
+        tiny_kit, toy_data, tmp_path / f"paired_{same_noise}",
+        **{"train.learning_rate": 1e-12, "sample.eval_same_noise": same_noise, "monitors.velocity_reference": False},
+    )  # fmt: skip
+    first, second = rows
+    keys = ("eval_reward_mean", "monitor/source_ssim", "monitor/x0_norm")
+    if same_noise:
+        assert all(second[k] == pytest.approx(first[k], abs=1e-6) for k in keys)
+    else:
+        assert any(abs(second[k] - first[k]) > 1e-4 for k in keys)
