@@ -61,11 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "evaluate-judge":
         _evaluate_judge(args.judge, args.editor)
         return
-    if args.command == "policy-judge":
-        _policy_judge(args)
-        return
-    if args.command == "rollout-groups":
-        _rollout_groups(args)
+    if args.command in ("policy-judge", "rollout-groups"):
+        {"policy-judge": _policy_judge, "rollout-groups": _rollout_groups}[args.command](args)
         return
     from transformers.utils import logging as transformers_logging
 

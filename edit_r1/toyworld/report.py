@@ -58,7 +58,8 @@ def judge_calls_per_epoch(run_dir: str | Path) -> float:
 
 def write_before_after(run_dir: str | Path) -> Path | None:
     """``run_dir/before_after.png``: the first and the last evaluation grid side by side (the same
-    held-out items and noise), or ``None`` when the run has fewer than two grids."""
+    held-out items; the same noise too when the run set ``sample.eval_same_noise``), or ``None``
+    when the run has fewer than two grids."""
     from PIL import Image, ImageDraw
 
     run_dir = Path(run_dir)
