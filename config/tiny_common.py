@@ -70,6 +70,9 @@ def make_toy(config: ml_collections.ConfigDict, model_dir: Path) -> None:
     config.sample.max_train_batch_size = 16
     config.train.gradient_step_per_epoch = 1  # ... in one optimizer step: 8 steps of 8 rollouts did not learn
     config.sample.test_batch_size = 16
+    # Paired evaluation: every evaluation draws epoch 0's noise, so before -> after is the policy's
+    # change (with fresh noise the base editor's score moved by 0.09 between seeds).
+    config.sample.eval_same_noise = True
     config.use_lora = False  # 0.63 M parameters: full weights learn faster than rank-8 LoRA at any lr tried
     config.train.learning_rate = 3e-4
     config.train.ema = False  # one step per epoch: an EMA (decay up to 0.9) would lag the whole run
