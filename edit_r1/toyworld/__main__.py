@@ -88,6 +88,17 @@ def _evaluate_judge(judge_dir: str, editor_dir: str | None) -> None:
     print(json.dumps(evaluate_judge(judge_dir, editor, JudgeTraining()), indent=2, sort_keys=True))
 
 
+def _print_json(result: dict, path: str | None) -> None:
+    """Print ``result`` as JSON; with ``path`` (``--json``) also write it there."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if path:
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
 def _add_policy_judge(commands) -> None:
     command = commands.add_parser(
         "policy-judge", help="a judge on the edits of RL-trained policies; fine-tuned on them with --out"
@@ -139,7 +150,6 @@ def _add_rollout_groups(commands) -> None:
 
 def _rollout_groups(args: argparse.Namespace) -> None:
     """Run :func:`edit_r1.toyworld.rollout_groups.rollout_group_stats` and print it as JSON."""
-    import json
     from pathlib import Path
 
     from edit_r1.toyworld import CHECKPOINTS
@@ -162,15 +172,11 @@ def _rollout_groups(args: argparse.Namespace) -> None:
         num_items=args.items,
         group_size=args.group_size,
     )
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    _print_json(result, args.json)
 
 
 def _policy_judge(args: argparse.Namespace) -> None:
     """Run :func:`edit_r1.toyworld.policy_judge.run_policy_judge` and print its result as JSON."""
-    import json
     from pathlib import Path
 
     from edit_r1.toyworld import CHECKPOINTS
@@ -191,10 +197,7 @@ def _policy_judge(args: argparse.Namespace) -> None:
         fine_tuning_settings(args.steps, args.policy_share, args.num_original),
         args.num_test,
     )
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    _print_json(result, args.json)
 
 
 if __name__ == "__main__":
