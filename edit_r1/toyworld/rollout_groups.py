@@ -7,7 +7,8 @@ scores each with the ground truth (``toy_edit_scores``) and with a judge (in pro
 prompt, every edit JPEG-coded as the reward client sends it), and reports per sampler the mean
 over groups of the within-group Spearman correlation of: success and preservation, the judge and
 the ground truth, the judge and each part, the ground truth and preservation; with the mean
-within-group standard deviation of each score.
+within-group standard deviation of each score, and how the edits fall into bands of success
+(:func:`success_bands`, overall and per task).
 
 How to read it: a negative success-preservation correlation means the edits of one item that
 show more of the requested colour keep less of the scene. Any reward that follows success then
@@ -47,6 +48,24 @@ def within_group_spearman(first: np.ndarray, second: np.ndarray) -> tuple[float,
     return float(np.mean([spearman(first[:, g], second[:, g]) for g in used])), len(used)
 
 
+# Success bands of one edit: no visible edit (the source kept), a partial edit, a clear edit.
+SUCCESS_BANDS = (("kept", 0.0, 0.05), ("partial", 0.05, 0.3), ("edited", 0.3, float("inf")))
+
+
+def success_bands(success: np.ndarray, preservation: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per band of :data:`SUCCESS_BANDS` (``low <= success < high``): the share of the edits in it
+    and their mean preservation (``None`` for an empty band). A bimodal editor puts most edits in
+    ``kept`` and ``edited``, and the gap between those two bands' preservation is what trading
+    one mode for the other costs."""
+    success, preservation = success.ravel(), preservation.ravel()
+    bands: dict[str, dict[str, float | None]] = {}
+    for name, low, high in SUCCESS_BANDS:
+        inside = (success >= low) & (success < high)
+        mean = round(float(preservation[inside].mean()), 3) if inside.any() else None
+        bands[name] = {"share": round(float(inside.mean()), 3), "preservation": mean}
+    return bands
+
+
 def group_summary(scores: dict[str, np.ndarray]) -> dict[str, float | int]:
     """The within-group correlations of :data:`PAIRS` and the mean within-group std of each score
     (``scores``: name -> ``(K, G)`` array, with the names ``PAIRS`` uses)."""
@@ -64,7 +83,7 @@ def group_summary(scores: dict[str, np.ndarray]) -> dict[str, float | int]:
 def rollout_group_stats(
     pipeline_dir: Path, judge_dir: Path, transformer_dir: Path | None = None, *, num_items: int = 48,
     group_size: int = 8,
-) -> dict[str, dict[str, float | int]]:  # fmt: skip
+) -> dict[str, dict]:  # fmt: skip
     """Per sampler, :func:`group_summary` of ``group_size`` edits of each of ``num_items`` RL train
     items by the editor in ``pipeline_dir`` (with ``transformer_dir``'s weights when given)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -91,5 +110,15 @@ def rollout_group_stats(
                 encode, draw.sources[rows], draw.edits[rows], draw.records[rows], jpeg_share=1.0, seed=1
             )
             scores["judge"][k] = encoded_scores(judge, items, encode.digit_ids)
-        report[f"{solver}{steps}"] = group_summary(scores)
+        tasks = np.array([record["task"] for record in draws[0].records[rows]])
+        by_task = {
+            str(task): success_bands(
+                scores["success"][:, tasks == task], scores["preservation"][:, tasks == task]
+            )
+            for task in np.unique(tasks)
+        }
+        report[f"{solver}{steps}"] = group_summary(scores) | {
+            "success_bands": success_bands(scores["success"], scores["preservation"]),
+            "success_bands_by_task": by_task,
+        }
     return report

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edit_r1.toyworld.__main__ import main
-from edit_r1.toyworld.rollout_groups import group_summary, within_group_spearman
+from edit_r1.toyworld.rollout_groups import group_summary, success_bands, within_group_spearman
 
 
 def test_within_group_spearman_averages_over_groups_and_skips_groups_without_order():
@@ -62,3 +62,13 @@ def test_group_summary_names_every_pair_and_score():
 def test_cli_rejects_bad_arguments_with_a_message(argv, message):
     with pytest.raises(SystemExit, match=message):
         main(argv)
+
+
+def test_success_bands_split_the_edits_and_average_their_preservation():
+    success = np.array([[0.0, 0.01, 0.2], [0.5, 0.9, 0.04]])
+    preservation = np.array([[0.9, 1.0, 0.8], [0.6, 0.7, 0.95]])
+    bands = success_bands(success, preservation)
+    assert bands["kept"] == {"share": 0.5, "preservation": pytest.approx(0.95)}
+    assert bands["partial"] == {"share": round(1 / 6, 3), "preservation": pytest.approx(0.8)}
+    assert bands["edited"] == {"share": round(2 / 6, 3), "preservation": pytest.approx(0.65)}
+    assert success_bands(np.zeros(3), np.ones(3))["edited"] == {"share": 0.0, "preservation": None}
