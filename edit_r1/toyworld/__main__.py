@@ -154,6 +154,7 @@ def _rollout_groups(args: argparse.Namespace) -> None:
 
     from edit_r1.toyworld import CHECKPOINTS
     from edit_r1.toyworld.build import QWEN_DIR
+    from edit_r1.toyworld.learning import JUDGE_DIR
     from edit_r1.toyworld.rollout_groups import rollout_group_stats
 
     if args.group_size < 2 or not 1 <= args.items <= 256:
@@ -167,7 +168,7 @@ def _rollout_groups(args: argparse.Namespace) -> None:
         )
     result = rollout_group_stats(
         Path(args.editor) if args.editor else CHECKPOINTS / QWEN_DIR,
-        Path(args.judge) if args.judge else CHECKPOINTS / "judge_qwen2_5_vl",
+        Path(args.judge) if args.judge else JUDGE_DIR,
         Path(args.policy) if args.policy else None,
         num_items=args.items,
         group_size=args.group_size,
@@ -181,6 +182,7 @@ def _policy_judge(args: argparse.Namespace) -> None:
 
     from edit_r1.toyworld import CHECKPOINTS
     from edit_r1.toyworld.build import QWEN_DIR
+    from edit_r1.toyworld.learning import JUDGE_DIR
     from edit_r1.toyworld.policy_judge import fine_tuning_settings, run_policy_judge
 
     if args.out and not args.train_policy:
@@ -189,7 +191,7 @@ def _policy_judge(args: argparse.Namespace) -> None:
         if not (Path(path) / "config.json").is_file():
             raise SystemExit(f"policy-judge: {path} is not a transformer folder (no config.json)")
     result = run_policy_judge(
-        Path(args.judge) if args.judge else CHECKPOINTS / "judge_qwen2_5_vl",
+        Path(args.judge) if args.judge else JUDGE_DIR,
         Path(args.editor) if args.editor else CHECKPOINTS / QWEN_DIR,
         [Path(p) for p in args.train_policy],
         [Path(p) for p in args.test_policy],

@@ -96,20 +96,31 @@ def load_source(pipeline_dir, transformer_dir=None):
 def policy_edits(pipeline_dir, transformer_dir, examples, seed: int) -> PolicyEdits:
     """The source's edits of ``examples`` with each of :data:`ROLLOUT_SAMPLERS` (initial noise of
     ``seed``, the same for every source, so two sources' edits of an item are paired)."""
+    return policy_edit_draws(pipeline_dir, transformer_dir, examples, [seed])[0]
+
+
+def policy_edit_draws(pipeline_dir, transformer_dir, examples, seeds: list[int]) -> list[PolicyEdits]:
+    """:func:`policy_edits` for each of ``seeds``, loading the source and encoding the items once."""
     from edit_r1.toyworld.editor import encode_pairs
-    from edit_r1.toyworld.images import to_images
 
     policy = load_source(pipeline_dir, transformer_dir)
     sources = [scene.render() for scene, _ in examples]
     cond, _ = encode_pairs(policy, examples, sources, sources)
     records = judge_records(examples)
+    return [_draw(policy, cond, sources, records, seed) for seed in seeds]
+
+
+def _draw(policy, cond, sources: list, records: list[dict], seed: int) -> PolicyEdits:
+    """One :class:`PolicyEdits` of the encoded items ``cond`` with the initial noise of ``seed``."""
+    from edit_r1.toyworld.images import to_images
+
     edits, samplers = [], []
     for solver, steps in ROLLOUT_SAMPLERS:
-        for start in range(0, len(examples), 64):
-            rows = list(range(start, min(len(examples), start + 64)))
+        for start in range(0, len(records), 64):
+            rows = list(range(start, min(len(records), start + 64)))
             latents = sample_edits(policy, cond.index_select(rows), solver, steps, None, seed + start)
             edits += to_images(latents)
-        samplers += [f"{solver}{steps}"] * len(examples)
+        samplers += [f"{solver}{steps}"] * len(records)
     repeat = len(ROLLOUT_SAMPLERS)
     preservation = np.array(
         [toy_edit_scores(e, r).preservation for e, r in zip(edits, records * repeat, strict=True)]

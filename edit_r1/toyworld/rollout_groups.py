@@ -24,7 +24,7 @@ import numpy as np
 
 from edit_r1.data.toy import toy_edit_scores
 from edit_r1.toyworld.judge import JudgeInputs, encode_items, encoded_scores, spearman
-from edit_r1.toyworld.policy_judge import ROLLOUT_SAMPLERS, policy_edits, rl_examples
+from edit_r1.toyworld.policy_judge import ROLLOUT_SAMPLERS, policy_edit_draws, rl_examples
 
 # The pairs of scores whose within-group order is reported, as ``(name, first, second)``.
 PAIRS = (
@@ -92,7 +92,7 @@ def rollout_group_stats(
     from edit_r1.toyworld import world
 
     examples = rl_examples("train", num_items)
-    draws = [policy_edits(pipeline_dir, transformer_dir, examples, 1000 * k) for k in range(group_size)]
+    draws = policy_edit_draws(pipeline_dir, transformer_dir, examples, [1000 * k for k in range(group_size)])
     encode = JudgeInputs(load_qwen_vl_processor(judge_dir), world.JUDGE_TEMPLATE)
     judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(judge_dir).eval()
     report = {}
