@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# `make demo`: DiffusionNFT visibly improving a trained toy editor on a CPU in a few minutes.
+# `make demo`: DiffusionNFT visibly improving a trained toy editor on a CPU in a few minutes, the
+# colour becoming right while the rest of the scene is kept.
 #
 # 1. writes the toy world's RL dataset (.tiny/toyworld_data: 32 px scenes, "make the {shape}
 #    {colour}" and "change the background to {colour}", each record with the VAE references of
 #    the ground truth); the trained toy editor and judge are committed (edit_r1/toyworld/checkpoints);
 # 2. starts the reward server with the toy judge on 127.0.0.1 (a free port) and health-checks it;
 # 3. trains the toy Qwen-Image-Edit with DiffusionNFT under `torchrun --nproc_per_node=2` (gloo),
-#    config/qwen_image_edit_nft.py:toy, rewarded by the judge's logits;
+#    config/qwen_image_edit_nft.py:toy_keep, 48 epochs rewarded by the judge's logits plus 2.0 x
+#    the ground truth's preservation part (the judge alone is won by erasing the scene:
+#    docs/toyworld.md, "Reward hacking made visible");
 # 4. prints the held-out judge reward and the ground truth (score, success, preservation) before ->
 #    after and writes before_after.png.
 #
@@ -34,9 +37,9 @@ SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true' EXIT
 $PY reward_server/test_reward_server.py --url "http://127.0.0.1:$PORT" --wait 120
 
-echo "== training: torchrun --nproc_per_node=2, config/qwen_image_edit_nft.py:toy"
+echo "== training: torchrun --nproc_per_node=2, config/qwen_image_edit_nft.py:toy_keep"
 REWARD_SERVER="127.0.0.1:$PORT" $PY -m torch.distributed.run --standalone --nproc_per_node=2 \
-    scripts/train_nft_qwen_image_edit.py --config config/qwen_image_edit_nft.py:toy \
+    scripts/train_nft_qwen_image_edit.py --config config/qwen_image_edit_nft.py:toy_keep \
     --config.logdir="$RUN_DIR" --config.run_name=toy_qwen
 
 RUN="$RUN_DIR/toy_qwen"

@@ -1,4 +1,4 @@
-"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|judge|judge_pairwise ...] [--seed N] [--family F]``,
+"""CLI: ``python -m edit_r1.toyworld build --out DIR [--stage vae|editor|editor_partial|judge|judge_pairwise ...] [--seed N] [--family F]``,
 ``python -m edit_r1.toyworld data --out DIR [--train 256] [--test 32]`` (the ``:toy`` RL dataset),
 ``python -m edit_r1.toyworld evaluate-judge --judge DIR [--editor DIR]`` (a judge's held-out numbers),
 ``python -m edit_r1.toyworld policy-judge --test-policy DIR ... [--train-policy DIR ... --out DIR]``

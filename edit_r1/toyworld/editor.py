@@ -11,6 +11,13 @@ computed with ``QwenImageEditPolicy.encode_condition`` exactly as in RL training
 transformer sees at build time what it sees in the trainer. A share of the pairs (``keep_share``)
 asks for the unchanged source: the editor learns to keep the scene from every pair and to edit
 only sometimes, which leaves headroom for RL (``docs/toyworld.md``, "The base editor").
+
+With ``partial_edits`` every target is a partial edit instead: the source with the edited region
+moved a share ``a = sqrt(u)``, ``u ~ U(0, 1)``, of the way to the perfect edit,
+``target = source + a (perfect - source)`` per pixel (zero outside the region, where the two are
+equal). The editor then learns one mode, an edit that keeps the scene and is as strong as its
+noise draws, instead of two (keep, or edit and smear), so that inside an RL group the stronger
+edits are no longer the ones that keep less of the scene.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from edit_r1.data.toy import apply_task, metadata_record, toy_edit_scores
 from edit_r1.sampling.sampler import sample
@@ -45,6 +53,8 @@ class EditorTraining:
     # the scene from every pair, and to make the edit only sometimes (room for RL, docs/toyworld.md)
     keep_share: float = 0.0
     cosine: bool = False  # learning rate decayed to 0 over ``stop_after`` steps (cosine), else constant
+    # targets are partial edits of strength sqrt(U(0, 1)) (:func:`training_targets`)
+    partial_edits: bool = False
     seed: int = 0
 
 
@@ -157,6 +167,27 @@ def rule_scores(images: torch.Tensor, examples, references=None) -> np.ndarray:
     return edit_scores(images, examples, references)[:, 2]
 
 
+def partial_edit(source: Image.Image, perfect: Image.Image, strength: float) -> Image.Image:
+    """``source + strength (perfect - source)`` per pixel, rounded to 8 bits: the perfect edit
+    at ``strength`` 1, the source at 0, the region between the two colours in between."""
+    a, b = np.asarray(source, np.float32), np.asarray(perfect, np.float32)
+    return Image.fromarray(np.round(a + strength * (b - a)).astype(np.uint8))
+
+
+def training_targets(sources: list, perfect: list, settings: EditorTraining) -> list:
+    """The target of each training pair: the source (a share ``keep_share``, seeded), a partial
+    edit of strength ``sqrt(u)`` (``partial_edits``; mean strength 2/3), else the perfect edit."""
+    if settings.partial_edits:
+        if settings.keep_share:
+            raise ValueError(
+                "EditorTraining: partial_edits and keep_share > 0 are two target kinds; choose one"
+            )
+        strengths = np.sqrt(np.random.default_rng([settings.seed, 1]).random(len(perfect)))
+        return [partial_edit(s, t, float(a)) for s, t, a in zip(sources, perfect, strengths, strict=True)]
+    keep = np.random.default_rng(settings.seed).random(len(perfect)) < settings.keep_share
+    return [source if k else target for source, target, k in zip(sources, perfect, keep, strict=True)]
+
+
 def train_editor(
     policy,
     size: int,
@@ -165,9 +196,8 @@ def train_editor(
     on_eval: Callable[[int, float], None] | None = None,
 ) -> list[tuple[int, float]]:
     """Flow-matching training of ``policy.transformer`` (full weights); returns (step, held-out score)."""
-    examples, sources, targets = scene_pairs(settings.num_train, size, 2000 + settings.seed, tasks)
-    keep = np.random.default_rng(settings.seed).random(len(targets)) < settings.keep_share
-    targets = [source if k else target for source, target, k in zip(sources, targets, keep, strict=True)]
+    examples, sources, perfect = scene_pairs(settings.num_train, size, 2000 + settings.seed, tasks)
+    targets = training_targets(sources, perfect, settings)
     eval_examples, eval_sources, _ = scene_pairs(settings.num_eval, size, 3000 + settings.seed, tasks)
     references = reference_images(eval_examples, vae_reproduction())
     start = time.perf_counter()

@@ -8,12 +8,13 @@ weights always score the same) must rise, its success part too, and its preserva
 not fall below epoch 0's by more than 0.05; the same run at learning rate 1e-12 (no learning)
 must not rise so.
 
-Measured (seed 0, epoch 0 -> 4, paired): ground truth 0.216 -> 0.271, success 0.191 -> 0.305,
-preservation 0.847 -> 0.808. Issue 26 asks for preservation within 0.02 of epoch 0; this reward
-does not reach that (``docs/toyworld.md``, "What stands in the way"), so the tolerance here is the
-measured loss plus a margin, and the test guards the learning, not the goal. With fresh noise per
-epoch a 16-epoch run of this reward measured 0.216 -> 0.295 at epoch 4 with preservation 0.874:
-the earlier, noisier measure.
+Measured on the committed partial-edit editor (seed 0, epoch 0 -> 4, paired): ground truth
+0.300 -> 0.394, success 0.236 -> 0.338, preservation 0.866 -> 0.831; the control stays at 0.300
+exactly. Four epochs at weight 1.5 trade some scene for colour; holding preservation within issue
+26's 0.02 takes weight 2.0 and 40-48 epochs (``:toy_keep``, ``make demo``; ``docs/toyworld.md``,
+"On the partial-edit editor"), too long for this test, so the tolerance here is the measured
+loss plus a margin and the test guards the learning. On the keep-pair editor before it, the same
+test measured 0.216 -> 0.271 with preservation 0.847 -> 0.808.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import pytest
 from edit_r1.toyworld.learning import train_in_toy_world, write_dataset
 
 # The margins sit between the no-learning drift and the smallest measured gain (docs/toyworld.md).
-MIN_GAIN = 0.04  # measured 0.055; the no-learning control moves by 0 (paired noise)
-PRESERVATION_TOLERANCE = 0.05  # measured -0.039 (issue 26's goal, 0.02, is not met: see above)
+MIN_GAIN = 0.06  # measured 0.094; the no-learning control moves by 0 (paired noise)
+PRESERVATION_TOLERANCE = 0.05  # measured -0.035 at this weight and length (see above)
 REWARD = "--config.reward_fn={'toy_edit': 1.0, 'toy_edit_preservation': 1.5}"
 EVAL = "--config.eval_reward_fn={'toy_edit': 1.0, 'toy_edit_success': 0.0, 'toy_edit_preservation': 0.0}"
 

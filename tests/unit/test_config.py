@@ -499,6 +499,9 @@ def test_toy_blind_differs_from_toy_only_in_its_training_reward(path: Path) -> N
 @pytest.mark.parametrize("path", [QWEN, KONTEXT])
 def test_toy_keep_adds_the_preservation_part_to_the_judge(path: Path) -> None:
     toy, keep = load_config(f"{path}:toy").to_dict(), load_config(f"{path}:toy_keep").to_dict()
-    assert keep.pop("reward_fn") == {"mllm_score_continue": 1.0, "toy_edit_preservation": 1.5}
+    assert keep.pop("reward_fn") == {"mllm_score_continue": 1.0, "toy_edit_preservation": 2.0}
     assert toy.pop("reward_fn") == {"mllm_score_continue": 1.0}
+    assert (keep.pop("num_epochs"), keep.pop("save_freq"), keep.pop("eval_freq")) == (48, 48, 4)
+    for key in ("num_epochs", "save_freq", "eval_freq"):
+        toy.pop(key)
     assert keep == toy

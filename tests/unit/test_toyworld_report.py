@@ -86,16 +86,25 @@ def test_training_command_names_unknown_family_and_algorithm(tmp_path: Path) -> 
 
 
 def test_build_stages_per_family() -> None:
-    """Every family has the VAE and editor stages; the shared judge is built only with Qwen-Image-Edit."""
+    """Every family has the VAE and editor stages; the shared judge and the partial-edit phase are
+    built only with Qwen-Image-Edit."""
     from edit_r1.toyworld.build import resolve_stages
 
-    assert resolve_stages("qwen_image_edit", None) == ("vae", "editor", "judge", "judge_pairwise")
+    assert resolve_stages("qwen_image_edit", None) == (
+        "vae",
+        "editor",
+        "editor_partial",
+        "judge",
+        "judge_pairwise",
+    )
     assert resolve_stages("kontext", None) == ("vae", "editor")
     assert resolve_stages("kontext", ("editor",)) == ("editor",)
     with pytest.raises(ValueError, match=r"stage\(s\) \['judge'\] not in the kontext toy world"):
         resolve_stages("kontext", ("judge",))
     with pytest.raises(ValueError, match=r"\['judge_pairwise'\] not in the kontext toy world"):
         resolve_stages("kontext", ("judge_pairwise",))
+    with pytest.raises(ValueError, match=r"\['editor_partial'\] not in the kontext toy world"):
+        resolve_stages("kontext", ("editor_partial",))
     with pytest.raises(ValueError, match="no toy world for family 'sdxl'"):
         resolve_stages("sdxl", None)
 
