@@ -220,3 +220,34 @@ def test_json_holds_each_algorithms_medians_with_forwards(tmp_path: Path, monkey
         "reached": 1,
     }
     assert payload["grpo"]["median_reach_target"] is None
+
+
+def test_gain_sets_each_seeds_target_from_its_own_epoch_zero(tmp_path: Path, monkeypatch) -> None:
+    """``--gain 0.1``: a seed whose base editor already scores above an absolute target still has to
+    improve by 0.1 over its own epoch 0, and the report names the target so."""
+    import benchmark_learning
+
+    curves = {  # seed -> held-out rule score at epochs 0, 2, 4
+        0: [0.30, 0.36, 0.45],
+        1: [0.46, 0.50, 0.57],
+    }
+
+    def fake_train(run_dir, seed, **_):
+        return [
+            {"epoch": 2 * i, "rule": value, "judge": None, "forwards": 1000 * i, "seconds": 5.0 * i}
+            for i, value in enumerate(curves[seed])
+        ]
+
+    monkeypatch.setattr(benchmark_learning, "train_in_toy_world", fake_train)
+    monkeypatch.setattr(benchmark_learning, "judge_calls_per_epoch", lambda run_dir: 0.0)
+    args = build_parser().parse_args(
+        ["--seeds", "0,1", "--reward", "rule", "--metric", "rule", "--gain", "0.1"]
+    )
+    result = benchmark_learning.run(args, tmp_path, dataset=tmp_path)
+    assert [round(r["target"], 3) for r in result["runs"].values()] == [0.4, 0.56]
+    assert [r["reach_target"]["samples"] for r in result["runs"].values()] == [4 * 128, 4 * 128]
+    assert "held-out rule >= epoch 0 + 0.1: 512 samples" in benchmark_learning.format_table(result)
+    assert "rule >= epoch 0 + 0.1 (recipe shared)" in format_comparison({"nft": result})
+    absolute = build_parser().parse_args(["--seeds", "0,1", "--reward", "rule", "--metric", "rule"])
+    at_start = benchmark_learning.run(absolute, tmp_path, dataset=tmp_path)["runs"][1]["reach_target"]
+    assert at_start["samples"] == 0  # 0.46 >= the default 0.40 before any training
