@@ -281,7 +281,7 @@ def format_comparison(results: dict[str, dict]) -> str:
 def cost_ratios(results: dict[str, dict]) -> list[str]:
     """Each later algorithm's median forwards and seconds to the target over the first one's (the
     x-fold claim's two measures); nothing when either did not reach it, did not count forwards, or
-    the first reached it before any training (no ratio to a cost of 0)."""
+    reached it before any training (no ratio to or of a cost of 0)."""
     names = list(results)
     base = median_reach(results[names[0]])
     lines = []
@@ -289,7 +289,7 @@ def cost_ratios(results: dict[str, dict]) -> list[str]:
         other = median_reach(results[name])
         if base is None or other is None or None in (base["forwards"], other["forwards"]):
             continue
-        if not (base["forwards"] and base["seconds"]):
+        if not (base["forwards"] and base["seconds"] and other["forwards"]):
             continue
         forwards, seconds = other["forwards"] / base["forwards"], other["seconds"] / base["seconds"]
         lines.append(f"  {name} / {names[0]}: {forwards:.2f}x the forwards, {seconds:.2f}x the seconds")

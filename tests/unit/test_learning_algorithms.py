@@ -71,6 +71,7 @@ def test_comparison_takes_the_median_over_the_seeds_that_reached_the_target() ->
     assert "old: median 64 samples, 5.0 s (1/1 seeds)" in format_comparison({"old": old_runs, "nft": nft})
     at_start = result({"samples": 0, "forwards": 0, "seconds": 0.0})  # the base editor already there
     assert " / " not in format_comparison({"start": at_start, "grpo": grpo})
+    assert " / " not in format_comparison({"nft": nft, "start": at_start})  # not "0.00x the forwards"
 
 
 def test_jobs_run_the_algorithms_at_the_same_time_on_one_dataset(tmp_path: Path, monkeypatch) -> None:
