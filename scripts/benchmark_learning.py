@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "its own published rollout recipe where they differ (Flow-GRPO: 10 SDE steps and true CFG 4.5 "
         "in rollouts and training forwards; DiffusionNFT: the :toy settings); evaluation is the same",
     )
+    add_target_and_output_arguments(parser)
+    return parser
+
+
+def add_target_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the report measures to (``--target`` or ``--gain``) and where it writes (``--out``,
+    ``--json``, ``--plot``, ``--plot-x``)."""
     parser.add_argument(
         "--target", type=float, default=0.40, help="held-out score to reach (0.40: above both base editors)"
     )
@@ -120,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot-x", choices=sorted(X_AXES), default="samples", help="the plot's x axis (default samples)"
     )
-    return parser
 
 
 def samples_per_epoch(family: str = "qwen_image_edit") -> int:
