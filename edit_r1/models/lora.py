@@ -129,6 +129,28 @@ def _json_ready(config: dict) -> dict:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalParameters:
+    tensors: dict[str, torch.Tensor]
+    sharded: bool  # some parameter was a DTensor, held here as this rank's shard
+
+
+def _local_parameters(transformer: torch.nn.Module) -> LocalParameters:
+    """The parameters by name, each sharded one (DTensor) as this rank's local shard.
+
+    peft >= 0.22 gathers the DTensors of the state dict it is given (``full_tensor``, a collective
+    every rank must join); handing it local tensors keeps the rank-0-only export free of collectives."""
+    from torch.distributed.tensor import DTensor
+
+    tensors, sharded = {}, False
+    for name, parameter in transformer.named_parameters():
+        if isinstance(parameter, DTensor):
+            tensors[name], sharded = parameter.to_local(), True
+        else:
+            tensors[name] = parameter
+    return LocalParameters(tensors, sharded)
+
+
 @torch.no_grad()
 def save_diffusers_lora(
     pipeline_class: type,
@@ -139,8 +161,14 @@ def save_diffusers_lora(
     weights: Sequence[torch.Tensor] | None = None,
 ) -> Path:
     """Writes adapter `adapter` (or `weights` in the order of `names`) with
-    `pipeline_class.save_lora_weights`, including its LoraConfig as metadata so alpha survives."""
-    state = get_peft_model_state_dict(transformer, adapter_name=adapter)
+    `pipeline_class.save_lora_weights`, including its LoraConfig as metadata so alpha survives.
+
+    A sharded transformer (FSDP2) needs `weights`, its whole tensors gathered beforehand: this runs
+    on rank 0 alone, so it must not gather anything itself."""
+    local = _local_parameters(transformer)
+    if weights is None and local.sharded:
+        raise ValueError("a sharded transformer's LoRA is exported from its gathered weights: pass weights")
+    state = get_peft_model_state_dict(transformer, state_dict=local.tensors, adapter_name=adapter)
     if weights is not None:
         for name, value in zip(names, weights, strict=True):
             if name not in state:
