@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"benchmark learning: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
+    if args.gain is not None and args.gain <= 0:
+        print(
+            f"benchmark learning: --gain must be > 0 (a gain over epoch 0), got {args.gain}", file=sys.stderr
+        )
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         try:
             results = run_algorithms(args, algorithms, args.out or Path(tmp))

@@ -252,3 +252,10 @@ def test_gain_sets_each_seeds_target_from_its_own_epoch_zero(tmp_path: Path, mon
     absolute = build_parser().parse_args(["--seeds", "0,1", "--reward", "rule", "--metric", "rule"])
     at_start = benchmark_learning.run(absolute, tmp_path, dataset=tmp_path)["runs"][1]["reach_target"]
     assert at_start["samples"] == 0  # 0.46 >= the default 0.40 before any training
+
+
+def test_a_gain_that_is_not_positive_is_refused(capsys) -> None:
+    import benchmark_learning
+
+    assert benchmark_learning.main(["--gain", "0"]) == 2
+    assert "--gain must be > 0 (a gain over epoch 0), got 0.0" in capsys.readouterr().err
