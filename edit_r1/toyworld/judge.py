@@ -36,9 +36,11 @@ from edit_r1.data.toy import (
     Scene,
     Task,
     _box_pixels,
+    _object_masks,
     apply_task,
     encode_png,
     metadata_record,
+    scene_from_record,
     toy_edit_scores,
 )
 from edit_r1.toyworld.images import scene_pairs
@@ -55,7 +57,10 @@ class JudgeTraining:
     num_train: int = 4096
     num_train_editor: int = 2048
     editor_rounds: int = 3  # sets of base-editor edits, each of other scenes and sampling noise
-    editor_share: float = 0.5  # share of each batch drawn from the editor's edits (0: in proportion)
+    editor_share: float = 0.6  # share of each batch drawn from the editor's edits (0: in proportion)
+    num_name_pairs: int = 768  # scenes of :func:`name_pair_triples` (two items each)
+    name_pair_share: float = 0.3  # share of each batch drawn from them (the rest split as above)
+    shape_token_weight: float = 1.0  # weight of :func:`shape_token_loss` (0: none)
     num_eval: int = 512
     eval_every: int = 500
     mse_weight: float = 4.0
@@ -177,6 +182,40 @@ def synthetic_triples(num: int, size: int, seed: int, tasks: tuple[str, ...]):
     rng = np.random.default_rng(seed)
     edits = [degraded_edit(scene, task, rng) for scene, task in examples]
     return sources, edits, judge_records(examples)
+
+
+def name_pair_triples(num: int, size: int, seed: int):
+    """(sources, edits, records) of ``2 num`` items from ``num`` shape recolours: each edit is
+    another shape of the scene recoloured, shown under the instruction that names the shape it
+    did not touch (the wrong object) and then under the one naming the shape it recoloured (the
+    perfect edit). The two differ only in the named shape, so only reading it tells them apart."""
+    examples, _, _ = scene_pairs(num, size, seed, ("recolor",))
+    rng = np.random.default_rng(seed)
+    shown, sources, edits = [], [], []
+    for scene, task in examples:
+        other = str(rng.choice([s.kind for s in scene.shapes if s.kind != task.shape]))
+        recoloured = Task("recolor", other, task.color)
+        edit = apply_task(scene, recoloured).render()
+        for named in (task, recoloured):
+            shown.append((scene, named))
+            sources.append(scene.render())
+            edits.append(edit)
+    return sources, edits, judge_records(shown)
+
+
+def shape_token_targets(records: Sequence[dict], grid: int) -> torch.Tensor:
+    """(N, grid * grid, len(SHAPES)): for each token of the judge's source image (its merged
+    patches, ``grid`` x ``grid``, row-major), the share of the token's pixels that each shape kind
+    of :data:`SHAPES` covers in the source scene."""
+    rows = []
+    for record in records:
+        scene, _ = scene_from_record(record["scene"])
+        cell = scene.size // grid
+        coverage = np.zeros((grid, grid, len(SHAPES)))
+        for kind, mask in _object_masks(scene)[1:]:
+            coverage[..., SHAPES.index(kind)] += mask.reshape(grid, cell, grid, cell).mean(axis=(1, 3))
+        rows.append(coverage.reshape(grid * grid, len(SHAPES)))
+    return torch.tensor(np.stack(rows), dtype=torch.float32)
 
 
 def judge_record(scene: Scene, task: Task) -> dict:
@@ -340,7 +379,8 @@ class EncodedItems:
     ``mm_token_type_ids``, from which the model derives the images' 3-D positions), (N, L) each,
     left-padded to the longest prompt of the set; ``pixel_values`` (N, P, D) holds the patches of
     each item's images (every toy image has the same size, so the same P) and ``image_grid_thw``
-    (N, I, 3) their grids. :meth:`batch` gives exactly the dict the processor returns for those
+    (N, I, 3) their grids; ``shape_tokens`` what the source image's tokens show
+    (:func:`shape_token_targets`). :meth:`batch` gives exactly the dict the processor returns for those
     items, except for extra all-padding columns on the left, which the judge ignores (positions
     follow the attention mask; ``tests/integration/test_toyworld.py`` checks the scores agree).
     """
@@ -350,6 +390,7 @@ class EncodedItems:
     image_grid_thw: torch.Tensor
     labels: torch.Tensor
     auxiliary: torch.Tensor
+    shape_tokens: torch.Tensor | None = None  # :func:`shape_token_targets`, where the set has them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -396,7 +437,7 @@ def encode_items(
     are the rule scores of the edits as made, the inputs the images as received (:func:`as_received`)."""
     labels, auxiliary = rule_labels(edits, records), auxiliary_targets(sources, edits, records)
     sources, edits = as_received([sources, edits], jpeg_share, seed)
-    return encode_in_chunks(
+    items = encode_in_chunks(
         lambda part: encode(sources[part], edits[part], records[part]),
         len(edits),
         encode.processor.tokenizer.pad_token_id,
@@ -404,6 +445,11 @@ def encode_items(
         auxiliary,
         chunk,
     )
+    _, height, width = items.image_grid_thw[0, 0].tolist()  # in patches, merged 2 x 2 into tokens
+    if height != width:
+        raise ValueError(f"the toy judge's images are square; got a grid of {height} x {width} patches")
+    items.shape_tokens = shape_token_targets(records, height // 2)
+    return items
 
 
 def encode_in_chunks(
@@ -474,14 +520,42 @@ def rank_loss(
 
 
 def answer_logits_and_facts(
-    judge, head: torch.nn.Module, items: EncodedItems, rows: torch.Tensor, answer_ids: list[int]
+    judge,
+    head: torch.nn.Module,
+    items: EncodedItems,
+    rows: torch.Tensor,
+    answer_ids: list[int],
+    token_head: torch.nn.Module | None = None,
+    token_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The judge's logits of ``answer_ids`` at the first generated position of ``items[rows]``, and
-    the auxiliary loss ``||head(last hidden state) - items.auxiliary[rows]||^2`` (batch mean)."""
-    output = judge(**items.batch(rows), logits_to_keep=1, output_hidden_states=True)
+    the auxiliary loss ``||head(last hidden state) - items.auxiliary[rows]||^2`` (batch mean), plus
+    ``token_weight`` x :func:`shape_token_loss` through ``token_head`` when it is given."""
+    inputs = items.batch(rows)
+    output = judge(**inputs, logits_to_keep=1, output_hidden_states=True)
     facts = head(output.hidden_states[-1][:, -1])
     auxiliary = ((facts - items.auxiliary[rows]) ** 2).sum(-1).mean()
+    if token_head is not None:
+        image_token = judge.config.image_token_id
+        auxiliary = auxiliary + token_weight * shape_token_loss(
+            token_head, output.hidden_states[0], inputs["input_ids"] == image_token, items.shape_tokens[rows]
+        )
     return output.logits[:, -1, answer_ids].float(), auxiliary
+
+
+def shape_token_loss(
+    token_head: torch.nn.Module, embeddings: torch.Tensor, image_mask: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``sum_{t, k} (token_head(e_t)_k - c_{t,k})^2``, batch mean: ``e_t`` is the judge's input
+    embedding (the vision tower's output) of token ``t`` of the first (source) image, where
+    ``image_mask`` marks image tokens, and ``c_{t,k}`` the share of it shape kind ``k`` covers.
+
+    The judge must find the shape the instruction names; trained on scores alone, its vision tower
+    told a circle from a square hardly better than chance (docs/toyworld.md), and it scored a
+    recolour of the wrong shape like the perfect edit."""
+    count = targets.shape[1]
+    first = torch.stack([row[mask][:count] for row, mask in zip(embeddings, image_mask, strict=True)])
+    return ((token_head(first) - targets) ** 2).sum((1, 2)).mean()
 
 
 def train_judge(
@@ -496,8 +570,12 @@ def train_judge(
     """Train ``judge`` in place on the encoded ``train`` items, each batch drawn uniformly or in
     proportion to ``weights`` (one per item); returns (step, held-out Spearman)."""
     torch.manual_seed(settings.seed)
-    head = torch.nn.Linear(judge.config.text_config.hidden_size, train.auxiliary.shape[1])
-    parameters = [*judge.parameters(), *head.parameters()]
+    hidden = judge.config.text_config.hidden_size
+    head = torch.nn.Linear(hidden, train.auxiliary.shape[1])
+    token_head = None
+    if settings.shape_token_weight > 0 and train.shape_tokens is not None:
+        token_head = torch.nn.Linear(hidden, len(SHAPES))
+    parameters = [*judge.parameters(), *head.parameters(), *(token_head.parameters() if token_head else [])]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.05
@@ -510,7 +588,9 @@ def train_judge(
             rows = torch.randint(0, len(train), (settings.batch_size,), generator=generator)
         else:
             rows = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
-        answers, auxiliary = answer_logits_and_facts(judge, head, train, rows, digit_ids)
+        answers, auxiliary = answer_logits_and_facts(
+            judge, head, train, rows, digit_ids, token_head, settings.shape_token_weight
+        )
         loss = judge_loss(answers, train.labels[rows], settings.mse_weight)
         loss = loss + settings.auxiliary_weight * auxiliary
         if settings.rank_weight > 0:
@@ -700,6 +780,7 @@ def train_world_judge(pipeline_dir, out, settings: JudgeTraining) -> dict:
     }
     result.update(held_out_spearmans(judge, sets, encode.digit_ids))
     result["hard_negatives"] = hard_negative_margins(judge, encode)
+    result["name_binding"] = name_binding(judge, encode)
     print(f"judge: {result}", flush=True)
     return result
 
@@ -742,6 +823,24 @@ def hard_negative_margins(judge, encode: JudgeInputs, num: int = 128, seed: int 
     return {**perfect_above(scores), **means}
 
 
+def name_binding(judge, encode: JudgeInputs, num: int = 256, seed: int = 434343) -> dict[str, float]:
+    """How the judge reads which shape is named: on :func:`name_pair_triples` of held-out scenes
+    (JPEG-coded as the client sends them), the mean score of each edit under the name of the shape
+    it left alone and under the name of the shape it recoloured, and the share of edits that score
+    higher under the right name."""
+    from edit_r1.toyworld import world
+
+    sources, edits, records = name_pair_triples(num, world.SIZE, seed)
+    received_sources, received = as_received([sources, edits], 1.0, seed)
+    scores = judge_scores(judge, encode, received_sources, received, records)
+    wrong, right = scores[0::2], scores[1::2]
+    return {
+        "mean_named_other_shape": round(float(wrong.mean()), 4),
+        "mean_named_recoloured_shape": round(float(right.mean()), 4),
+        "right_name_higher": round(float((right > wrong).mean()), 4),
+    }
+
+
 def held_out_spearmans(judge, sets: dict[str, EncodedItems], digit_ids: list[int]) -> dict[str, float]:
     """``held_out_spearman_<name>``: the rank correlation of the judge's expected scores with the
     rule on ``sets["held_out_synthetic"]`` and ``sets["held_out_base_editor"]`` (4 decimals)."""
@@ -761,26 +860,32 @@ def concat_items(sets: list[EncodedItems], pad: int) -> EncodedItems:
         image_grid_thw=torch.cat([s.image_grid_thw for s in sets]),
         labels=torch.cat([s.labels for s in sets]),
         auxiliary=torch.cat([s.auxiliary for s in sets]),
+        shape_tokens=None
+        if any(s.shape_tokens is None for s in sets)
+        else torch.cat([s.shape_tokens for s in sets]),
     )
 
 
 def sampling_weights(settings: JudgeTraining) -> torch.Tensor | None:
-    """Per-item sampling weights of :func:`judge_data`'s training set (synthetic items first): a
-    batch holds the editor's edits with probability ``editor_share`` (None: uniform over items)."""
+    """Per-item sampling weights of :func:`judge_data`'s training set (synthetic items, the
+    editor's edits, the name pairs): a batch row is a name pair with probability
+    ``name_pair_share``, else an editor edit with probability ``editor_share`` (None: uniform)."""
     if settings.editor_share <= 0:
         return None
     num_editor = settings.num_train_editor * settings.editor_rounds
-    return torch.cat(
-        [
-            torch.full((settings.num_train,), (1 - settings.editor_share) / settings.num_train),
-            torch.full((num_editor,), settings.editor_share / num_editor),
-        ]
-    ).double()
+    num_pairs = 2 * settings.num_name_pairs
+    rest = 1 - settings.name_pair_share if num_pairs else 1.0
+    parts = [
+        torch.full((settings.num_train,), rest * (1 - settings.editor_share) / settings.num_train),
+        torch.full((num_editor,), rest * settings.editor_share / num_editor),
+        torch.full((num_pairs,), settings.name_pair_share / max(num_pairs, 1)),
+    ]
+    return torch.cat(parts).double()
 
 
 def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> dict[str, EncodedItems]:
     """Encoded training items (synthetic edits, then ``editor_rounds`` sets of base-editor edits,
-    each of other scenes and sampling noise) and the two held-out sets (scenes of seeds 5000 and
+    each of other scenes and sampling noise, then :func:`name_pair_triples`) and the two held-out sets (scenes of seeds 5000 and
     7000, which no training set uses)."""
     from edit_r1.toyworld import world
 
@@ -791,6 +896,9 @@ def judge_data(pipeline_dir, encode: JudgeInputs, settings: JudgeTraining) -> di
         scenes = 6000 + seed if round_ == 0 else 20_000 + 10_000 * round_ + seed
         edited = editor_triples(pipeline_dir, settings.num_train_editor, size, scenes, tasks)
         parts.append(encode_items(encode, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1 + round_))
+    if settings.num_name_pairs:
+        pairs = name_pair_triples(settings.num_name_pairs, size, 9200 + seed)
+        parts.append(encode_items(encode, *pairs, jpeg_share=settings.jpeg_share, seed=seed + 100))
     return {"train": concat_items(parts, encode.processor.tokenizer.pad_token_id)} | held_out_data(
         pipeline_dir, encode, settings
     )
@@ -823,4 +931,6 @@ def evaluate_judge(judge_dir, pipeline_dir, settings: JudgeTraining) -> dict:
     judge = Qwen2_5_VLForConditionalGeneration.from_pretrained(judge_dir).eval()
     encode = JudgeInputs(load_qwen_vl_processor(judge_dir), world.JUDGE_TEMPLATE)
     result = held_out_spearmans(judge, held_out_data(pipeline_dir, encode, settings), encode.digit_ids)
-    return dict(result, hard_negatives=hard_negative_margins(judge, encode))
+    return dict(
+        result, hard_negatives=hard_negative_margins(judge, encode), name_binding=name_binding(judge, encode)
+    )

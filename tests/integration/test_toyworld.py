@@ -92,8 +92,8 @@ def test_judge_through_the_server_ranks_base_editor_edits_like_the_ground_truth(
     """Held-out edits of the committed base editor (drawn like the judge's training edits, other
     scenes), scored over HTTP: the scores are exactly the in-process expected digit scores of the
     same folder, and they rank the edits like the combined ground truth clearly better than the
-    blind judge does. Measured on these 96 items: Spearman 0.767 served, the blind judge 0.631
-    (docs/toyworld.md: 0.802 and 0.622 on the build's 512; the goal 0.85 is not reached yet)."""
+    blind judge does. Measured on these 96 items: Spearman 0.823 served, the blind judge 0.631
+    (docs/toyworld.md: 0.858 and 0.622 on the build's 512, where the goal is 0.85)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from edit_r1.models.qwen_vl_processor import load_qwen_vl_processor
@@ -109,15 +109,15 @@ def test_judge_through_the_server_ranks_base_editor_edits_like_the_ground_truth(
         scores[name] = judge_scores(judge, encode, sources, edits, records)
     np.testing.assert_allclose(served, scores["judge_qwen2_5_vl"], atol=2e-3)
     rho, blind = spearman(served, truth), spearman(scores["judge_qwen2_5_vl_blind"], truth)
-    assert rho >= 0.72 and rho > blind + 0.08, (rho, blind)
+    assert rho >= 0.78 and rho > blind + 0.12, (rho, blind)
 
 
 def test_judge_scores_the_hard_negatives_below_the_perfect_edit(judge_address) -> None:
     """Sent as the trainer sends them (JPEG): for >= 95 % of held-out items the perfect edit scores
-    above a flat field of the requested colour and above the unchanged source, and for >= 85 %
-    above the edit of the wrong object (another shape recoloured, or the background in another
-    colour; measured on these 40: 97.5 %, 97.5 %, 92.5 %; on the build's 128: 97.7 %, 99.2 %,
-    80.5 %, the goal of 95 % for the wrong object not reached yet). The blind judge, trained on the
+    above a flat field of the requested colour, above the unchanged source and above the edit of
+    the wrong object (another shape recoloured, or the background in another colour; measured on
+    these 40 and on the build's 128: 100 % each; the judge before the shape-token loss had 80.5 %
+    for the wrong object on the 128). The blind judge, trained on the
     preservation-blind rule, is the control: it scores the flat field above the perfect edit for
     most items (measured: the perfect edit above it for 37.5 %)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -133,7 +133,7 @@ def test_judge_scores_the_hard_negatives_below_the_perfect_edit(judge_address) -
     assert np.all((served["perfect"] >= 0) & (served["perfect"] <= 1))
     shares = perfect_above(served)
     assert shares["perfect_above_flat"] >= 0.95 and shares["perfect_above_source"] >= 0.95, shares
-    assert shares["perfect_above_wrong_object"] >= 0.85, shares
+    assert shares["perfect_above_wrong_object"] >= 0.95, shares
     blind_dir = CHECKPOINTS / "judge_qwen2_5_vl_blind"
     blind = Qwen2_5_VLForConditionalGeneration.from_pretrained(blind_dir).eval()
     encode = JudgeInputs(load_qwen_vl_processor(blind_dir), world.JUDGE_TEMPLATE)
@@ -142,6 +142,21 @@ def test_judge_scores_the_hard_negatives_below_the_perfect_edit(judge_address) -
         for kind in ("perfect", "flat")
     }
     assert perfect_above(blind_scores)["perfect_above_flat"] < 0.8, blind_scores
+
+
+def test_judge_through_the_server_reads_which_shape_is_named(judge_address) -> None:
+    """One edit, another shape recoloured, sent twice over HTTP (JPEG): under the instruction
+    naming the shape it left alone (the wrong object) and under the one naming the shape it
+    recoloured (then the perfect edit). The right name must score higher for >= 90 % of held-out
+    edits, and clearly higher on average (measured on these 40: 97.5 %, 0.907 against 0.007; on
+    the build's 256: 100 %, 0.937 against 0.016; the judge before the shape-token loss: 62 %)."""
+    from edit_r1.toyworld.judge import name_pair_triples
+
+    sources, edits, records = name_pair_triples(40, world.SIZE, seed=454545)
+    served = _served_scores(judge_address, sources, edits, records, "jpeg")
+    wrong, right = served[0::2], served[1::2]
+    assert (right > wrong).mean() >= 0.9, (wrong, right)
+    assert right.mean() - wrong.mean() >= 0.5, (wrong.mean(), right.mean())
 
 
 def test_precomputed_judge_inputs_score_like_the_servers_processor_path() -> None:
