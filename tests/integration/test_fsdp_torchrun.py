@@ -8,7 +8,8 @@ Three launches of ``fsdp_probe.py`` (each runs several real Trainers with the to
   full-weight runs resumed (2 -> 4);
 * 2 ranks: the 4-rank sharded Qwen full-weight run resumed (4 -> 2).
 
-Checked: sharded training equals unsharded training to 1e-5 (while the weights moved by far more);
+Checked: sharded training equals unsharded training (the optimizer state to 1e-5, the weights to
+1e-5 or a tenth of the epoch's largest step, whichever is larger; see ``STEP_SHARE``);
 a resume on the same world size is bit-exact; a resume on another world size loads the same whole
 tensors and training goes on; the export gathered to rank 0 loads with the stock classes.
 """
@@ -34,6 +35,13 @@ SPECS = {"qwen": "config/qwen_image_edit_nft.py:tiny", "kontext": "config/kontex
 KIT = {"qwen": "qwen_image_edit_plus", "kontext": "flux_kontext"}
 GROUPS = ("default", "old", "ema", "optimizer")
 TOLERANCE = 1e-5
+# The weights may differ by this share of the largest step the epoch took. Adam's early steps move
+# each weight by about +-lr whatever its gradient's size, so a weight whose gradient is near zero
+# turns the last-bit differences of another reduction order into part of a step: measured on the
+# 2-rank Qwen full-weight pair with the packages of 2026-12-07, 3.3e-5 against a step of 1.0e-3
+# (earlier packages: below 1e-5). The optimizer state, which is not normalised, stays at TOLERANCE:
+# a gradient summed instead of averaged, or a shard left out, moves it far more.
+STEP_SHARE = 0.1
 
 
 def launch(nproc: int, out: Path, cases: list[dict]) -> None:
@@ -137,12 +145,13 @@ def test_sharded_training_equals_unsharded(runs: Path, launch_dir, plain, sharde
     assert not json.loads((runs / launch_dir / f"{plain}.json").read_text())["sharded"]
     start = tensors(checkpoint(runs, launch_dir, plain, 1))
     a, b = tensors(checkpoint(runs, launch_dir, plain, 2)), tensors(checkpoint(runs, launch_dir, sharded, 2))
-    for group in GROUPS:
-        assert max_difference(a[group], b[group]) < TOLERANCE, (
-            f"{group} differs between sharded and unsharded"
-        )
     moved = max_difference(start["default"], a["default"])
     assert moved > 50 * TOLERANCE, f"the second epoch barely changed the weights ({moved:.2e})"
+    for group in GROUPS:
+        tolerance = TOLERANCE if group == "optimizer" else max(TOLERANCE, STEP_SHARE * moved)
+        assert max_difference(a[group], b[group]) < tolerance, (
+            f"{group} differs between sharded and unsharded"
+        )
 
 
 @pytest.mark.slow
