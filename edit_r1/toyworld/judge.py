@@ -143,11 +143,20 @@ DEGRADED_KINDS = {
 }
 
 
-def degraded_edit(scene: Scene, task: Task, rng: np.random.Generator) -> Image.Image:
-    """One edit of a random kind of :data:`DEGRADED_KINDS`, then noise and (sometimes) blur."""
+def degraded_edit(
+    scene: Scene, task: Task, rng: np.random.Generator, kinds: Sequence[str] | None = None
+) -> Image.Image:
+    """One edit of a random kind of :data:`DEGRADED_KINDS` (drawn by their shares, or uniformly from
+    ``kinds`` when given), then noise and (sometimes) blur."""
     source = np.asarray(scene.render(), dtype=np.float32)
     target = np.asarray(apply_task(scene, task).render(), dtype=np.float32)
-    kind = rng.choice(list(DEGRADED_KINDS), p=list(DEGRADED_KINDS.values()))
+    if kinds is None:
+        kind = rng.choice(list(DEGRADED_KINDS), p=list(DEGRADED_KINDS.values()))
+    else:
+        unknown = set(kinds) - set(DEGRADED_KINDS)
+        if unknown:
+            raise ValueError(f"unknown edit kinds {sorted(unknown)}; known: {sorted(DEGRADED_KINDS)}")
+        kind = rng.choice(list(kinds))
     if kind == "perfect":
         edit = target
     elif kind == "blend":

@@ -7,12 +7,15 @@ logits are trained towards the Bradley-Terry preference of the two edits' rule s
 
     p* = sigmoid((s_1 - s_2) / temperature),   loss = -(p* log p_1 + (1 - p*) log p_2)
 
-on pairs of edits of the same item: two synthetic edits of random quality, or two samples of the
-base editor by the same sampler and weights (as two rollouts of one RL group), each pair shown in
-both orders. Every step also takes a batch of the pointwise question with its own loss
+on pairs of edits of the same item: two synthetic edits of random quality, two samples of the
+base editor by the same sampler and weights (as two rollouts of one RL group), or a good edit
+against a hard negative (:func:`hard_pairs`: a flat field of the requested colour, the wrong shape
+recoloured, the source unchanged, a kept shape erased, moved or bled over), each pair shown in both
+orders. Every step also takes a batch of the pointwise question with its own loss
 (:func:`edit_r1.toyworld.judge.judge_loss`), so the judge keeps answering both questions as the real
-one does, and both tasks state the auxiliary facts of their edits (``judge.auxiliary_targets``)
-through heads that are not saved.
+one does. Both tasks state the auxiliary facts of their edits (``judge.auxiliary_targets``) and
+which shape covers each token of the source image (``judge.shape_token_loss``) through heads that
+are not saved.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edit_r1.data.toy import SHAPES
 from edit_r1.toyworld.images import scene_pairs
 from edit_r1.toyworld.judge import (
     EncodedItems,
@@ -37,13 +41,21 @@ from edit_r1.toyworld.judge import (
     editor_triples,
     encode_in_chunks,
     encoded_scores,
+    hard_negatives,
     held_out_spearmans,
     judge_data,
     judge_loss,
+    judge_records,
     rule_labels,
+    sampling_weights,
+    shape_token_targets,
     spearman,
     synthetic_triples,
 )
+
+# :func:`hard_pairs`: the good edit of each pair, and the hard negative it must beat
+GOOD_KINDS = ("perfect", "blend", "partial")
+HARD_NEGATIVE_KINDS = ("flat", "wrong", "source", "erase", "move", "bleed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class PairwiseTraining:
     learning_rate: float = 2e-3  # 1e-3 measured: pair accuracy 0.870 / Spearman 0.776 at 3000 steps
     num_synthetic: int = 1024  # items with two synthetic edits each
     num_editor: int = 2048  # items with two base-editor samples each
+    num_hard: int = 1024  # items with a good edit and a hard negative (:func:`hard_pairs`)
+    hard_pair_share: float = 0.3  # share of each pair batch drawn from them (the rest in proportion)
+    shape_token_weight: float = 1.0  # weight of ``judge.shape_token_loss`` (0: none)
     num_eval: int = 256
     eval_every: int = 250
     temperature: float = 0.05
@@ -91,6 +106,18 @@ def synthetic_pairs(num: int, size: int, seed: int, tasks: tuple[str, ...]):
     return sources, firsts, seconds, records
 
 
+def hard_pairs(num: int, size: int, seed: int, tasks: tuple[str, ...]):
+    """(sources, good edits, hard negatives, records): per item an edit of a kind of
+    :data:`GOOD_KINDS` and one of :data:`HARD_NEGATIVE_KINDS` (``judge.degraded_edit``). The blind
+    pairwise judge preferred the flat field to the perfect edit for every held-out item
+    (docs/toyworld.md); pairs of one editor's samples or of random synthetic edits rarely hold one."""
+    examples, sources, _ = scene_pairs(num, size, seed, tasks)
+    rng = np.random.default_rng(seed)
+    goods = [degraded_edit(scene, task, rng, GOOD_KINDS) for scene, task in examples]
+    negatives = [degraded_edit(scene, task, rng, HARD_NEGATIVE_KINDS) for scene, task in examples]
+    return sources, goods, negatives, judge_records(examples)
+
+
 def editor_pairs(pipeline_dir, num: int, size: int, seed: int, tasks: tuple[str, ...]):
     """(sources, first edits, second edits, records): two base-editor samples per item, drawn by the
     same sampler and weights with different noise (:func:`edit_r1.toyworld.judge.editor_triples`)."""
@@ -104,7 +131,8 @@ def encode_pairs(
 ) -> EncodedItems:
     """Every pair in both orders: rows ``[0, n)`` show (first, second), rows ``[n, 2n)`` (second,
     first). ``labels`` (2n, 2) are the rule scores of the edit shown first and second; ``auxiliary``
-    the facts of both (``judge.auxiliary_targets``); the images are JPEG-coded for a ``jpeg_share``
+    the facts of both (``judge.auxiliary_targets``); ``shape_tokens`` those of the source image
+    (``judge.shape_token_targets``); the images are JPEG-coded for a ``jpeg_share``
     of the items, all three together, as the client sends them."""
     firsts, seconds = [*firsts, *seconds], [*seconds, *firsts]
     sources, records = list(sources) * 2, list(records) * 2
@@ -113,13 +141,16 @@ def encode_pairs(
         [auxiliary_targets(sources, firsts, records), auxiliary_targets(sources, seconds, records)], 1
     )
     received, firsts, seconds = as_received([sources, firsts, seconds], jpeg_share, seed)
-    return encode_in_chunks(
+    items = encode_in_chunks(
         lambda part: encode(received[part], firsts[part], seconds[part], records[part]),
         len(records),
         encode.processor.tokenizer.pad_token_id,
         labels,
         auxiliary,
     )
+    _, height, _ = items.image_grid_thw[0, 0].tolist()  # patches, merged 2 x 2 into tokens
+    items.shape_tokens = shape_token_targets(records, height // 2)
+    return items
 
 
 def pairwise_loss(answer_logits: torch.Tensor, scores: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -163,20 +194,58 @@ def pair_agreement(
     }
 
 
+def pair_sampling_weights(settings: PairwiseTraining) -> torch.Tensor:
+    """Per-row sampling weights of :func:`pairwise_data`'s pairs (synthetic, base-editor and
+    :func:`hard_pairs`, each in both orders): a row is a hard pair with probability
+    ``hard_pair_share``, else synthetic or base-editor in proportion to their numbers."""
+    rest = 2 * (settings.num_synthetic + settings.num_editor)
+    hard = 2 * settings.num_hard
+    share = settings.hard_pair_share if hard else 0.0
+    return torch.cat(
+        [torch.full((rest,), (1 - share) / rest), torch.full((hard,), share / max(hard, 1))]
+    ).double()
+
+
+@dataclass
+class _Heads:
+    """The heads that are not saved: the auxiliary facts of pairs and of pointwise items, and the
+    shape under each source-image token (None when ``shape_token_weight`` is 0)."""
+
+    pairs: torch.nn.Module
+    pointwise: torch.nn.Module
+    tokens: torch.nn.Module | None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        heads = [self.pairs, self.pointwise, *([self.tokens] if self.tokens is not None else [])]
+        return [p for head in heads for p in head.parameters()]
+
+
 def _pointwise_and_pairwise_loss(
-    judge, heads, pairs: EncodedItems, pointwise: EncodedItems, generator, settings: PairwiseTraining,
-    answer_ids: list[int], digit_ids: list[int],
+    judge, heads: _Heads, sets: dict[str, EncodedItems], weights: dict[str, torch.Tensor],
+    generator, settings: PairwiseTraining, answer_ids: list[int], digit_ids: list[int],
 ) -> torch.Tensor:  # fmt: skip
-    pair_head, point_head = heads
-    rows = torch.randint(0, len(pairs), (settings.batch_size,), generator=generator)
-    answers, facts = answer_logits_and_facts(judge, pair_head, pairs, rows, answer_ids)
+    token_weight = settings.shape_token_weight
+    pairs, pointwise = sets["pairs"], sets["pointwise"]
+    rows = torch.multinomial(weights["pairs"], settings.batch_size, replacement=True, generator=generator)
+    answers, facts = answer_logits_and_facts(
+        judge, heads.pairs, pairs, rows, answer_ids, heads.tokens, token_weight
+    )
     loss = (
         pairwise_loss(answers, pairs.labels[rows], settings.temperature) + settings.auxiliary_weight * facts
     )
-    rows = torch.randint(0, len(pointwise), (settings.batch_size,), generator=generator)
-    digits, facts = answer_logits_and_facts(judge, point_head, pointwise, rows, digit_ids)
+    rows = torch.multinomial(weights["pointwise"], settings.batch_size, replacement=True, generator=generator)
+    digits, facts = answer_logits_and_facts(
+        judge, heads.pointwise, pointwise, rows, digit_ids, heads.tokens, token_weight
+    )
     point = judge_loss(digits, pointwise.labels[rows], JudgeTraining().mse_weight)
     return loss + settings.pointwise_weight * (point + settings.auxiliary_weight * facts)
+
+
+def _evaluate(judge, sets, answer_ids, digit_ids) -> tuple[dict[str, float], float]:
+    judge.eval()
+    pairs = pair_agreement(judge, sets["held_out_pairs"], answer_ids)
+    held = sets["held_out_base_editor"]
+    return pairs, spearman(encoded_scores(judge, held, digit_ids), held.labels.numpy())
 
 
 def train_pairwise(
@@ -190,8 +259,15 @@ def train_pairwise(
     ``[(step, pair accuracy, pair Spearman, pointwise Spearman)]``."""
     torch.manual_seed(settings.seed)
     hidden = judge.config.text_config.hidden_size
-    heads = [torch.nn.Linear(hidden, sets[name].auxiliary.shape[1]) for name in ("pairs", "pointwise")]
-    parameters = [*judge.parameters(), *(p for head in heads for p in head.parameters())]
+    heads = _Heads(
+        *(torch.nn.Linear(hidden, sets[name].auxiliary.shape[1]) for name in ("pairs", "pointwise")),
+        torch.nn.Linear(hidden, len(SHAPES)) if settings.shape_token_weight > 0 else None,
+    )
+    weights = {
+        "pairs": pair_sampling_weights(settings),
+        "pointwise": sampling_weights(JudgeTraining(seed=settings.seed)),
+    }
+    parameters = [*judge.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.05
@@ -201,7 +277,7 @@ def train_pairwise(
     for step in range(1, min(settings.steps, settings.stop_after) + 1):
         judge.train()
         loss = _pointwise_and_pairwise_loss(
-            judge, heads, sets["pairs"], sets["pointwise"], generator, settings, answer_ids, digit_ids
+            judge, heads, sets, weights, generator, settings, answer_ids, digit_ids
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,10 +285,7 @@ def train_pairwise(
         optimizer.step()
         schedule.step()
         if step % settings.eval_every == 0:
-            judge.eval()
-            pairs = pair_agreement(judge, sets["held_out_pairs"], answer_ids)
-            held = sets["held_out_base_editor"]
-            rho = spearman(encoded_scores(judge, held, digit_ids), held.labels.numpy())
+            pairs, rho = _evaluate(judge, sets, answer_ids, digit_ids)
             history.append((step, round(pairs["accuracy"], 4), round(pairs["spearman"], 4), round(rho, 4)))
             print(
                 f"pairwise judge step {step}: loss {loss.item():.4f} held-out pair accuracy "
@@ -225,8 +298,9 @@ def train_pairwise(
 
 
 def pairwise_data(pipeline_dir, point: JudgeInputs, pair: PairInputs, settings: PairwiseTraining):
-    """The pointwise judge's training and held-out sets, plus training pairs (synthetic and
-    base-editor, on the items the pointwise judge was trained on) and held-out base-editor pairs."""
+    """The pointwise judge's training and held-out sets, plus training pairs (synthetic,
+    base-editor on the items the pointwise judge was trained on, and :func:`hard_pairs`) and
+    held-out base-editor pairs."""
     from edit_r1.toyworld import world
 
     seed, size, tasks = settings.seed, world.SIZE, world.TASKS
@@ -237,6 +311,9 @@ def pairwise_data(pipeline_dir, point: JudgeInputs, pair: PairInputs, settings: 
         encode_pairs(pair, *synthetic, jpeg_share=settings.jpeg_share, seed=seed),
         encode_pairs(pair, *edited, jpeg_share=settings.jpeg_share, seed=seed + 1),
     ]
+    if settings.num_hard:
+        hard = hard_pairs(settings.num_hard, size, 9600 + seed, tasks)
+        pairs.append(encode_pairs(pair, *hard, jpeg_share=settings.jpeg_share, seed=seed + 2))
     held_out = editor_pairs(pipeline_dir, settings.num_eval, size, 7000 + seed, tasks)
     return {
         "pointwise": sets["train"],
@@ -245,6 +322,24 @@ def pairwise_data(pipeline_dir, point: JudgeInputs, pair: PairInputs, settings: 
         "pairs": concat_items(pairs, pair.processor.tokenizer.pad_token_id),
         "held_out_pairs": encode_pairs(pair, *held_out),
     }
+
+
+def pairwise_hard_negatives(judge, pair: PairInputs, num: int = 128, seed: int = 434343) -> dict[str, float]:
+    """``perfect_preferred_to_<kind>``: on ``judge.hard_negatives`` of held-out scenes (JPEG-coded as
+    the client sends them), the share of items whose perfect edit the judge prefers to their
+    ``kind`` edit, both orders averaged as the ``pairwise_mllm`` reward does."""
+    from edit_r1.toyworld import world
+
+    sources, records, edits = hard_negatives(num, world.SIZE, seed, world.TASKS)
+    result = {}
+    for kind, negatives in edits.items():
+        if kind == "perfect":
+            continue
+        items = encode_pairs(pair, sources, edits["perfect"], negatives, records, jpeg_share=1.0, seed=seed)
+        forward, backward = np.split(preferences(judge, items, pair.answer_ids), 2)
+        preferred = (forward + 1 - backward) / 2 > 0.5
+        result[f"perfect_preferred_to_{kind}"] = round(float(preferred.mean()), 4)
+    return result
 
 
 def train_world_pairwise_judge(pipeline_dir, judge_dir, out, settings: PairwiseTraining) -> dict:
@@ -276,5 +371,6 @@ def train_world_pairwise_judge(pipeline_dir, judge_dir, out, settings: PairwiseT
         "data_seconds": round(data_seconds),
     }
     result.update(held_out_spearmans(judge, sets, point.digit_ids))
+    result["hard_negatives"] = pairwise_hard_negatives(judge, pair)
     print(f"pairwise judge: {result}", flush=True)
     return result
