@@ -70,6 +70,8 @@ class PairwiseTraining:
     num_editor: int = 2048  # items with two base-editor samples each
     num_hard: int = 1024  # items with a good edit and a hard negative (:func:`hard_pairs`)
     hard_pair_share: float = 0.3  # share of each pair batch drawn from them (the rest in proportion)
+    num_name_pairs: int = 768  # recolours: the named shape against another (:func:`hard_pairs`)
+    name_pair_share: float = 0.2  # share of each pair batch drawn from them
     shape_token_weight: float = 1.0  # weight of ``judge.shape_token_loss`` (0: none)
     num_eval: int = 256
     eval_every: int = 250
@@ -106,15 +108,26 @@ def synthetic_pairs(num: int, size: int, seed: int, tasks: tuple[str, ...]):
     return sources, firsts, seconds, records
 
 
-def hard_pairs(num: int, size: int, seed: int, tasks: tuple[str, ...]):
-    """(sources, good edits, hard negatives, records): per item an edit of a kind of
-    :data:`GOOD_KINDS` and one of :data:`HARD_NEGATIVE_KINDS` (``judge.degraded_edit``). The blind
-    pairwise judge preferred the flat field to the perfect edit for every held-out item
-    (docs/toyworld.md); pairs of one editor's samples or of random synthetic edits rarely hold one."""
+def hard_pairs(
+    num: int,
+    size: int,
+    seed: int,
+    tasks: tuple[str, ...],
+    good_kinds: tuple[str, ...] = GOOD_KINDS,
+    negative_kinds: tuple[str, ...] = HARD_NEGATIVE_KINDS,
+):
+    """(sources, good edits, hard negatives, records): per item an edit of a kind of ``good_kinds``
+    and one of ``negative_kinds`` (``judge.degraded_edit``). The blind pairwise judge preferred the
+    flat field to the perfect edit for every held-out item (docs/toyworld.md); pairs of one
+    editor's samples or of random synthetic edits rarely hold one.
+
+    With ``tasks=("recolor",)``, ``good_kinds=("perfect",)`` and ``negative_kinds=("wrong",)`` these
+    are the pairwise name pairs: the named shape recoloured against another shape recoloured the
+    same way, which only reading the named shape tells apart."""
     examples, sources, _ = scene_pairs(num, size, seed, tasks)
     rng = np.random.default_rng(seed)
-    goods = [degraded_edit(scene, task, rng, GOOD_KINDS) for scene, task in examples]
-    negatives = [degraded_edit(scene, task, rng, HARD_NEGATIVE_KINDS) for scene, task in examples]
+    goods = [degraded_edit(scene, task, rng, good_kinds) for scene, task in examples]
+    negatives = [degraded_edit(scene, task, rng, negative_kinds) for scene, task in examples]
     return sources, goods, negatives, judge_records(examples)
 
 
@@ -195,15 +208,16 @@ def pair_agreement(
 
 
 def pair_sampling_weights(settings: PairwiseTraining) -> torch.Tensor:
-    """Per-row sampling weights of :func:`pairwise_data`'s pairs (synthetic, base-editor and
-    :func:`hard_pairs`, each in both orders): a row is a hard pair with probability
-    ``hard_pair_share``, else synthetic or base-editor in proportion to their numbers."""
+    """Per-row sampling weights of :func:`pairwise_data`'s pairs (synthetic, base-editor, hard
+    pairs and name pairs, each in both orders): a row is a hard pair with probability
+    ``hard_pair_share``, a name pair with ``name_pair_share``, else synthetic or base-editor in
+    proportion to their numbers."""
+    hard, names = 2 * settings.num_hard, 2 * settings.num_name_pairs
+    shares = (settings.hard_pair_share if hard else 0.0, settings.name_pair_share if names else 0.0)
     rest = 2 * (settings.num_synthetic + settings.num_editor)
-    hard = 2 * settings.num_hard
-    share = settings.hard_pair_share if hard else 0.0
-    return torch.cat(
-        [torch.full((rest,), (1 - share) / rest), torch.full((hard,), share / max(hard, 1))]
-    ).double()
+    parts = [torch.full((rest,), (1 - sum(shares)) / rest)]
+    parts += [torch.full((n,), share / n) for n, share in zip((hard, names), shares, strict=True) if n]
+    return torch.cat(parts).double()
 
 
 @dataclass
@@ -299,8 +313,8 @@ def train_pairwise(
 
 def pairwise_data(pipeline_dir, point: JudgeInputs, pair: PairInputs, settings: PairwiseTraining):
     """The pointwise judge's training and held-out sets, plus training pairs (synthetic,
-    base-editor on the items the pointwise judge was trained on, and :func:`hard_pairs`) and
-    held-out base-editor pairs."""
+    base-editor on the items the pointwise judge was trained on, :func:`hard_pairs` and name
+    pairs) and held-out base-editor pairs."""
     from edit_r1.toyworld import world
 
     seed, size, tasks = settings.seed, world.SIZE, world.TASKS
@@ -314,6 +328,9 @@ def pairwise_data(pipeline_dir, point: JudgeInputs, pair: PairInputs, settings: 
     if settings.num_hard:
         hard = hard_pairs(settings.num_hard, size, 9600 + seed, tasks)
         pairs.append(encode_pairs(pair, *hard, jpeg_share=settings.jpeg_share, seed=seed + 2))
+    if settings.num_name_pairs:
+        names = hard_pairs(settings.num_name_pairs, size, 9700 + seed, ("recolor",), ("perfect",), ("wrong",))
+        pairs.append(encode_pairs(pair, *names, jpeg_share=settings.jpeg_share, seed=seed + 3))
     held_out = editor_pairs(pipeline_dir, settings.num_eval, size, 7000 + seed, tasks)
     return {
         "pointwise": sets["train"],
