@@ -2,9 +2,9 @@
 
 * its pairwise answers over HTTP are exactly those of the training path (the same prompt, images
   and positions: ``encode_pairs`` in both orders);
-* with both orders averaged, as the ``pairwise_mllm`` reward asks, it prefers the edit the rule
-  prefers: the perfect edit over the unchanged source, and the better of two edits the rule
-  clearly separates;
+* with both orders averaged, as the ``pairwise_mllm`` reward asks, it prefers the edit the ground
+  truth prefers: the perfect edit over the unchanged source, the flat field and the wrong object,
+  and the better of two edits the ground truth clearly separates;
 * it still answers the pointwise question.
 """
 
@@ -80,30 +80,39 @@ def test_the_judge_prefers_the_perfect_edit_to_the_unchanged_source(pairwise_add
     records = [metadata_record(scene, task, "") for scene, task in examples]
     perfect = [apply_task(scene, task).render() for scene, task in examples]
     preference = _both_orders(pairwise_address, sources, perfect, sources, records)
-    # measured: all 16 above 0.5, backgrounds at 0.98-1.0, a recoloured small shape at 0.56-0.67
+    # measured: all 16 above 0.5, 0.83-0.99 (the blind pairwise judge before: recolours at 0.56-0.67)
     assert (preference > 0.5).mean() >= 0.9 and preference.mean() > 0.7, preference
 
 
-def test_the_judge_orders_pairs_the_rule_separates_as_the_rule_does(pairwise_address) -> None:
-    """The committed pairwise judge is still the preservation-blind build (docs/toyworld.md), so it
-    is checked against the rule it was trained on, ``toy_target_color_score``, not the ground truth."""
-    from edit_r1.data.toy import toy_target_color_score
-
-    def blind_rule(edits, records) -> np.ndarray:
-        return np.asarray([toy_target_color_score(e, r) for e, r in zip(edits, records, strict=True)])
+def test_the_judge_orders_pairs_the_ground_truth_separates_as_it_does(pairwise_address) -> None:
+    """Synthetic pairs whose ground truth (``toy_edit``, success and preservation) differs by
+    >= 0.3: both orders averaged, the judge prefers the better edit (measured: 25 of 25)."""
+    from edit_r1.toyworld.judge import rule_labels
 
     sources, firsts, seconds, records = synthetic_pairs(64, world.SIZE, seed=484848, tasks=world.TASKS)
-    difference = blind_rule(firsts, records) - blind_rule(seconds, records)
+    difference = (rule_labels(firsts, records) - rule_labels(seconds, records)).numpy()
     clear = np.abs(difference) >= 0.3
     preference = _both_orders(pairwise_address, sources, firsts, seconds, records)
     agree = np.sign(preference[clear] - 0.5) == np.sign(difference[clear])
-    # measured on the earlier synthetic edits (no hard negatives): 26 of 27 ordered as the rule orders them
-    assert clear.sum() >= 15 and agree.mean() >= 0.8, (clear.sum(), agree.mean())
+    assert clear.sum() >= 15 and agree.mean() >= 0.9, (clear.sum(), agree.mean())
+
+
+def test_the_judge_prefers_the_perfect_edit_to_the_hard_negatives(pairwise_address) -> None:
+    """Held-out items, both orders averaged, JPEG: the perfect edit is preferred to a flat field of
+    the requested colour and to the wrong object edited for >= 95 % of the items (measured on these
+    40: 100 % each, mean preference 0.80 and 0.93; the pairwise judge before its hard pairs and
+    name pairs preferred the flat field for every item of the build's 128)."""
+    from edit_r1.toyworld.judge import hard_negatives
+
+    sources, records, edits = hard_negatives(40, world.SIZE, seed=454545, tasks=world.TASKS)
+    for kind in ("flat", "wrong_object"):
+        preference = _both_orders(pairwise_address, sources, edits["perfect"], edits[kind], records)
+        assert (preference > 0.5).mean() >= 0.95, (kind, preference)
 
 
 def test_the_judge_still_answers_the_pointwise_question(pairwise_address) -> None:
     """A pairwise run's held-out judge reward comes from this judge's pointwise answer: a perfect
-    edit still scores far above the unchanged source (measured: 0.80 against 0.01 on average)."""
+    edit still scores far above the unchanged source (measured: 0.95 against 0.03 on average)."""
     from edit_r1.data.toy import apply_task, metadata_record
     from edit_r1.rewards.base import RewardSample
     from edit_r1.rewards.client import RewardClient
