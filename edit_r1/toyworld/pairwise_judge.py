@@ -10,8 +10,8 @@ logits are trained towards the Bradley-Terry preference of the two edits' rule s
 on pairs of edits of the same item: two synthetic edits of random quality, two samples of the
 base editor by the same sampler and weights (as two rollouts of one RL group), or a good edit
 against a hard negative (:func:`hard_pairs`: a flat field of the requested colour, the wrong shape
-recoloured, the source unchanged, a kept shape erased, moved or bled over), each pair shown in both
-orders. Every step also takes a batch of the pointwise question with its own loss
+recoloured, the source unchanged, a kept shape erased, moved or bled over; or, as name pairs, the
+named shape recoloured against another), each pair shown in both orders. Every step also takes a batch of the pointwise question with its own loss
 (:func:`edit_r1.toyworld.judge.judge_loss`), so the judge keeps answering both questions as the real
 one does. Both tasks state the auxiliary facts of their edits (``judge.auxiliary_targets``) and
 which shape covers each token of the source image (``judge.shape_token_loss``) through heads that
