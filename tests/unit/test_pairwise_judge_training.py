@@ -71,10 +71,13 @@ def test_degraded_edit_draws_only_the_kinds_asked_for() -> None:
 def test_pair_batches_draw_the_hard_pairs_at_their_share() -> None:
     from edit_r1.toyworld.pairwise_judge import PairwiseTraining, pair_sampling_weights
 
-    settings = PairwiseTraining(num_synthetic=10, num_editor=30, num_hard=5, hard_pair_share=0.3)
+    settings = PairwiseTraining(num_synthetic=10, num_editor=30, num_hard=5, num_name_pairs=4)
     weights = pair_sampling_weights(settings)
-    assert weights.shape == (2 * (10 + 30 + 5),) and weights.sum().item() == pytest.approx(1.0)
-    assert weights[-10:].sum().item() == pytest.approx(0.3)  # the hard pairs come last, both orders
-    assert torch.unique(weights[:-10]).numel() == 1  # synthetic and editor pairs in proportion
-    none = pair_sampling_weights(PairwiseTraining(num_synthetic=10, num_editor=30, num_hard=0))
+    assert weights.shape == (2 * (10 + 30 + 5 + 4),) and weights.sum().item() == pytest.approx(1.0)
+    assert weights[-8:].sum().item() == pytest.approx(0.2)  # the name pairs come last, both orders
+    assert weights[-18:-8].sum().item() == pytest.approx(0.3)  # the hard pairs before them
+    assert torch.unique(weights[:-18]).numel() == 1  # synthetic and editor pairs in proportion
+    none = pair_sampling_weights(
+        PairwiseTraining(num_synthetic=10, num_editor=30, num_hard=0, num_name_pairs=0)
+    )
     assert none.shape == (80,) and torch.allclose(none, torch.full((80,), 1 / 80, dtype=torch.float64))
