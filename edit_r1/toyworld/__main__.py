@@ -4,7 +4,9 @@
 ``python -m edit_r1.toyworld policy-judge --test-policy DIR ... [--train-policy DIR ... --out DIR]``
 (a judge on RL policies' edits, fine-tuned on them with ``--out``),
 ``python -m edit_r1.toyworld rollout-groups [--policy DIR] [--judge DIR]`` (within-group order of a
-policy's rollouts, :mod:`edit_r1.toyworld.rollout_groups`) and
+policy's rollouts, :mod:`edit_r1.toyworld.rollout_groups`),
+``python -m edit_r1.toyworld recolour-binding [--policy DIR]`` (which shape a policy colours,
+:mod:`edit_r1.toyworld.binding`) and
 ``python -m edit_r1.toyworld report RUN_DIR``."""
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     judge.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
     _add_policy_judge(commands)
     _add_rollout_groups(commands)
+    _add_recolour_binding(commands)
     report = commands.add_parser("report", help="judge reward and rule score of a run, before and after")
     report.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     args = parser.parse_args(argv)
@@ -61,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "evaluate-judge":
         _evaluate_judge(args.judge, args.editor)
         return
-    if args.command in ("policy-judge", "rollout-groups"):
-        {"policy-judge": _policy_judge, "rollout-groups": _rollout_groups}[args.command](args)
+    runners = {"policy-judge": _policy_judge, "rollout-groups": _rollout_groups, "recolour-binding": _binding}
+    if args.command in runners:
+        runners[args.command](args)
         return
     from transformers.utils import logging as transformers_logging
 
@@ -146,6 +150,44 @@ def _add_rollout_groups(commands) -> None:
     command.add_argument("--items", type=int, default=48, help="RL train items, one group each (default 48)")
     command.add_argument("--group-size", type=int, default=8, help="edits per item (default 8, the :toy k)")
     command.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _add_recolour_binding(commands) -> None:
+    command = commands.add_parser(
+        "recolour-binding", help="which shape a policy colours on held-out shape recolours"
+    )
+    command.add_argument(
+        "--policy", default=None, help="a checkpoint's transformer/ folder (default: the base editor)"
+    )
+    command.add_argument("--editor", default=None, help="base editor folder (default: the committed one)")
+    command.add_argument("--items", type=int, default=128, help="held-out recolours (default 128)")
+    command.add_argument("--samples", type=int, default=2, help="noise draws per item (default 2)")
+    command.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _binding(args: argparse.Namespace) -> None:
+    """Run :func:`edit_r1.toyworld.binding.recolour_binding` and print it as JSON."""
+    from pathlib import Path
+
+    from edit_r1.toyworld import CHECKPOINTS
+    from edit_r1.toyworld.binding import recolour_binding
+    from edit_r1.toyworld.build import QWEN_DIR
+
+    if not 1 <= args.items <= 4096 or not 1 <= args.samples <= 16:
+        raise SystemExit(
+            f"recolour-binding: --items {args.items} (want 1..4096) or --samples {args.samples} (want 1..16)"
+        )
+    if args.policy and not (Path(args.policy) / "config.json").is_file():
+        raise SystemExit(
+            f"recolour-binding: --policy {args.policy} is not a transformer folder (no config.json)"
+        )
+    result = recolour_binding(
+        Path(args.editor) if args.editor else CHECKPOINTS / QWEN_DIR,
+        Path(args.policy) if args.policy else None,
+        num_items=args.items,
+        samples=args.samples,
+    )
+    _print_json(result, args.json)
 
 
 def _rollout_groups(args: argparse.Namespace) -> None:
