@@ -11,15 +11,13 @@ from edit_r1.data.toy import Scene, Shape, Task, apply_task
 from edit_r1.toyworld.__main__ import main
 from edit_r1.toyworld.binding import binding_summary, shape_colours
 
-SCENE = Scene(
-    size=32,
-    background="white",
-    shapes=(
-        Shape("circle", "red", (2, 2, 12, 12)),
-        Shape("square", "green", (18, 3, 28, 13)),
-        Shape("triangle", "blue", (4, 18, 14, 28)),
-    ),
+# Three shapes in three quadrants of a black scene; the square is the one the task names.
+PLACED = (
+    ("triangle", "yellow", (18, 18, 29, 29)),
+    ("square", "green", (3, 18, 13, 28)),
+    ("circle", "red", (18, 2, 28, 12)),
 )
+SCENE = Scene(32, "black", tuple(Shape(kind, colour, box) for kind, colour, box in PLACED))
 TASK = Task("recolor", "square", "purple")
 
 
@@ -51,7 +49,7 @@ def test_the_unchanged_source_colours_nothing() -> None:
 def test_a_half_coloured_shape_reads_as_half() -> None:
     """Half of the square's inner pixels purple: its colour is about a half, below a full recolour."""
     pixels = np.asarray(SCENE.render()).copy()
-    pixels[3:13, 18:23] = np.asarray(recoloured("square"))[3:13, 18:23]
+    pixels[18:28, 3:8] = np.asarray(recoloured("square"))[18:28, 3:8]  # its left half
     colours = shape_colours(pixels, SCENE, "purple")
     assert 0.3 < colours["square"] < 0.7
 
